@@ -1,0 +1,1 @@
+"""Pure planning: desired state in, the flows that should exist out. No I/O here."""

@@ -1,0 +1,243 @@
+"""OpenFlow flows as immutable values.
+
+A flow's identity is its key ``(table, priority, match)``; its value is
+``(actions, goto, cookie, timeouts)``. Flow sets are dicts from key to flow, so the
+reconciler diffs them with set operations and tests compare canonical text. Nothing
+here knows the wire format: ``agent.dataplane.openflow.codec`` encodes these values.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import itertools
+from dataclasses import dataclass, field
+
+
+class Field(enum.Enum):
+    """Match/set-field fields: value = (ovs-ofctl name, width in bits)."""
+
+    IN_PORT = ("in_port", 32)
+    METADATA = ("metadata", 64)
+    ETH_DST = ("dl_dst", 48)
+    ETH_SRC = ("dl_src", 48)
+    ETH_TYPE = ("dl_type", 16)
+    IP_PROTO = ("nw_proto", 8)
+    IPV4_SRC = ("nw_src", 32)
+    IPV4_DST = ("nw_dst", 32)
+    TCP_SRC = ("tcp_src", 16)
+    TCP_DST = ("tcp_dst", 16)
+    UDP_SRC = ("udp_src", 16)
+    UDP_DST = ("udp_dst", 16)
+    ICMP_TYPE = ("icmp_type", 8)
+    ICMP_CODE = ("icmp_code", 8)
+    ARP_OP = ("arp_op", 16)
+    ARP_SPA = ("arp_spa", 32)
+    ARP_TPA = ("arp_tpa", 32)
+    ARP_SHA = ("arp_sha", 48)
+    ARP_THA = ("arp_tha", 48)
+    TUNNEL_ID = ("tun_id", 64)
+    TUN_IPV4_SRC = ("tun_src", 32)
+    TUN_IPV4_DST = ("tun_dst", 32)
+    IP_TTL = ("nw_ttl", 8)
+    REG0 = ("reg0", 32)
+    REG1 = ("reg1", 32)
+    REG2 = ("reg2", 32)
+    REG3 = ("reg3", 32)
+    REG4 = ("reg4", 32)
+    REG5 = ("reg5", 32)
+    REG6 = ("reg6", 32)
+    REG7 = ("reg7", 32)
+
+    @property
+    def ofctl_name(self) -> str:
+        return self.value[0]
+
+    @property
+    def width(self) -> int:
+        return self.value[1]
+
+
+_FIELD_ORDER = {f: i for i, f in enumerate(Field)}
+_MAC_FIELDS = frozenset({Field.ETH_DST, Field.ETH_SRC, Field.ARP_SHA, Field.ARP_THA})
+_IP_FIELDS = frozenset(
+    {Field.IPV4_SRC, Field.IPV4_DST, Field.ARP_SPA, Field.ARP_TPA, Field.TUN_IPV4_SRC, Field.TUN_IPV4_DST}
+)
+
+# Reserved OpenFlow port numbers used by the planner.
+OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_CONTROLLER = 0xFFFFFFFD
+_PORT_NAMES = {OFPP_IN_PORT: "IN_PORT", OFPP_CONTROLLER: "CONTROLLER"}
+
+ETH_TYPE_IPV4 = 0x0800
+ETH_TYPE_ARP = 0x0806
+ETH_TYPE_IPV6 = 0x86DD
+IP_PROTO_ICMP = 1
+IP_PROTO_TCP = 6
+IP_PROTO_UDP = 17
+ARP_REQUEST = 1
+ARP_REPLY = 2
+
+
+def mac_to_int(mac: str) -> int:
+    return int(mac.replace(":", ""), 16)
+
+
+def int_to_mac(value: int) -> str:
+    raw = f"{value:012x}"
+    return ":".join(raw[i : i + 2] for i in range(0, 12, 2))
+
+
+def ip_to_int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+def format_value(fld: Field, value: int) -> str:
+    if fld in _MAC_FIELDS:
+        return int_to_mac(value)
+    if fld in _IP_FIELDS:
+        return str(ipaddress.IPv4Address(value))
+    if fld is Field.IN_PORT:
+        return _PORT_NAMES.get(value, str(value))
+    if fld in (Field.ETH_TYPE, Field.TUNNEL_ID, Field.METADATA) or fld.name.startswith("REG"):
+        return hex(value)
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchField:
+    field: Field
+    value: int
+    mask: int | None = None
+
+    def text(self) -> str:
+        val = format_value(self.field, self.value)
+        if self.mask is None:
+            return f"{self.field.ofctl_name}={val}"
+        if self.field in _IP_FIELDS:
+            prefix = bin(self.mask).count("1")
+            return f"{self.field.ofctl_name}={val}/{prefix}"
+        return f"{self.field.ofctl_name}={val}/{format_value(self.field, self.mask)}"
+
+
+Match = tuple[MatchField, ...]
+
+
+def match(*fields: MatchField | tuple[Field, int] | tuple[Field, int, int]) -> Match:
+    """Canonical match: one entry per field, sorted by field order (so equal matches are equal keys)."""
+    items = [f if isinstance(f, MatchField) else MatchField(*f) for f in fields]
+    items.sort(key=lambda m: _FIELD_ORDER[m.field])
+    for a, b in itertools.pairwise(items):
+        if a.field is b.field:
+            raise ValueError(f"field {a.field.ofctl_name} given twice in one match")
+    return tuple(items)
+
+
+def cidr_match(fld: Field, cidr: str) -> MatchField:
+    net = ipaddress.IPv4Network(cidr, strict=False)
+    if net.prefixlen == 32:
+        return MatchField(fld, int(net.network_address))
+    return MatchField(fld, int(net.network_address), int(net.netmask))
+
+
+# ------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    port: int
+
+    def text(self) -> str:
+        return f"output:{_PORT_NAMES.get(self.port, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class SetField:
+    field: Field
+    value: int
+
+    def text(self) -> str:
+        return f"set_field:{format_value(self.field, self.value)}->{self.field.ofctl_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Copy ``n_bits`` from ``src[src_ofs:]`` to ``dst[dst_ofs:]`` (Nicira reg_move)."""
+
+    src: Field
+    dst: Field
+    n_bits: int
+    src_ofs: int = 0
+    dst_ofs: int = 0
+
+    def text(self) -> str:
+        s_end = self.src_ofs + self.n_bits - 1
+        d_end = self.dst_ofs + self.n_bits - 1
+        return (
+            f"move:{self.src.ofctl_name}[{self.src_ofs}..{s_end}]"
+            f"->{self.dst.ofctl_name}[{self.dst_ofs}..{d_end}]"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecTtl:
+    def text(self) -> str:
+        return "dec_ttl"
+
+
+@dataclass(frozen=True, slots=True)
+class Controller:
+    """Send to the agent as a packet-in; ``userdata`` tells the agent why."""
+
+    max_len: int = 0xFFFF
+    userdata: bytes = b""
+
+    def text(self) -> str:
+        if self.userdata:
+            return f"controller(max_len={self.max_len},userdata={self.userdata.hex()})"
+        return f"controller(max_len={self.max_len})"
+
+
+Action = Output | SetField | Move | DecTtl | Controller
+
+
+# ------------------------------------------------------------------ flows
+
+FlowKey = tuple[int, int, Match]
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    table: int
+    priority: int
+    match: Match
+    actions: tuple[Action, ...] = ()
+    goto: int | None = None
+    cookie: int = 0
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    key: FlowKey = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.table, self.priority, self.match))
+
+    def text(self, table_names: dict[int, str] | None = None) -> str:
+        """Canonical one-line text, ovs-ofctl-like, with table names when given."""
+        names = table_names or {}
+        parts = [f"table={names.get(self.table, self.table)}", f"priority={self.priority}"]
+        parts.extend(m.text() for m in self.match)
+        if self.idle_timeout:
+            parts.append(f"idle_timeout={self.idle_timeout}")
+        if self.hard_timeout:
+            parts.append(f"hard_timeout={self.hard_timeout}")
+        acts = [a.text() for a in self.actions]
+        if self.goto is not None:
+            acts.append(f"goto_table:{names.get(self.goto, self.goto)}")
+        return f"{', '.join(parts)} actions={','.join(acts) or 'drop'}"
+
+
+FlowSet = dict[FlowKey, Flow]
+
+
+def flow_set(flows: list[Flow] | tuple[Flow, ...]) -> FlowSet:
+    return {f.key: f for f in flows}

@@ -1,0 +1,88 @@
+"""Build for the Alcor host agent.
+
+The protobuf/gRPC modules are generated from ``proto/`` at build time (never committed)
+into ``agent/_pb``, so the code always matches the schema in the tree.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from setuptools import Command, find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.develop import develop
+
+ROOT = pathlib.Path(__file__).resolve().parent
+PROTO_DIR = ROOT / "proto"
+PB_PACKAGE = "agent/_pb"
+
+
+class GenerateProto(Command):
+    """Run grpc_tools.protoc over proto/*.proto into agent/_pb."""
+
+    description = "generate protobuf and gRPC modules from proto/"
+    user_options: list = []
+
+    def initialize_options(self) -> None:
+        pass
+
+    def finalize_options(self) -> None:
+        pass
+
+    def run(self) -> None:
+        from grpc_tools import protoc
+
+        out = ROOT / PB_PACKAGE
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "__init__.py").write_text('"""Generated from proto/ at build time; do not edit."""\n')
+        include = pathlib.Path(protoc.__file__).parent / "_proto"
+        for proto in sorted(PROTO_DIR.glob("*.proto")):
+            args = [
+                "protoc",
+                f"-I{PB_PACKAGE}={PROTO_DIR}",
+                f"-I{include}",
+                f"--python_out={ROOT}",
+                f"--pyi_out={ROOT}",
+                f"--grpc_python_out={ROOT}",
+                f"{PB_PACKAGE}/{proto.name}",
+            ]
+            if protoc.main(args) != 0:
+                raise RuntimeError(f"protoc failed on {proto}")
+
+
+class BuildPy(build_py):
+    def run(self) -> None:
+        self.run_command("generate_proto")
+        super().run()
+
+
+class Develop(develop):
+    def run(self) -> None:
+        self.run_command("generate_proto")
+        super().run()
+
+
+setup(
+    name="aca-agent",
+    version="0.1.0",
+    description="Per-host network control agent for Alcor VPCs (Open vSwitch, gRPC/Kafka goal states)",
+    python_requires=">=3.11",
+    packages=find_packages(include=["agent", "agent.*", "bench", "bench.*"]),
+    install_requires=[
+        "ovs>=3.1",
+        "pyroute2>=0.7",
+        "grpcio>=1.60",
+        "protobuf>=4.25",
+        "confluent-kafka>=2.3",
+        "cffi>=1.16",
+    ],
+    extras_require={"test": ["pytest>=8", "scapy>=2.5", "ruff>=0.5", "grpcio-tools>=1.60"]},
+    cmdclass={"generate_proto": GenerateProto, "build_py": BuildPy, "develop": Develop},
+    entry_points={
+        "console_scripts": [
+            "aca-agent=agent.daemon:main",
+            "acactl=agent.cli.acactl:main",
+            "aca-sandbox=agent.sandbox.cli:main",
+        ]
+    },
+)
