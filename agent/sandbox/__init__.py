@@ -1,0 +1,1 @@
+"""Simulated compute hosts on one machine: namespaces, private Open vSwitch instances, VMs."""
