@@ -1,0 +1,271 @@
+"""The agent core: one worker thread owns the desired state, the planner and the reconciler.
+
+Intake threads (gRPC, Kafka) and dataplane events (OVSDB interface changes, OpenFlow
+reconnects) only enqueue work here, so goal states apply strictly in arrival order and no
+two threads ever touch the state. Each goal state runs:
+state.apply → store.write → planner.touch → planner.flows → reconciler.update → statuses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.model.resources import Op, Request, ResourceType, Status
+from agent.model.state import DesiredState, Outcome
+from agent.model.store import Store
+from agent.planner.plan import Owner, Planner
+from agent.reconciler.flows import ApplyResult, FlowReconciler
+
+log = logging.getLogger("aca.core")
+
+
+@dataclass(slots=True)
+class ResourceStatus:
+    resource_id: str
+    resource_type: ResourceType
+    operation: Op
+    status: Status
+    dataplane_us: int = 0
+    config_us: int = 0
+    elapsed_us: int = 0
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class MessageResult:
+    statuses: list[ResourceStatus] = field(default_factory=list)
+    total_us: int = 0
+
+
+@dataclass(slots=True)
+class _GoalStateWork:
+    requests: list[Request]
+    source: str
+    received: float
+    future: Future
+
+
+class AgentCore:
+    def __init__(
+        self, state: DesiredState, store: Store, planner: Planner, reconciler: FlowReconciler
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.planner = planner
+        self.reconciler = reconciler
+        self.dataplane_ready = False
+        self.failed: dict[Owner, str] = {}  # owners whose last programming failed, with the error
+        self.counters: Counter[str] = Counter()
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._seq = itertools.count(1)
+        self._thread = threading.Thread(target=self._run, name="aca-core", daemon=True)
+        self._stopping = False
+        self.last_loop = time.monotonic()  # for the watchdog: the worker is alive
+
+    # ------------------------------------------------------------------ public, any thread
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def submit(self, requests: list[Request], source: str) -> Future:
+        fut: Future = Future()
+        self._queue.put(_GoalStateWork(requests, source, time.perf_counter(), fut))
+        return fut
+
+    def apply(self, requests: list[Request], source: str, timeout: float | None = None) -> MessageResult:
+        return self.submit(requests, source).result(timeout)
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the worker thread (dataplane events, snapshots for acactl)."""
+        fut: Future = Future()
+        self._queue.put((fn, fut))
+        return fut
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self.last_loop = time.monotonic()
+                continue
+            self.last_loop = time.monotonic()
+            if item is None:
+                return
+            if isinstance(item, _GoalStateWork):
+                self._run_goal_state(item)
+            else:
+                fn, fut = item
+                try:
+                    fut.set_result(fn())
+                except Exception as exc:
+                    log.exception("event=task_failed")
+                    fut.set_exception(exc)
+
+    def _run_goal_state(self, work: _GoalStateWork) -> None:
+        try:
+            work.future.set_result(self._apply_goal_state(work))
+        except Exception as exc:  # a bug must not kill the worker; every resource reports FAILURE
+            log.error(
+                "event=goal_state_crashed source=%s error=%r\n%s", work.source, exc, traceback.format_exc()
+            )
+            elapsed = int((time.perf_counter() - work.received) * 1e6)
+            work.future.set_result(
+                MessageResult(
+                    [
+                        ResourceStatus(
+                            r.id, r.type, r.op, Status.FAILURE, elapsed_us=elapsed, reason=repr(exc)
+                        )
+                        for r in work.requests
+                        if r.acted_on
+                    ],
+                    elapsed,
+                )
+            )
+
+    def _apply_goal_state(self, work: _GoalStateWork) -> MessageResult:
+        seq = next(self._seq)
+        t0 = time.perf_counter()
+        outcomes = self.state.apply(work.requests)
+        changed = [o for o in outcomes if o.changed]
+        self.store.write(
+            (
+                (o.request.type, self.state.get(o.request.type, o.request.id))
+                for o in changed
+                if o.request.op is not Op.DELETE
+            ),
+            ((o.request.type, o.request.id) for o in changed if o.request.op is Op.DELETE),
+        )
+        t_config = time.perf_counter()
+        touched: dict[tuple[ResourceType, str], set[Owner]] = {}
+        for o in changed:
+            touched[(o.request.type, o.request.id)] = self.planner.touch(o.request.type, o.request.id)
+        result = self._program(set().union(*touched.values()) if touched else set())
+        t_done = time.perf_counter()
+        config_us = int((t_config - t0) * 1e6)
+        dataplane_us = int((t_done - t_config) * 1e6)
+        statuses = [
+            self._status(
+                o, touched.get((o.request.type, o.request.id), set()), result, config_us, dataplane_us, work
+            )
+            for o in outcomes
+            if o.request.acted_on
+        ]
+        total_us = int((time.perf_counter() - work.received) * 1e6)
+        self._log_goal_state(seq, work, outcomes, statuses, result, config_us, dataplane_us, total_us)
+        return MessageResult(statuses, total_us)
+
+    def _program(self, owners: set[Owner]) -> ApplyResult:
+        if not owners:
+            return ApplyResult()
+        if not self.dataplane_ready:
+            return ApplyResult()  # applied by the resync when the switch is back
+        result = self.reconciler.update({o: self.planner.flows(o) for o in owners})
+        for owner in owners:
+            if owner in result.failed:
+                self.failed[owner] = result.failed[owner]
+            else:
+                self.failed.pop(owner, None)
+        return result
+
+    def _status(
+        self,
+        outcome: Outcome,
+        owners: set[Owner],
+        result: ApplyResult,
+        config_us: int,
+        dataplane_us: int,
+        work: _GoalStateWork,
+    ) -> ResourceStatus:
+        req = outcome.request
+        status = outcome.status
+        reason = outcome.reason
+        if status is Status.SUCCESS:
+            failed = [result.failed[o] for o in owners if o in result.failed]
+            if failed:
+                status, reason = Status.FAILURE, failed[0]
+            elif req.op is not Op.DELETE and (
+                (not self.dataplane_ready and owners)
+                or (req.type is ResourceType.PORT and self.planner.is_pending(req.id))
+            ):
+                status = Status.PENDING
+        if reason:
+            log.warning(
+                "event=resource_rejected id=%s type=%s op=%s status=%s reason=%r",
+                req.id, req.type.name, req.op.name, status.name, reason,
+            )  # fmt: skip
+        return ResourceStatus(
+            req.id,
+            req.type,
+            req.op,
+            status,
+            dataplane_us=dataplane_us,
+            config_us=config_us,
+            elapsed_us=int((time.perf_counter() - work.received) * 1e6),
+            reason=reason,
+        )
+
+    def _log_goal_state(
+        self,
+        seq: int,
+        work: _GoalStateWork,
+        outcomes: list[Outcome],
+        statuses: list[ResourceStatus],
+        result: ApplyResult,
+        config_us: int,
+        dataplane_us: int,
+        total_us: int,
+    ) -> None:
+        tally = Counter(s.status.name for s in statuses)
+        request_id = work.requests[0].id if work.requests else "-"
+        self.counters["goal_states"] += 1
+        log.info(
+            "event=goal_state gs=%d source=%s first_id=%s resources=%d acted=%d changed=%d statuses=%s "
+            "flows_added=%d flows_deleted=%d bundles=%d config_us=%d dataplane_us=%d total_us=%d",
+            seq, work.source, request_id, len(outcomes), len(statuses),
+            sum(1 for o in outcomes if o.changed),
+            ",".join(f"{k}:{v}" for k, v in sorted(tally.items())) or "-",
+            result.added, result.deleted, result.bundles, config_us, dataplane_us, total_us,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ dataplane events (worker thread)
+    def resync(self) -> ApplyResult:
+        """Program everything from desired state against what the switch has (start, reconnect)."""
+        owners = self.planner.rebuild()
+        result = self.reconciler.resync({o: self.planner.flows(o) for o in owners})
+        self.dataplane_ready = True
+        self.failed.clear()
+        log.info(
+            "event=resync owners=%d flows=%d added=%d deleted=%d us=%d",
+            len(owners), len(self.reconciler.installed), result.added, result.deleted, result.elapsed_us,
+        )  # fmt: skip
+        return result
+
+    def bind(self, bindings: dict[str, int]) -> ApplyResult:
+        owners = self.planner.bind(bindings)
+        result = self._program(owners)
+        if owners:
+            log.info(
+                "event=bindings ports_bound=%d owners=%d flows_added=%d",
+                len(bindings),
+                len(owners),
+                result.added,
+            )
+        return result
+
+    def set_tunnel(self, ofport: int | None) -> ApplyResult:
+        return self._program(self.planner.set_tunnel(ofport))

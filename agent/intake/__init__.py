@@ -1,0 +1,1 @@
+"""Intake: transports that bring goal states in (gRPC, Kafka) and send replies back."""

@@ -1,0 +1,287 @@
+"""Protobuf goal states → typed ``Request``s, one per resource, each valid or carrying its reason.
+
+Only syntax is checked here (addresses, CIDRs, VNIs, required ids); references between
+resources need the held state and are checked when the state applies the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from agent.model import validate as v
+from agent.model.resources import (
+    AddressPair,
+    Dhcp,
+    FixedIp,
+    Gateway,
+    GatewayDestination,
+    KeyValue,
+    Neighbor,
+    NeighborIp,
+    NeighborType,
+    Op,
+    Port,
+    Request,
+    Resource,
+    ResourceType,
+    Router,
+    RoutingRule,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+    SubnetRoutes,
+    UpdateType,
+    Vpc,
+)
+
+
+def _pairs(items: Iterable[Any]) -> tuple[AddressPair, ...]:
+    return tuple(
+        AddressPair(
+            ip=v.ipv4_or_cidr(p.ip_address, "allowed address pair ip"),
+            mac=v.mac(p.mac_address, "allowed address pair mac") if p.mac_address else "",
+        )
+        for p in items
+    )
+
+
+def _vpc(c: Any) -> Vpc:
+    return Vpc(
+        id=c.id,
+        revision=c.revision_number,
+        project_id=c.project_id,
+        name=c.name,
+        cidr=v.cidr(c.cidr) if c.cidr else "",
+        tunnel_id=v.vni(c.tunnel_id) if c.tunnel_id else 0,
+        gateway_ids=tuple(c.gateway_ids),
+    )
+
+
+def _subnet(c: Any) -> Subnet:
+    network = v.cidr(v.required(c.cidr, "cidr"))
+    gw_ip = v.ip_any(c.gateway.ip_address, "gateway ip") if c.gateway.ip_address else ""
+    if gw_ip and not v.in_cidr(gw_ip, network):
+        raise v.Invalid(f"gateway ip {gw_ip} is outside {network}")
+    return Subnet(
+        id=c.id,
+        revision=c.revision_number,
+        vpc_id=c.vpc_id,
+        cidr=network,
+        tunnel_id=v.vni(c.tunnel_id),
+        name=c.name,
+        network_type=c.network_type,
+        gateway_ip=gw_ip,
+        gateway_mac=v.mac(c.gateway.mac_address, "gateway mac") if c.gateway.mac_address else "",
+        dhcp_enable=c.dhcp_enable,
+        dns=tuple(v.ip_any(d.entry, "dns entry") for d in c.dns_entry_list),
+        extra_dhcp_options=tuple(KeyValue(o.name, o.value) for o in c.extra_dhcp_options),
+        availability_zone=c.availability_zone,
+    )
+
+
+def _port(c: Any) -> Port:
+    return Port(
+        id=c.id,
+        revision=c.revision_number,
+        mac=v.mac(v.required(c.mac_address, "mac_address")),
+        vpc_id=c.vpc_id,
+        name=c.name,
+        device_id=c.device_id,
+        device_owner=c.device_owner,
+        admin_up=c.admin_state_up,
+        host_ip=v.ipv4(c.host_info.ip_address, "host ip") if c.host_info.ip_address else "",
+        host_mac=v.mac(c.host_info.mac_address, "host mac") if c.host_info.mac_address else "",
+        fixed_ips=tuple(
+            FixedIp(v.required(f.subnet_id, "fixed ip subnet_id"), v.ipv4(f.ip_address, "fixed ip"))
+            for f in c.fixed_ips
+        ),
+        address_pairs=_pairs(c.allow_address_pairs),
+        security_group_ids=tuple(s.id for s in c.security_group_ids),
+    )
+
+
+def _neighbor(c: Any) -> Neighbor:
+    return Neighbor(
+        id=c.id,
+        revision=c.revision_number,
+        mac=v.mac(v.required(c.mac_address, "mac_address")),
+        host_ip=v.ipv4(v.required(c.host_ip_address, "host_ip_address"), "host_ip_address"),
+        vpc_id=c.vpc_id,
+        name=c.name,
+        host_mac=v.mac(c.host_mac_address, "host_mac_address") if c.host_mac_address else "",
+        fixed_ips=tuple(
+            NeighborIp(
+                kind=NeighborType(f.neighbor_type),
+                subnet_id=f.subnet_id,
+                ip=v.ipv4(f.ip_address, "fixed ip"),
+                tunnel_id=v.vni(f.tunnel_id) if f.tunnel_id else 0,
+            )
+            for f in c.fixed_ips
+        ),
+        address_pairs=_pairs(c.allow_address_pairs),
+    )
+
+
+def _security_group(c: Any) -> SecurityGroup:
+    rules = []
+    for r in c.security_group_rules:
+        if r.port_range_max and r.port_range_min > r.port_range_max:
+            raise v.Invalid(f"rule {r.id}: port_range_min {r.port_range_min} > max {r.port_range_max}")
+        if max(r.port_range_min, r.port_range_max) > 65535:
+            raise v.Invalid(f"rule {r.id}: port range beyond 65535")
+        rules.append(
+            SecurityGroupRule(
+                id=r.id,
+                direction=r.direction,
+                ethertype=r.ethertype,
+                protocol=r.protocol,
+                port_range_min=r.port_range_min,
+                port_range_max=r.port_range_max,
+                remote_ip_prefix=v.cidr(r.remote_ip_prefix, "remote_ip_prefix") if r.remote_ip_prefix else "",
+                remote_group_id=r.remote_group_id,
+            )
+        )
+    return SecurityGroup(
+        id=c.id, revision=c.revision_number, vpc_id=c.vpc_id, name=c.name, rules=tuple(rules)
+    )
+
+
+def _dhcp(c: Any) -> Dhcp:
+    return Dhcp(
+        id=c.id,
+        revision=c.revision_number,
+        subnet_id=v.required(c.subnet_id, "subnet_id"),
+        mac=v.mac(v.required(c.mac_address, "mac_address")),
+        ipv4=v.ipv4(c.ipv4_address, "ipv4_address") if c.ipv4_address else "",
+        ipv6=v.ip_any(c.ipv6_address, "ipv6_address") if c.ipv6_address else "",
+        hostname=c.port_host_name,
+    )
+
+
+def _router(c: Any) -> Router:
+    tables = []
+    for t in c.subnet_routing_tables:
+        rules = tuple(
+            RoutingRule(
+                id=r.id,
+                destination=v.cidr(v.required(r.destination, "route destination"), "route destination"),
+                next_hop_ip=v.ipv4(r.next_hop_ip, "next_hop_ip") if r.next_hop_ip else "",
+                priority=r.priority,
+                name=r.name,
+                destination_type=r.routing_rule_extra_info.destination_type,
+                next_hop_mac=(
+                    v.mac(r.routing_rule_extra_info.next_hop_mac, "next_hop_mac")
+                    if r.routing_rule_extra_info.next_hop_mac
+                    else ""
+                ),
+            )
+            for r in t.routing_rules
+            if r.operation_type != Op.DELETE
+        )
+        tables.append(SubnetRoutes(v.required(t.subnet_id, "routing table subnet_id"), rules))
+    return Router(
+        id=c.id,
+        revision=c.revision_number,
+        dvr_mac=v.mac(c.host_dvr_mac_address, "host_dvr_mac_address") if c.host_dvr_mac_address else "",
+        subnets=tuple(tables),
+    )
+
+
+def _gateway(c: Any) -> Gateway:
+    arion = c.arion_info if c.WhichOneof("extra_info") == "arion_info" else None
+    return Gateway(
+        id=c.id,
+        revision=c.revision_number,
+        gateway_type=c.gateway_type,
+        destinations=tuple(
+            GatewayDestination(
+                v.ipv4(d.ip_address, "destination ip"), v.mac(d.mac_address, "destination mac")
+            )
+            for d in c.destinations
+        ),
+        vpc_id=arion.vpc_id if arion else "",
+        vni=arion.vni if arion else 0,
+        subnet_id=arion.subnet_id if arion else "",
+    )
+
+
+_DECODERS: dict[ResourceType, Callable[[Any], Resource]] = {
+    ResourceType.VPC: _vpc,
+    ResourceType.SUBNET: _subnet,
+    ResourceType.PORT: _port,
+    ResourceType.NEIGHBOR: _neighbor,
+    ResourceType.SECURITYGROUP: _security_group,
+    ResourceType.DHCP: _dhcp,
+    ResourceType.ROUTER: _router,
+    ResourceType.GATEWAY: _gateway,
+}
+
+# (GoalState v1 field, GoalStateV2 field, type)
+_STATE_FIELDS: tuple[tuple[str, ResourceType], ...] = (
+    ("vpc_states", ResourceType.VPC),
+    ("subnet_states", ResourceType.SUBNET),
+    ("port_states", ResourceType.PORT),
+    ("neighbor_states", ResourceType.NEIGHBOR),
+    ("security_group_states", ResourceType.SECURITYGROUP),
+    ("dhcp_states", ResourceType.DHCP),
+    ("router_states", ResourceType.ROUTER),
+    ("gateway_states", ResourceType.GATEWAY),
+)
+
+
+def decode_state(rtype: ResourceType, state: Any, map_key: str = "", acted_on: bool = True) -> Request:
+    """Decode one ``XState``; never raises for bad content, returns a Request with ``error`` set."""
+    config = state.configuration
+    op = Op(state.operation_type) if state.operation_type in Op._value2member_map_ else Op.INFO
+    rid = config.id or _bare_id(map_key)
+    update_type = UpdateType.FULL
+    if rtype is not ResourceType.GATEWAY and config.update_type == UpdateType.DELTA and op is Op.UPDATE:
+        update_type = UpdateType.DELTA
+    acted = acted_on and op not in (Op.INFO, Op.GET)
+    if not rid:
+        return Request(rtype, op, "", update_type, error="resource id is empty", acted_on=acted)
+    if op is Op.DELETE:
+        return Request(rtype, op, rid, update_type, acted_on=acted)
+    try:
+        resource = _DECODERS[rtype](config)
+    except v.Invalid as exc:
+        return Request(rtype, op, rid, update_type, error=str(exc), acted_on=acted)
+    if resource.id != rid:
+        resource = type(resource)(**{**_fields(resource), "id": rid})
+    return Request(rtype, op, rid, update_type, resource=resource, acted_on=acted)
+
+
+def _fields(resource: Resource) -> dict[str, Any]:
+    return {name: getattr(resource, name) for name in resource.__slots__}
+
+
+def _bare_id(map_key: str) -> str:
+    """Neighbour map keys arrive as ``L2/<port id>`` or ``L3/<port id>``."""
+    prefix, sep, rest = map_key.partition("/")
+    return rest if sep and prefix in ("L2", "L3") else map_key
+
+
+def decode_v1(message: Any) -> list[Request]:
+    return [
+        decode_state(rtype, state)
+        for field_name, rtype in _STATE_FIELDS
+        for state in getattr(message, field_name)
+    ]
+
+
+def decode_v2(message: Any, host_ip: str) -> list[Request]:
+    """Decode a GoalStateV2. Resources listed under another host only are context, not acted on.
+
+    When ``host_resources`` names this host, only the resources it lists are acted on; when it
+    is empty or does not name this host, everything in the message is for this host.
+    """
+    mine: set[tuple[int, str]] | None = None
+    if host_ip and host_ip in message.host_resources:
+        mine = {(r.type, r.id) for r in message.host_resources[host_ip].resources}
+    requests = []
+    for field_name, rtype in _STATE_FIELDS:
+        for key, state in getattr(message, field_name).items():
+            acted = mine is None or (rtype, key) in mine or (rtype, _bare_id(key)) in mine
+            requests.append(decode_state(rtype, state, key, acted))
+    return requests

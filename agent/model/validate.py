@@ -1,0 +1,62 @@
+"""Syntax checks for addresses, so decode can reject a resource with a reason, not an exception."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+MAX_VNI = (1 << 24) - 1
+
+
+class Invalid(ValueError):
+    """A resource field is malformed; the message is the reason reported for INVALID_ARG."""
+
+
+def mac(value: str, what: str = "mac_address") -> str:
+    if not _MAC.match(value):
+        raise Invalid(f"{what} {value!r} is not a MAC address")
+    if int(value[:2], 16) & 1:
+        raise Invalid(f"{what} {value!r} is a multicast MAC")
+    return value.lower()
+
+
+def ipv4(value: str, what: str = "ip_address") -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise Invalid(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def ip_any(value: str, what: str = "ip_address") -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise Invalid(f"{what} {value!r} is not an IP address") from None
+
+
+def cidr(value: str, what: str = "cidr") -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise Invalid(f"{what} {value!r} is not a CIDR") from None
+
+
+def ipv4_or_cidr(value: str, what: str = "ip_address") -> str:
+    return cidr(value, what) if "/" in value else ipv4(value, what)
+
+
+def vni(value: int, what: str = "tunnel_id") -> int:
+    if not 0 < value <= MAX_VNI:
+        raise Invalid(f"{what} {value} is not a VNI (1..{MAX_VNI})")
+    return value
+
+
+def required(value: str, what: str) -> str:
+    if not value:
+        raise Invalid(f"{what} is required")
+    return value
+
+
+def in_cidr(ip: str, network: str) -> bool:
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(network, strict=False)

@@ -1,0 +1,228 @@
+"""Flow builders for the L2 overlay: one builder per flow kind, all pure.
+
+Each returns the complete flow list of one owner (a port, a neighbour, a segment's flood
+list, or the pipeline skeleton); the reconciler diffs it against that owner's previous list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from agent.model.resources import Neighbor, Port
+from agent.planner import cookies
+from agent.planner.cookies import Kind
+from agent.planner.flows import (
+    ARP_REQUEST,
+    ETH_TYPE_ARP,
+    ETH_TYPE_IPV4,
+    IP_PROTO_UDP,
+    OFPP_IN_PORT,
+    Action,
+    Field,
+    Flow,
+    MatchField,
+    Move,
+    Output,
+    SetField,
+    cidr_match,
+    ip_to_int,
+    mac_to_int,
+    match,
+)
+from agent.planner.pipeline import VNI_BITS, Flag, Priority, Reg, Table
+
+BROADCAST_BIT = 0x010000000000  # the group bit of a MAC's first octet
+
+
+def base_flows(tunnel_ofport: int | None) -> list[Flow]:
+    """Pipeline skeleton: table misses drop (ARP responder falls through to L2), tunnel intake."""
+    ck = cookies.cookie(Kind.BASE, "base")
+    flows = [
+        Flow(Table.CLASSIFY, Priority.DEFAULT, (), cookie=ck),
+        Flow(Table.PORT_SECURITY, Priority.DEFAULT, (), cookie=ck),
+        Flow(Table.ARP_RESPONDER, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
+        Flow(Table.L2_LOOKUP, Priority.DEFAULT, (), cookie=ck),
+    ]
+    if tunnel_ofport is not None:
+        flows.append(
+            Flow(
+                Table.CLASSIFY,
+                Priority.TUNNEL,
+                match((Field.IN_PORT, tunnel_ofport)),
+                (
+                    Move(Field.TUNNEL_ID, Reg.SEGMENT, VNI_BITS),
+                    SetField(Reg.FLAGS, int(Flag.FROM_TUNNEL)),
+                ),
+                goto=Table.L2_LOOKUP,
+                cookie=ck,
+            )
+        )
+    return flows
+
+
+def arp_responder(vni: int, ip: str, mac: str, ck: int) -> Flow:
+    """Answer 'who has ip' with mac from inside OVS, back out of the asking port."""
+    mac_int = mac_to_int(mac)
+    return Flow(
+        Table.ARP_RESPONDER,
+        Priority.LOCAL,
+        match(
+            (Reg.SEGMENT, vni),
+            (Field.ETH_TYPE, ETH_TYPE_ARP),
+            (Field.ARP_OP, ARP_REQUEST),
+            (Field.ARP_TPA, ip_to_int(ip)),
+        ),
+        (
+            Move(Field.ETH_SRC, Field.ETH_DST, 48),
+            SetField(Field.ETH_SRC, mac_int),
+            SetField(Field.ARP_OP, 2),
+            Move(Field.ARP_SHA, Field.ARP_THA, 48),
+            Move(Field.ARP_SPA, Field.ARP_TPA, 32),
+            SetField(Field.ARP_SHA, mac_int),
+            SetField(Field.ARP_SPA, ip_to_int(ip)),
+            Output(OFPP_IN_PORT),
+        ),
+        cookie=ck,
+    )
+
+
+def _single_ips(addresses: list[str]) -> list[str]:
+    """Addresses that ARP can be answered for (allowed-pair CIDRs other than /32 cannot)."""
+    out = []
+    for a in addresses:
+        net = ipaddress.IPv4Network(a, strict=False)
+        if net.prefixlen == 32:
+            out.append(str(net.network_address))
+    return out
+
+
+def port_flows(port: Port, vni: int, ofport: int) -> list[Flow]:
+    """A bound local port: classification, anti-spoofing, ARP answers and delivery."""
+    ck = cookies.cookie(Kind.PORT, port.id)
+    in_port = MatchField(Field.IN_PORT, ofport)
+    if not port.admin_up:
+        # Admin down: its packets are dropped at intake and nothing is delivered to it.
+        return [Flow(Table.CLASSIFY, Priority.LOCAL, match(in_port), cookie=ck)]
+    flows = [
+        Flow(
+            Table.CLASSIFY,
+            Priority.LOCAL,
+            match(in_port),
+            (SetField(Reg.SEGMENT, vni), SetField(Reg.FLAGS, 0)),
+            goto=Table.PORT_SECURITY,
+            cookie=ck,
+        ),
+        Flow(
+            Table.L2_LOOKUP,
+            Priority.LOCAL,
+            match((Reg.SEGMENT, vni), (Field.ETH_DST, mac_to_int(port.mac))),
+            (Output(ofport),),
+            cookie=ck,
+        ),
+        # DHCP discover/request from the port's own MAC (source 0.0.0.0 before it has a lease).
+        Flow(
+            Table.PORT_SECURITY,
+            Priority.LOCAL,
+            match(
+                in_port,
+                (Field.ETH_SRC, mac_to_int(port.mac)),
+                (Field.ETH_TYPE, ETH_TYPE_IPV4),
+                (Field.IPV4_SRC, 0),
+                (Field.IP_PROTO, IP_PROTO_UDP),
+                (Field.UDP_SRC, 68),
+                (Field.UDP_DST, 67),
+            ),
+            goto=Table.L2_LOOKUP,
+            cookie=ck,
+        ),
+    ]
+    sources: dict[str, set[str]] = {port.mac: {f.ip for f in port.fixed_ips}}
+    for pair in port.address_pairs:
+        sources.setdefault(pair.mac or port.mac, set()).add(pair.ip)
+    for mac, ips in sorted(sources.items()):
+        eth_src = MatchField(Field.ETH_SRC, mac_to_int(mac))
+        for ip in sorted(ips):
+            flows.append(
+                Flow(
+                    Table.PORT_SECURITY,
+                    Priority.LOCAL,
+                    match(in_port, eth_src, (Field.ETH_TYPE, ETH_TYPE_IPV4), cidr_match(Field.IPV4_SRC, ip)),
+                    goto=Table.L2_LOOKUP,
+                    cookie=ck,
+                )
+            )
+            flows.append(
+                Flow(
+                    Table.PORT_SECURITY,
+                    Priority.LOCAL,
+                    match(
+                        in_port,
+                        eth_src,
+                        (Field.ETH_TYPE, ETH_TYPE_ARP),
+                        (Field.ARP_SHA, mac_to_int(mac)),
+                        cidr_match(Field.ARP_SPA, ip),
+                    ),
+                    goto=Table.ARP_RESPONDER,
+                    cookie=ck,
+                )
+            )
+        for ip in _single_ips(sorted(ips)):
+            flows.append(arp_responder(vni, ip, mac, ck))
+    return flows
+
+
+def neighbor_flows(nb: Neighbor, segments: list[tuple[int, str]], tunnel_ofport: int) -> list[Flow]:
+    """A port on another host: its MAC tunnels to that host with the segment's VNI; ARP answered here."""
+    ck = cookies.cookie(Kind.NEIGHBOR, nb.id)
+    tun_dst = ip_to_int(nb.host_ip)
+    flows: dict[tuple, Flow] = {}
+    for vni, ip in segments:
+        l2 = Flow(
+            Table.L2_LOOKUP,
+            Priority.REMOTE,
+            match((Reg.SEGMENT, vni), (Field.ETH_DST, mac_to_int(nb.mac))),
+            (
+                SetField(Field.TUNNEL_ID, vni),
+                SetField(Field.TUN_IPV4_DST, tun_dst),
+                Output(tunnel_ofport),
+            ),
+            cookie=ck,
+        )
+        flows[l2.key] = l2
+        arp = arp_responder(vni, ip, nb.mac, ck)
+        flows[arp.key] = arp
+    return list(flows.values())
+
+
+def flood_flows(
+    vni: int, local_ofports: list[int], remote_hosts: list[str], tunnel_ofport: int | None
+) -> list[Flow]:
+    """Broadcast/multicast inside one segment only: to its local ports, and (from a local port)
+    once to each remote host that has ports in the segment. Unknown unicast is dropped: the
+    controller tells every host about every address, so nothing is learned by flooding."""
+    ck = cookies.cookie(Kind.SEGMENT, str(vni))
+    if not local_ofports:
+        return []
+    multicast = MatchField(Field.ETH_DST, BROADCAST_BIT, BROADCAST_BIT)
+    local: list[Action] = [Output(p) for p in local_ofports]
+    remote: list[Action] = []
+    if tunnel_ofport is not None and remote_hosts:
+        remote.append(SetField(Field.TUNNEL_ID, vni))
+        for host in remote_hosts:
+            remote += [SetField(Field.TUN_IPV4_DST, ip_to_int(host)), Output(tunnel_ofport)]
+    return [
+        Flow(
+            Table.L2_LOOKUP,
+            Priority.FLOOD,
+            match((Reg.SEGMENT, vni), multicast),
+            tuple(local + remote),
+            cookie=ck,
+        ),
+        Flow(
+            Table.L2_LOOKUP,
+            Priority.FLOOD_FROM_TUNNEL,
+            match((Reg.SEGMENT, vni), (Reg.FLAGS, int(Flag.FROM_TUNNEL), int(Flag.FROM_TUNNEL)), multicast),
+            tuple(local),
+            cookie=ck,
+        ),
+    ]

@@ -1,0 +1,165 @@
+"""Which owners a change touches, and each owner's flows: work proportional to the change.
+
+The planner keeps small membership indexes (which bound ports and which remote hosts each
+segment has) so a port or neighbour change re-plans that resource and, only when membership
+changed, its segment's flood list — never the whole table.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from agent.model.resources import ResourceType
+from agent.model.state import DesiredState
+from agent.planner import overlay
+from agent.planner.cookies import Kind
+from agent.planner.flows import Flow
+
+Owner = tuple[Kind, str]
+BASE_OWNER: Owner = (Kind.BASE, "base")
+
+
+def port_owner(port_id: str) -> Owner:
+    return (Kind.PORT, port_id)
+
+
+def neighbor_owner(nb_id: str) -> Owner:
+    return (Kind.NEIGHBOR, nb_id)
+
+
+def segment_owner(vni: int) -> Owner:
+    return (Kind.SEGMENT, str(vni))
+
+
+class Planner:
+    def __init__(self, state: DesiredState, local_ip: str) -> None:
+        self.state = state
+        self.local_ip = local_ip
+        self.tunnel_ofport: int | None = None
+        self.bindings: dict[str, int] = {}  # port id → ofport of its interface on br-int
+        self._port_segment: dict[str, int] = {}  # programmed port → its VNI
+        self._segment_ports: dict[int, dict[str, int]] = defaultdict(dict)
+        self._neighbor_hosts: dict[str, set[tuple[int, str]]] = {}
+        self._segment_hosts: dict[int, Counter[str]] = defaultdict(Counter)
+
+    # ------------------------------------------------------------------ what a change touches
+    def touch(self, rtype: ResourceType, rid: str) -> set[Owner]:
+        if rtype is ResourceType.PORT:
+            return self._touch_port(rid)
+        if rtype is ResourceType.NEIGHBOR:
+            return self._touch_neighbor(rid)
+        if rtype is ResourceType.SUBNET:
+            return self._touch_subnet(rid)
+        return set()
+
+    def bind(self, bindings: dict[str, int]) -> set[Owner]:
+        """New port → ofport map from OVSDB; re-plans only the ports whose binding changed."""
+        changed = {p for p in set(bindings) | set(self.bindings) if bindings.get(p) != self.bindings.get(p)}
+        self.bindings = dict(bindings)
+        owners: set[Owner] = set()
+        for port_id in changed:
+            owners |= self._touch_port(port_id)
+        return owners
+
+    def set_tunnel(self, ofport: int | None) -> set[Owner]:
+        if ofport == self.tunnel_ofport:
+            return set()
+        self.tunnel_ofport = ofport
+        return self.all_owners()
+
+    def all_owners(self) -> set[Owner]:
+        owners = {BASE_OWNER}
+        owners |= {port_owner(p) for p in self.state.ports}
+        owners |= {neighbor_owner(n) for n in self.state.neighbors}
+        owners |= {segment_owner(v) for v in set(self._segment_ports) | set(self._segment_hosts)}
+        return owners
+
+    def rebuild(self) -> set[Owner]:
+        """Recompute every index from the state (start-up, resync)."""
+        self._port_segment.clear()
+        self._segment_ports.clear()
+        self._neighbor_hosts.clear()
+        self._segment_hosts.clear()
+        for port_id in self.state.ports:
+            self._touch_port(port_id)
+        for nb_id in self.state.neighbors:
+            self._touch_neighbor(nb_id)
+        return self.all_owners()
+
+    def _touch_port(self, port_id: str) -> set[Owner]:
+        owners = {port_owner(port_id)}
+        port = self.state.ports.get(port_id)
+        ofport = self.bindings.get(port_id)
+        old_vni = self._port_segment.pop(port_id, None)
+        if old_vni is not None:
+            self._segment_ports[old_vni].pop(port_id, None)
+            owners.add(segment_owner(old_vni))
+        if port is not None and ofport is not None and port.admin_up:
+            vni = self.state.segment_of_port(port)
+            if vni:
+                self._port_segment[port_id] = vni
+                self._segment_ports[vni][port_id] = ofport
+                owners.add(segment_owner(vni))
+        return owners
+
+    def _touch_neighbor(self, nb_id: str) -> set[Owner]:
+        owners = {neighbor_owner(nb_id)}
+        nb = self.state.neighbors.get(nb_id)
+        new: set[tuple[int, str]] = set()
+        if nb is not None and nb.host_ip != self.local_ip:
+            new = {(vni, nb.host_ip) for vni, _ip in self.state.neighbor_segments(nb)}
+        old = self._neighbor_hosts.pop(nb_id, set())
+        if new:
+            self._neighbor_hosts[nb_id] = new
+        for vni, host in old - new:
+            counts = self._segment_hosts[vni]
+            counts[host] -= 1
+            if counts[host] <= 0:
+                del counts[host]
+                owners.add(segment_owner(vni))
+        for vni, host in new - old:
+            counts = self._segment_hosts[vni]
+            if not counts[host]:
+                owners.add(segment_owner(vni))
+            counts[host] += 1
+        return owners
+
+    def _touch_subnet(self, subnet_id: str) -> set[Owner]:
+        owners: set[Owner] = set()
+        for port in self.state.ports.values():
+            if any(f.subnet_id == subnet_id for f in port.fixed_ips):
+                owners |= self._touch_port(port.id)
+        for nb in self.state.neighbors.values():
+            if any(f.subnet_id == subnet_id for f in nb.fixed_ips):
+                owners |= self._touch_neighbor(nb.id)
+        return owners
+
+    # ------------------------------------------------------------------ flows of one owner
+    def flows(self, owner: Owner) -> list[Flow]:
+        kind, oid = owner
+        if kind is Kind.BASE:
+            return overlay.base_flows(self.tunnel_ofport)
+        if kind is Kind.PORT:
+            port = self.state.ports.get(oid)
+            ofport = self.bindings.get(oid)
+            if port is None or ofport is None:
+                return []
+            vni = self.state.segment_of_port(port)
+            return overlay.port_flows(port, vni, ofport) if vni else []
+        if kind is Kind.NEIGHBOR:
+            nb = self.state.neighbors.get(oid)
+            if nb is None or self.tunnel_ofport is None or nb.host_ip == self.local_ip:
+                return []
+            return overlay.neighbor_flows(nb, self.state.neighbor_segments(nb), self.tunnel_ofport)
+        if kind is Kind.SEGMENT:
+            vni = int(oid)
+            return overlay.flood_flows(
+                vni,
+                sorted(self._segment_ports.get(vni, {}).values()),
+                sorted(self._segment_hosts.get(vni, {})),
+                self.tunnel_ofport,
+            )
+        return []
+
+    def is_pending(self, port_id: str) -> bool:
+        return port_id in self.state.ports and port_id not in self.bindings

@@ -1,0 +1,1 @@
+"""Reconciler: diff what should be installed against what is, apply the difference atomically."""

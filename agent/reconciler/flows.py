@@ -1,0 +1,148 @@
+"""Desired flows per owner vs. the installed mirror; differences go out as one atomic bundle.
+
+The mirror changes only after the switch confirmed the bundle, so a failed bundle leaves
+both the switch (bundles are atomic) and the mirror as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent.planner.flows import Flow, FlowKey, FlowSet, flow_set
+from agent.planner.plan import Owner
+
+log = logging.getLogger("aca.reconciler")
+
+
+class FlowDriver(Protocol):
+    """What the reconciler needs from a bridge (the OpenFlow driver, or a recorder in tests)."""
+
+    def apply_bundle(self, deletes: list[Flow], adds: list[Flow]) -> None: ...
+
+    def dump(self) -> dict[FlowKey, Any]: ...
+
+    def same(self, flow: Flow, installed: Any) -> bool: ...
+
+
+class BundleRejected(Exception):
+    """The switch refused a bundle; nothing of it was applied."""
+
+
+@dataclass
+class ApplyResult:
+    added: int = 0
+    deleted: int = 0
+    bundles: int = 0
+    elapsed_us: int = 0
+    failed: dict[Owner, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Change:
+    owners: dict[Owner, FlowSet]
+    adds: dict[FlowKey, Flow]
+    deletes: dict[FlowKey, Flow]
+
+
+class FlowReconciler:
+    def __init__(self, driver: FlowDriver) -> None:
+        self.driver = driver
+        self.desired: dict[Owner, FlowSet] = {}
+        self.installed: dict[FlowKey, Flow] = {}
+        self._claims: dict[FlowKey, Owner] = {}
+
+    def owner_of(self, key: FlowKey) -> Owner | None:
+        return self._claims.get(key)
+
+    def _diff(self, updates: Mapping[Owner, list[Flow]]) -> _Change:
+        owners = {o: flow_set(flows) for o, flows in updates.items()}
+        adds: dict[FlowKey, Flow] = {}
+        deletes: dict[FlowKey, Flow] = {}
+        for owner, new in owners.items():
+            for key, flw in self.desired.get(owner, {}).items():
+                if key not in new and self._claims.get(key) == owner:
+                    deletes[key] = flw
+            for key, flw in new.items():
+                if self.installed.get(key) != flw:
+                    adds[key] = flw
+        for key in adds:
+            deletes.pop(key, None)  # an ADD replaces the flow with the same key atomically
+        return _Change(owners, adds, deletes)
+
+    def _commit(self, change: _Change) -> None:
+        for key in change.deletes:
+            self.installed.pop(key, None)
+            self._claims.pop(key, None)
+        for owner, new in change.owners.items():
+            for key, flw in new.items():
+                self.installed[key] = flw
+                self._claims[key] = owner
+            if new:
+                self.desired[owner] = new
+            else:
+                self.desired.pop(owner, None)
+
+    def _send(self, change: _Change, result: ApplyResult) -> None:
+        if change.adds or change.deletes:
+            self.driver.apply_bundle(list(change.deletes.values()), list(change.adds.values()))
+            result.bundles += 1
+        result.added += len(change.adds)
+        result.deleted += len(change.deletes)
+        self._commit(change)
+
+    def update(self, updates: Mapping[Owner, list[Flow]]) -> ApplyResult:
+        """Replace the flows of the given owners. One bundle; if the switch rejects it, each owner
+        is retried alone so one bad resource fails alone and the rest is applied."""
+        start = time.perf_counter()
+        result = ApplyResult()
+        change = self._diff(updates)
+        try:
+            self._send(change, result)
+        except BundleRejected as exc:
+            if len(updates) == 1:
+                result.failed.update({o: str(exc) for o in updates})
+            else:
+                log.warning(
+                    "event=bundle_rejected owners=%d error=%r retry=per_owner", len(updates), str(exc)
+                )
+                for owner, flows in updates.items():
+                    try:
+                        self._send(self._diff({owner: flows}), result)
+                    except BundleRejected as one:
+                        result.failed[owner] = str(one)
+        result.elapsed_us = int((time.perf_counter() - start) * 1e6)
+        return result
+
+    def resync(self, updates: Mapping[Owner, list[Flow]]) -> ApplyResult:
+        """Full state against what the switch reports: unchanged flows are left alone (no flush),
+        changed ones replaced, flows of ours that nobody wants any more are deleted."""
+        start = time.perf_counter()
+        result = ApplyResult()
+        owners = {o: flow_set(flows) for o, flows in updates.items()}
+        wanted: dict[FlowKey, tuple[Owner, Flow]] = {
+            key: (owner, flw) for owner, fs in owners.items() for key, flw in fs.items()
+        }
+        on_switch = self.driver.dump()
+        adds = {
+            k: f
+            for k, (_o, f) in wanted.items()
+            if k not in on_switch or not self.driver.same(f, on_switch[k])
+        }
+        deletes = {k: Flow(k[0], k[1], k[2]) for k in on_switch if k not in wanted}
+        if adds or deletes:
+            self.driver.apply_bundle(list(deletes.values()), list(adds.values()))
+            result.bundles = 1
+        result.added, result.deleted = len(adds), len(deletes)
+        self.installed = {k: f for k, (_o, f) in wanted.items()}
+        self._claims = {k: o for k, (o, _f) in wanted.items()}
+        self.desired = {o: fs for o, fs in owners.items() if fs}
+        result.elapsed_us = int((time.perf_counter() - start) * 1e6)
+        return result
+
+    def forget_installed(self) -> None:
+        """The switch lost its flows (ovs-vswitchd restarted): the next resync re-adds from desired."""
+        self.installed.clear()
