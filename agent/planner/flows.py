@@ -15,9 +15,17 @@ from dataclasses import dataclass, field
 
 
 class Field(enum.Enum):
-    """Match/set-field fields: value = (ovs-ofctl name, width in bits)."""
+    """Match/set-field fields: value = (ovs-ofctl name, width in bits); order = canonical match order."""
 
     IN_PORT = ("in_port", 32)
+    REG0 = ("reg0", 32)
+    REG1 = ("reg1", 32)
+    REG2 = ("reg2", 32)
+    REG3 = ("reg3", 32)
+    REG4 = ("reg4", 32)
+    REG5 = ("reg5", 32)
+    REG6 = ("reg6", 32)
+    REG7 = ("reg7", 32)
     METADATA = ("metadata", 64)
     ETH_DST = ("dl_dst", 48)
     ETH_SRC = ("dl_src", 48)
@@ -40,14 +48,6 @@ class Field(enum.Enum):
     TUN_IPV4_SRC = ("tun_src", 32)
     TUN_IPV4_DST = ("tun_dst", 32)
     IP_TTL = ("nw_ttl", 8)
-    REG0 = ("reg0", 32)
-    REG1 = ("reg1", 32)
-    REG2 = ("reg2", 32)
-    REG3 = ("reg3", 32)
-    REG4 = ("reg4", 32)
-    REG5 = ("reg5", 32)
-    REG6 = ("reg6", 32)
-    REG7 = ("reg7", 32)
 
     @property
     def ofctl_name(self) -> str:

@@ -9,9 +9,10 @@ each message with one precompiled struct and reuses cached match-field and actio
 from __future__ import annotations
 
 import enum
-import functools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agent.planner.flows import (
     OFPP_CONTROLLER,
@@ -100,8 +101,8 @@ _HEADER = struct.Struct("!BBHI")
 # idle/hard timeouts, priority, buffer_id, out_port, out_group, flags, importance.
 _FLOW_MOD_FMT = "BBHIQQBBHHHIIIHH"
 _FLOW_MOD = struct.Struct("!" + _FLOW_MOD_FMT)
-# ofp_bundle_add_msg header (header, bundle_id, pad, flags) followed by an embedded flow_mod.
-_BUNDLE_ADD_FLOW_MOD = struct.Struct("!BBHIIHH" + _FLOW_MOD_FMT)
+# ofp_bundle_add_msg header (header, bundle_id, pad, flags), the embedded flow_mod, its match header.
+_BUNDLE_ADD_FLOW_MOD = struct.Struct("!BBHIIHH" + _FLOW_MOD_FMT + "HH")
 _BUNDLE_CTRL = struct.Struct("!BBHIIHH")
 _MATCH_HDR = struct.Struct("!HH")
 _APPLY_HDR = struct.Struct("!HH4x")
@@ -188,24 +189,27 @@ class RawOxm:
 DecodedMatch = tuple[MatchField | RawOxm, ...]
 
 
-@functools.lru_cache(maxsize=1 << 16)
+# Field member name -> (exact header, masked header, payload size). Keyed by name because
+# Enum.__hash__ is Python-level and this lookup runs once per match field on the hot path.
+_OXM_ENC = {
+    f._name_: (_U32.pack(oxm_header(f)), _U32.pack(oxm_header(f, True)), f.width // 8) for f in _OXM_IDS
+}
+
+
 def encode_oxm(mf: MatchField | RawOxm) -> bytes:
-    """One match TLV (header, value, optional mask)."""
-    if isinstance(mf, RawOxm):
+    """One match TLV (header, value, optional mask); the value is pre-masked as OVS stores it."""
+    if type(mf) is RawOxm:
         return mf.tlv
-    size = mf.field.width // 8
-    if mf.mask is None:
-        return _U32.pack(oxm_header(mf.field)) + mf.value.to_bytes(size, "big")
-    return (
-        _U32.pack(oxm_header(mf.field, True))
-        + (mf.value & mf.mask).to_bytes(size, "big")
-        + mf.mask.to_bytes(size, "big")
-    )
+    exact, masked, size = _OXM_ENC[mf.field._name_]
+    mask = mf.mask
+    if mask is None:
+        return exact + mf.value.to_bytes(size, "big")
+    return masked + (mf.value & mask).to_bytes(size, "big") + mask.to_bytes(size, "big")
 
 
 def encode_match(fields: tuple[MatchField | RawOxm, ...]) -> bytes:
     """``ofp_match`` of type OXM, padded to 8 bytes."""
-    body = b"".join(map(encode_oxm, fields))
+    body = b"".join([encode_oxm(m) for m in fields])
     length = 4 + len(body)
     return _MATCH_HDR.pack(_OFPMT_OXM, length) + body + _pad8(length)
 
@@ -245,76 +249,95 @@ def decode_match(data: bytes | memoryview, offset: int = 0) -> tuple[DecodedMatc
 # ------------------------------------------------------------------ actions and instructions
 
 
-@functools.lru_cache(maxsize=1 << 12)
+def _encode_output(action: Output) -> bytes:
+    max_len = 0xFFFF if action.port == OFPP_CONTROLLER else 0
+    return _ACT_OUTPUT.pack(_OFPAT_OUTPUT, 16, action.port, max_len)
+
+
+# SetField prefix (action header + OXM header), value size and trailing pad, per field name.
+_SET_FIELD_ENC = {
+    name: (_ACT_SET_FIELD_HDR.pack(_OFPAT_SET_FIELD, 8 + size + (-size % 8)) + exact, size, _pad8(size))
+    for name, (exact, _, size) in _OXM_ENC.items()
+}
+
+
+def _encode_set_field(action: SetField) -> bytes:
+    prefix, size, pad = _SET_FIELD_ENC[action.field._name_]
+    return prefix + action.value.to_bytes(size, "big") + pad
+
+
+def _encode_move(action: Move) -> bytes:
+    return _ACT_REG_MOVE.pack(
+        _OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, _NXAST_REG_MOVE,
+        action.n_bits, action.src_ofs, action.dst_ofs,
+        oxm_header(action.src), oxm_header(action.dst),
+    )  # fmt: skip
+
+
+_DEC_TTL = _ACT_DEC_TTL.pack(_OFPAT_DEC_NW_TTL, 8)
+
+
+def _encode_controller(action: Controller) -> bytes:
+    if not action.userdata:
+        return _ACT_OUTPUT.pack(_OFPAT_OUTPUT, 16, OFPP_CONTROLLER, action.max_len)
+    # NXAST_CONTROLLER2 with OVS's canonical properties: max_len only when not the default.
+    props = []
+    if action.max_len != 0xFFFF:
+        props.append(_PROP_HDR.pack(_NXAC2PT_MAX_LEN, 6) + action.max_len.to_bytes(2, "big") + _PADS[2])
+    ud_len = 4 + len(action.userdata)
+    props.append(_PROP_HDR.pack(_NXAC2PT_USERDATA, ud_len) + action.userdata + _pad8(ud_len))
+    body = b"".join(props)
+    return _ACT_NX_HDR.pack(_OFPAT_EXPERIMENTER, 16 + len(body), NX_VENDOR_ID, _NXAST_CONTROLLER2) + body
+
+
+_ACTION_ENCODERS: dict[type, Callable[[Any], bytes]] = {
+    Output: _encode_output,
+    SetField: _encode_set_field,
+    Move: _encode_move,
+    DecTtl: lambda _: _DEC_TTL,
+    Controller: _encode_controller,
+}
+
+
 def encode_action(action: Action) -> bytes:
     """One OpenFlow action; Move and Controller(userdata) are Nicira extensions."""
-    if isinstance(action, Output):
-        max_len = 0xFFFF if action.port == OFPP_CONTROLLER else 0
-        return _ACT_OUTPUT.pack(_OFPAT_OUTPUT, 16, action.port, max_len)
-    if isinstance(action, SetField):
-        size = action.field.width // 8
-        length = 4 + 4 + size
-        return b"".join(
-            (
-                _ACT_SET_FIELD_HDR.pack(_OFPAT_SET_FIELD, length + (-length % 8)),
-                _U32.pack(oxm_header(action.field)),
-                action.value.to_bytes(size, "big"),
-                _pad8(length),
-            )
-        )
-    if isinstance(action, Move):
-        return _ACT_REG_MOVE.pack(
-            _OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, _NXAST_REG_MOVE,
-            action.n_bits, action.src_ofs, action.dst_ofs,
-            oxm_header(action.src), oxm_header(action.dst),
-        )  # fmt: skip
-    if isinstance(action, DecTtl):
-        return _ACT_DEC_TTL.pack(_OFPAT_DEC_NW_TTL, 8)
-    if isinstance(action, Controller):
-        if not action.userdata:
-            return _ACT_OUTPUT.pack(_OFPAT_OUTPUT, 16, OFPP_CONTROLLER, action.max_len)
-        # NXAST_CONTROLLER2 with OVS's canonical properties: max_len only when not the default.
-        props = []
-        if action.max_len != 0xFFFF:
-            props.append(_PROP_HDR.pack(_NXAC2PT_MAX_LEN, 6) + action.max_len.to_bytes(2, "big") + _PADS[2])
-        ud_len = 4 + len(action.userdata)
-        props.append(_PROP_HDR.pack(_NXAC2PT_USERDATA, ud_len) + action.userdata + _pad8(ud_len))
-        body = b"".join(props)
-        return _ACT_NX_HDR.pack(_OFPAT_EXPERIMENTER, 16 + len(body), NX_VENDOR_ID, _NXAST_CONTROLLER2) + body
-    raise TypeError(f"unsupported action {action!r}")
+    try:
+        encoder = _ACTION_ENCODERS[type(action)]
+    except KeyError:
+        raise TypeError(f"unsupported action {action!r}") from None
+    return encoder(action)
 
 
 def encode_actions(actions: tuple[Action, ...] | list[Action]) -> bytes:
-    return b"".join(map(encode_action, actions))
+    return b"".join([encode_action(a) for a in actions])
+
+
+_GOTO_BYTES = tuple(_GOTO.pack(_OFPIT_GOTO_TABLE, 8, t) for t in range(256))
 
 
 def encode_instructions(flow: Flow) -> bytes:
     """APPLY_ACTIONS then GOTO_TABLE, as OVS dumps them back (so dumps compare byte-equal)."""
-    parts = []
-    if flow.actions:
-        acts = encode_actions(flow.actions)
-        parts.append(_APPLY_HDR.pack(_OFPIT_APPLY_ACTIONS, 8 + len(acts)))
-        parts.append(acts)
-    if flow.goto is not None:
-        parts.append(_GOTO.pack(_OFPIT_GOTO_TABLE, 8, flow.goto))
-    return b"".join(parts)
+    goto = b"" if flow.goto is None else _GOTO_BYTES[flow.goto]
+    if not flow.actions:
+        return goto
+    acts = b"".join([encode_action(a) for a in flow.actions])
+    return _APPLY_HDR.pack(_OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts + goto
 
 
 # ------------------------------------------------------------------ flow mods and bundles
 
-
-def _flow_mod_parts(flow: Flow, command: FlowModCommand) -> tuple[bytes, bytes]:
-    match_bytes = encode_match(flow.match)
-    return match_bytes, encode_instructions(flow) if command == FlowModCommand.ADD else b""
+_T_FLOW_MOD = int(MsgType.FLOW_MOD)
+_T_BUNDLE_ADD = int(MsgType.BUNDLE_ADD_MESSAGE)
 
 
 def encode_flow_mod(flow: Flow, command: FlowModCommand, xid: int) -> bytes:
     """OFPT_FLOW_MOD: ADD (no flow-removed, no buffer) or DELETE_STRICT (any out port/group)."""
-    match_bytes, instructions = _flow_mod_parts(flow, command)
+    match_bytes = encode_match(flow.match)
+    instructions = encode_instructions(flow) if command == FlowModCommand.ADD else b""
     return b"".join(
         (
             _FLOW_MOD.pack(
-                OFP_VERSION, MsgType.FLOW_MOD, 48 + len(match_bytes) + len(instructions), xid,
+                OFP_VERSION, _T_FLOW_MOD, 48 + len(match_bytes) + len(instructions), xid,
                 flow.cookie, 0, flow.table, command, flow.idle_timeout, flow.hard_timeout,
                 flow.priority, NO_BUFFER, OFPP_ANY, OFPG_ANY, 0, 0,
             ),
@@ -325,18 +348,25 @@ def encode_flow_mod(flow: Flow, command: FlowModCommand, xid: int) -> bytes:
 
 
 def encode_bundle_add(bundle_id: int, flags: int, flow: Flow, command: FlowModCommand, xid: int) -> bytes:
-    """OFPT_BUNDLE_ADD_MESSAGE wrapping a flow_mod; OVS requires the inner xid to equal the outer."""
-    match_bytes, instructions = _flow_mod_parts(flow, command)
-    inner = 48 + len(match_bytes) + len(instructions)
+    """OFPT_BUNDLE_ADD_MESSAGE wrapping a flow_mod (the hot path: one pack, one join).
+
+    OVS requires the embedded message's xid to equal the bundle-add xid.
+    """
+    oxms = b"".join([encode_oxm(m) for m in flow.match])
+    match_len = 4 + len(oxms)
+    pad = -match_len % 8
+    instructions = encode_instructions(flow) if command == FlowModCommand.ADD else b""
+    inner = 48 + match_len + pad + len(instructions)
     return b"".join(
         (
             _BUNDLE_ADD_FLOW_MOD.pack(
-                OFP_VERSION, MsgType.BUNDLE_ADD_MESSAGE, 16 + inner, xid, bundle_id, 0, flags,
-                OFP_VERSION, MsgType.FLOW_MOD, inner, xid,
+                OFP_VERSION, _T_BUNDLE_ADD, 16 + inner, xid, bundle_id, 0, flags,
+                OFP_VERSION, _T_FLOW_MOD, inner, xid,
                 flow.cookie, 0, flow.table, command, flow.idle_timeout, flow.hard_timeout,
-                flow.priority, NO_BUFFER, OFPP_ANY, OFPG_ANY, 0, 0,
+                flow.priority, NO_BUFFER, OFPP_ANY, OFPG_ANY, 0, 0, _OFPMT_OXM, match_len,
             ),
-            match_bytes,
+            oxms,
+            _PADS[pad],
             instructions,
         )
     )  # fmt: skip

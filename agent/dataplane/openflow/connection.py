@@ -1,0 +1,460 @@
+"""One persistent OpenFlow 1.4 client connection to a bridge's management socket.
+
+A background thread owns connecting, the handshake and reading; callers write requests and
+block on futures keyed by xid. When the socket drops (ovs-vswitchd restart) the thread
+reconnects with backoff and reports each state, so the owner knows to resync its flows.
+
+Callbacks run on the reader thread: they must return quickly and must not call blocking
+methods of this connection (that would wait for replies only the reader thread can read).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+from agent.dataplane.openflow import codec
+from agent.dataplane.openflow.codec import BundleCtrl, DecodedFlow, ErrorInfo, FlowModCommand, MsgType
+from agent.planner.flows import Action, Flow
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_MIN = 0.1
+_BACKOFF_MAX = 2.0
+_HANDSHAKE_TIMEOUT = 5.0
+_CHUNK_MESSAGES = 2048
+_BUNDLE_FLAGS = codec.OFPBF_ATOMIC | codec.OFPBF_ORDERED
+_REPLY_TYPES = frozenset(
+    {MsgType.ECHO_REPLY, MsgType.FEATURES_REPLY, MsgType.BARRIER_REPLY, MsgType.BUNDLE_CONTROL}
+)
+
+
+class State(enum.Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    HANDSHAKE = "handshake"
+    CONNECTED = "connected"
+
+
+class OpenFlowError(Exception):
+    """The switch rejected a request; ``flow`` is the offending flow when it can be identified."""
+
+    def __init__(self, error: ErrorInfo, flow: Flow | None = None) -> None:
+        self.error = error
+        self.flow = flow
+        text = error.text if flow is None else f"{error.text} for flow: {flow.text()}"
+        super().__init__(text)
+
+
+class OpenFlowConnectionError(ConnectionError):
+    """Not connected, or the connection dropped while waiting for a reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An unsolicited message (packet-in, port-status, error nobody waits for); ``raw`` is whole."""
+
+    type: int
+    xid: int
+    raw: bytes
+
+
+class _Pending:
+    """A request waiting for its reply; multipart parts accumulate until the last one."""
+
+    __slots__ = ("future", "parts")
+
+    def __init__(self) -> None:
+        self.future: Future[list[bytes]] = Future()
+        self.parts: list[bytes] = []
+
+
+@dataclass(slots=True)
+class _BundleErrors:
+    """Collects errors for a bundle's add-messages, whose xids are ``first .. first+len(flows)-1``."""
+
+    first: int
+    flows: Sequence[Flow]
+    errors: list[ErrorInfo]
+
+    def covers(self, xid: int) -> bool:
+        return self.first <= xid < self.first + len(self.flows)
+
+    def flow_of(self, xid: int) -> Flow | None:
+        return self.flows[xid - self.first] if self.covers(xid) else None
+
+
+def _frames(sock: socket.socket) -> Iterator[bytes]:
+    """Yield whole OpenFlow messages until EOF."""
+    buf = bytearray()
+    while True:
+        chunk = sock.recv(1 << 18)
+        if not chunk:
+            return
+        buf += chunk
+        pos = 0
+        while len(buf) - pos >= 8:
+            length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+            if length < 8:
+                raise ConnectionError(f"malformed OpenFlow message length {length}")
+            if len(buf) - pos < length:
+                break
+            yield bytes(buf[pos : pos + length])
+            pos += length
+        del buf[:pos]
+
+
+class OpenFlowConnection:
+    """Thread-safe OpenFlow client with automatic reconnect; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str,
+        on_state_change: Callable[[State], None] | None = None,
+        on_message: Callable[[Message], None] | None = None,
+    ) -> None:
+        self.path = str(path)
+        self._on_state_change = on_state_change
+        self._on_message = on_message
+        self._state = State.DISCONNECTED
+        self._state_cond = threading.Condition()
+        self._datapath_id: int | None = None
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wlock = threading.Lock()
+        self._deferred: collections.deque[bytes] = collections.deque()
+        self._live_sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._bundles: list[_BundleErrors] = []
+        self._next_xid = 1
+        self._bundle_ids = itertools.count(1)
+        self._bundle_lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def datapath_id(self) -> int | None:
+        """From the last features reply; re-read on every (re)connect."""
+        return self._datapath_id
+
+    def connect(self, timeout: float = 10.0) -> None:
+        """Start the connection thread (if needed) and wait until CONNECTED.
+
+        On timeout the thread keeps retrying in the background; ``close()`` stops it.
+        """
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"openflow:{self.path}", daemon=True)
+            self._thread.start()
+        self.wait_connected(timeout)
+
+    def wait_connected(self, timeout: float) -> None:
+        with self._state_cond:
+            if not self._state_cond.wait_for(lambda: self._state is State.CONNECTED, timeout):
+                raise TimeoutError(f"OpenFlow connection to {self.path} not up within {timeout}s")
+
+    def close(self) -> None:
+        self._stop.set()
+        sock = self._live_sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def _set_state(self, state: State) -> None:
+        with self._state_cond:
+            if state is self._state:
+                return
+            self._state = state
+            self._state_cond.notify_all()
+        log.debug("openflow %s: %s", self.path, state.value)
+        if self._on_state_change is not None:
+            try:
+                self._on_state_change(state)
+            except Exception:
+                log.exception("on_state_change callback failed")
+
+    def _run(self) -> None:
+        delay = _BACKOFF_MIN
+        self._set_state(State.CONNECTING)
+        while not self._stop.is_set():
+            sock = self._live_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            was_connected = False
+            try:
+                sock.settimeout(_HANDSHAKE_TIMEOUT)
+                sock.connect(self.path)
+                self._set_state(State.HANDSHAKE)
+                frames = _frames(sock)
+                self._handshake(sock, frames)
+                sock.settimeout(None)
+                self._sock = sock
+                delay = _BACKOFF_MIN
+                was_connected = True
+                self._set_state(State.CONNECTED)
+                for msg in frames:
+                    self._dispatch(msg)
+            except (OSError, ConnectionError, ValueError) as exc:
+                if not self._stop.is_set():
+                    log.info("openflow %s: %s", self.path, exc)
+            finally:
+                self._sock = None
+                sock.close()
+                self._fail_pending()
+            if was_connected:
+                self._set_state(State.DISCONNECTED)  # the owner's cue to resync after reconnect
+            if self._stop.wait(delay):
+                break
+            self._set_state(State.CONNECTING)
+            delay = min(delay * 2, _BACKOFF_MAX)
+        self._live_sock = None
+        self._set_state(State.DISCONNECTED)
+
+    def _handshake(self, sock: socket.socket, frames: Iterator[bytes]) -> None:
+        """Hello (settle on 1.4), then features for the datapath id, then packet-in2 format."""
+        sock.sendall(codec.encode_hello(self._alloc_xids(1)))
+        features_xid = None
+        for msg in frames:
+            _, msg_type, _, xid = codec.parse_header(msg)
+            if msg_type == MsgType.HELLO:
+                if codec.OFP_VERSION not in codec.decode_hello_versions(msg):
+                    raise ConnectionError("switch does not offer OpenFlow 1.4")
+                features_xid = self._alloc_xids(1)
+                sock.sendall(codec.encode_header_only(MsgType.FEATURES_REQUEST, features_xid))
+            elif msg_type == MsgType.ECHO_REQUEST:
+                sock.sendall(codec.encode_echo(xid, msg[8:], reply=True))
+            elif msg_type == MsgType.ERROR:
+                raise ConnectionError(f"handshake failed: {codec.decode_error(msg).text}")
+            elif msg_type == MsgType.FEATURES_REPLY and xid == features_xid:
+                self._datapath_id = codec.decode_features_reply(msg)
+                sock.sendall(codec.encode_set_packet_in_format(self._alloc_xids(1)))
+                return
+        raise ConnectionError("connection closed during handshake")
+
+    def _fail_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if not p.future.done():
+                p.future.set_exception(OpenFlowConnectionError(f"connection to {self.path} lost"))
+
+    # ------------------------------------------------------------ reading
+    def _dispatch(self, msg: bytes) -> None:
+        _, msg_type, _, xid = codec.parse_header(msg)
+        if msg_type == MsgType.ECHO_REQUEST:
+            self._send_control(codec.encode_echo(xid, msg[8:], reply=True))
+            return
+        with self._lock:
+            pending = self._pending.get(xid)
+            bundle = next((b for b in self._bundles if b.covers(xid)), None)
+        if msg_type == MsgType.ERROR:
+            error = codec.decode_error(msg)
+            if bundle is not None:
+                bundle.errors.append(error)
+            elif pending is not None:
+                pending.future.set_exception(OpenFlowError(error))
+            else:
+                self._unsolicited(msg_type, xid, msg)
+        elif pending is not None and msg_type == MsgType.MULTIPART_REPLY:
+            pending.parts.append(msg)
+            if not codec.multipart_more(msg):
+                pending.future.set_result(pending.parts)
+        elif pending is not None and msg_type in _REPLY_TYPES:
+            pending.future.set_result([msg])
+        else:
+            self._unsolicited(msg_type, xid, msg)
+
+    def _unsolicited(self, msg_type: int, xid: int, msg: bytes) -> None:
+        if self._on_message is None:
+            log.debug("openflow %s: ignoring message type %d", self.path, msg_type)
+            return
+        try:
+            self._on_message(Message(msg_type, xid, msg))
+        except Exception:
+            log.exception("on_message callback failed")
+
+    # ------------------------------------------------------------ writing
+    def _alloc_xids(self, n: int) -> int:
+        """First of ``n`` consecutive xids (bundles identify failed messages by xid range)."""
+        with self._lock:
+            if self._next_xid + n >= 1 << 32:
+                self._next_xid = 1
+            first = self._next_xid
+            self._next_xid += n
+            return first
+
+    def _write(self, chunks: Iterator[bytes] | Sequence[bytes]) -> None:
+        try:
+            with self._wlock:
+                sock = self._sock
+                if sock is None:
+                    raise OpenFlowConnectionError(f"not connected to {self.path}")
+                for chunk in chunks:
+                    sock.sendall(chunk)
+        except OSError as exc:
+            raise OpenFlowConnectionError(f"write to {self.path} failed: {exc}") from exc
+        finally:
+            self._flush_deferred()
+
+    def _send_control(self, data: bytes) -> None:
+        """Reader-thread writes (echo replies) never wait for the write lock.
+
+        A caller may hold it while blocked writing a big bundle; if the reader waited too, it
+        would stop draining replies and OVS would stop reading from us: a deadlock.
+        """
+        self._deferred.append(data)
+        self._flush_deferred()
+
+    def _flush_deferred(self) -> None:
+        while self._deferred and self._wlock.acquire(blocking=False):
+            try:
+                data = b"".join(self._deferred.popleft() for _ in range(len(self._deferred)))
+                if self._sock is not None:
+                    self._sock.sendall(data)
+            except OSError:
+                pass  # the reader sees the broken socket and reconnects
+            finally:
+                self._wlock.release()
+
+    def _register(self, xid: int) -> _Pending:
+        pending = _Pending()
+        with self._lock:
+            self._pending[xid] = pending
+        return pending
+
+    def _unregister(self, *xids: int) -> None:
+        with self._lock:
+            for xid in xids:
+                self._pending.pop(xid, None)
+
+    def _check_caller(self) -> None:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("blocking OpenFlow call from the connection's own callback thread")
+
+    @staticmethod
+    def _wait(pending: _Pending, deadline: float) -> list[bytes]:
+        try:
+            return pending.future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise TimeoutError("no reply from the switch in time") from None
+
+    def _request(self, msg: bytes, xid: int, timeout: float) -> list[bytes]:
+        self._check_caller()
+        pending = self._register(xid)
+        try:
+            self._write([msg])
+            return self._wait(pending, time.monotonic() + timeout)
+        finally:
+            self._unregister(xid)
+
+    # ------------------------------------------------------------ public requests
+    def barrier(self, timeout: float = 10.0) -> None:
+        xid = self._alloc_xids(1)
+        self._request(codec.encode_header_only(MsgType.BARRIER_REQUEST, xid), xid, timeout)
+
+    def dump_flows(self, cookie: int = 0, cookie_mask: int = 0, timeout: float = 30.0) -> list[DecodedFlow]:
+        """All flows of all tables (optionally only those whose cookie matches under the mask)."""
+        xid = self._alloc_xids(1)
+        parts = self._request(codec.encode_flow_stats_request(xid, cookie, cookie_mask), xid, timeout)
+        return [f for part in parts for f in codec.decode_flow_stats_reply(part)]
+
+    def send_packet_out(self, in_port: int, actions: Sequence[Action], data: bytes) -> None:
+        """Fire and forget; a rejection arrives as an unsolicited error message."""
+        self._write([codec.encode_packet_out(self._alloc_xids(1), in_port, actions, data)])
+
+    def apply_bundle(self, deletes: Sequence[Flow], adds: Sequence[Flow], timeout: float = 30.0) -> None:
+        """Apply DELETE_STRICTs then ADDs as one atomic, ordered bundle; return once committed.
+
+        ADD of an existing key replaces it inside the same commit, so there is no forwarding gap.
+        The add-messages and a CLOSE are pipelined; add errors are reported before the CLOSE
+        reply (OVS handles one connection in order), so a bad bundle is discarded and never
+        committed. Commit-time failures roll back in OVS. Either way the table is unchanged
+        and ``OpenFlowError`` names the offending flow.
+        """
+        self._check_caller()
+        with self._bundle_lock:
+            self._apply_bundle(deletes, adds, time.monotonic() + timeout)
+
+    def _apply_bundle(self, deletes: Sequence[Flow], adds: Sequence[Flow], deadline: float) -> None:
+        flows = [*deletes, *adds]
+        n_del = len(deletes)
+        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        open_xid = self._alloc_xids(len(flows) + 3)
+        first, close_xid, commit_xid = open_xid + 1, open_xid + len(flows) + 1, open_xid + len(flows) + 2
+        tracker = _BundleErrors(first, flows, [])
+        opened, closed = self._register(open_xid), self._register(close_xid)
+        with self._lock:
+            self._bundles.append(tracker)
+        enc = codec.encode_bundle_add
+        add, delete = FlowModCommand.ADD, FlowModCommand.DELETE_STRICT
+
+        def chunks() -> Iterator[bytes]:
+            yield codec.encode_bundle_control(bundle_id, BundleCtrl.OPEN_REQUEST, _BUNDLE_FLAGS, open_xid)
+            for start in range(0, len(flows), _CHUNK_MESSAGES):
+                yield b"".join(
+                    [
+                        enc(bundle_id, _BUNDLE_FLAGS, flow, delete if i < n_del else add, first + i)
+                        for i, flow in enumerate(flows[start : start + _CHUNK_MESSAGES], start)
+                    ]
+                )
+            yield codec.encode_bundle_control(bundle_id, BundleCtrl.CLOSE_REQUEST, _BUNDLE_FLAGS, close_xid)
+
+        try:
+            self._write(chunks())
+            self._wait(opened, deadline)
+            try:
+                self._wait(closed, deadline)
+            except OpenFlowError:
+                if not tracker.errors:
+                    raise
+            if tracker.errors:
+                self._discard(bundle_id, deadline)
+                self._raise_first(tracker)
+            try:
+                self._request(
+                    codec.encode_bundle_control(
+                        bundle_id, BundleCtrl.COMMIT_REQUEST, _BUNDLE_FLAGS, commit_xid
+                    ),
+                    commit_xid,
+                    max(0.0, deadline - time.monotonic()),
+                )
+            except OpenFlowError:
+                if tracker.errors:
+                    self._raise_first(tracker)
+                raise
+        finally:
+            self._unregister(open_xid, close_xid)
+            with self._lock:
+                self._bundles.remove(tracker)
+
+    def _discard(self, bundle_id: int, deadline: float) -> None:
+        xid = self._alloc_xids(1)
+        try:
+            self._request(
+                codec.encode_bundle_control(bundle_id, BundleCtrl.DISCARD_REQUEST, _BUNDLE_FLAGS, xid),
+                xid,
+                max(0.0, deadline - time.monotonic()),
+            )
+        except OpenFlowError as exc:
+            log.warning("discarding bundle %d: %s", bundle_id, exc)
+
+    @staticmethod
+    def _raise_first(tracker: _BundleErrors) -> None:
+        error = min(tracker.errors, key=lambda e: e.xid)
+        raise OpenFlowError(error, tracker.flow_of(error.xid))

@@ -1,0 +1,1 @@
+"""Test helpers that run real peer processes (brokers) for the integration suite."""

@@ -1,0 +1,104 @@
+"""The core end to end without OVS: statuses, PENDING until bound, persistence, crash safety."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.core import AgentCore
+from agent.model.decode import decode_v2
+from agent.model.resources import ResourceType, Status
+from agent.model.state import DesiredState
+from agent.model.store import Store
+from agent.planner import overlay
+from agent.planner.plan import Planner
+from agent.reconciler.flows import FlowReconciler
+from agent.sandbox import goalstates as gs
+from tests.support.recording_driver import RecordingDriver
+
+HOST = "172.31.0.11"
+
+
+@pytest.fixture
+def core(tmp_path):
+    state = DesiredState()
+    driver = RecordingDriver()
+    core = AgentCore(state, Store(tmp_path), Planner(state, HOST), FlowReconciler(driver))
+    core.driver = driver  # type: ignore[attr-defined]
+    core.start()
+    core.call(core.resync).result(5)
+    core.call(lambda: core.set_tunnel(9)).result(5)
+    yield core
+    core.stop()
+
+
+def _push(core: AgentCore, *states) -> dict[str, Status]:
+    result = core.apply(decode_v2(gs.goal_state_v2(*states, host_ip=HOST), HOST), "test", timeout=5)
+    return {s.resource_id: s.status for s in result.statuses}
+
+
+BASE = (gs.vpc("v1", 100), gs.subnet("s1", "v1", "10.0.1.0/24", 100))
+
+
+def test_port_pending_until_bound_then_programmed(core: AgentCore) -> None:
+    assert _push(core, *BASE, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05")) == {
+        "v1": Status.SUCCESS,
+        "p1": Status.PENDING,
+    }
+    core.call(lambda: core.bind({"p1": 4})).result(5)
+    cookies = {f.cookie for f in core.driver.table.values()}  # type: ignore[attr-defined]
+    assert any(f.match and f.match[0].value == 4 for f in core.driver.table.values())  # type: ignore[attr-defined]
+    assert len(cookies) >= 3  # base, port, segment
+    # The same CREATE again: SUCCESS (bound now), nothing re-sent.
+    bundles = len(core.driver.bundles)  # type: ignore[attr-defined]
+    assert (
+        _push(core, *BASE, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05"))["p1"] is Status.SUCCESS
+    )
+    assert len(core.driver.bundles) == bundles  # type: ignore[attr-defined]
+
+
+def test_statuses_carry_timings_and_empty_message_is_answered(core: AgentCore) -> None:
+    result = core.apply([], "test", timeout=5)
+    assert result.statuses == [] and result.total_us >= 0
+    result = core.apply(
+        decode_v2(
+            gs.goal_state_v2(
+                *BASE,
+                gs.neighbor("n1", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06", "172.31.0.12"),
+                host_ip=HOST,
+            ),
+            HOST,
+        ),
+        "test",
+        timeout=5,
+    )
+    nb = next(s for s in result.statuses if s.resource_id == "n1")
+    assert nb.status is Status.SUCCESS and nb.resource_type is ResourceType.NEIGHBOR
+    assert nb.elapsed_us > 0 and nb.config_us > 0 and nb.dataplane_us > 0
+
+
+def test_persisted_before_reply(core: AgentCore, tmp_path) -> None:
+    _push(core, *BASE, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05"))
+    loaded = Store(tmp_path).load()
+    assert set(loaded[ResourceType.PORT]) == {"p1"}
+
+
+def test_a_crashing_handler_is_failure_not_death(core: AgentCore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(_requests):
+        raise RuntimeError("planner bug")
+
+    monkeypatch.setattr(core.state, "apply", boom)
+    assert _push(core, gs.vpc("v2", 200)) == {"v2": Status.FAILURE}
+    monkeypatch.undo()
+    assert _push(core, gs.vpc("v2", 200)) == {"v2": Status.SUCCESS}
+
+
+def test_rejected_flows_fail_that_resource_only(core: AgentCore) -> None:
+    _push(core, *BASE)
+    bad = gs.neighbor("bad", "v1", "s1", "10.0.1.9", "fa:16:3e:00:00:09", "172.31.0.12")
+    (request,) = decode_v2(gs.goal_state_v2(bad, host_ip=HOST), HOST)
+    for flow in overlay.neighbor_flows(request.resource, [(100, "10.0.1.9")], 9):
+        core.driver.reject.add(flow.key)  # type: ignore[attr-defined]
+    statuses = _push(
+        core, bad, gs.neighbor("good", "v1", "s1", "10.0.1.10", "fa:16:3e:00:00:0a", "172.31.0.12")
+    )
+    assert statuses == {"bad": Status.FAILURE, "good": Status.SUCCESS}

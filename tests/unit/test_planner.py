@@ -1,0 +1,97 @@
+"""Planner golden tests: goal state in, sorted flow text (with table names) out."""
+
+from __future__ import annotations
+
+from agent.model.decode import decode_v2
+from agent.model.resources import ResourceType
+from agent.model.state import DesiredState
+from agent.planner.pipeline import TABLE_NAMES, Table
+from agent.planner.plan import BASE_OWNER, Planner, neighbor_owner, port_owner, segment_owner
+from agent.sandbox import goalstates as gs
+
+HOST = "172.31.0.11"
+TUNNEL = 9
+
+
+def _planner(*states) -> Planner:
+    state = DesiredState()
+    state.apply(decode_v2(gs.goal_state_v2(*states, host_ip=HOST), HOST))
+    planner = Planner(state, HOST)
+    planner.set_tunnel(TUNNEL)
+    planner.rebuild()
+    return planner
+
+
+def _text(planner: Planner, owner) -> list[str]:
+    return sorted(f.text(TABLE_NAMES) for f in planner.flows(owner))
+
+
+BASE = (gs.vpc("v1", 100), gs.subnet("s1", "v1", "10.0.1.0/24", 100))
+PORT = gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05")
+NEIGHBOR = gs.neighbor("n1", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06", "172.31.0.12")
+
+
+def test_port_flows_golden() -> None:
+    planner = _planner(*BASE, PORT)
+    assert _text(planner, port_owner("p1")) == []  # not bound yet: pending, nothing programmed
+    assert planner.is_pending("p1")
+    planner.bind({"p1": 3})
+    assert _text(planner, port_owner("p1")) == [
+        "table=ARP_RESPONDER, priority=100, reg0=0x64, dl_type=0x806, arp_op=1, arp_tpa=10.0.1.5 "
+        "actions=move:dl_src[0..47]->dl_dst[0..47],set_field:fa:16:3e:00:00:05->dl_src,set_field:2->arp_op,"
+        "move:arp_sha[0..47]->arp_tha[0..47],move:arp_spa[0..31]->arp_tpa[0..31],"
+        "set_field:fa:16:3e:00:00:05->arp_sha,set_field:10.0.1.5->arp_spa,output:IN_PORT",
+        "table=CLASSIFY, priority=100, in_port=3 actions=set_field:0x64->reg0,set_field:0x0->reg1,"
+        "goto_table:PORT_SECURITY",
+        "table=L2_LOOKUP, priority=100, reg0=0x64, dl_dst=fa:16:3e:00:00:05 actions=output:3",
+        "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
+        "nw_proto=17, nw_src=0.0.0.0, udp_src=68, udp_dst=67 actions=goto_table:L2_LOOKUP",
+        "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
+        "nw_src=10.0.1.5 actions=goto_table:L2_LOOKUP",
+        "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x806, "
+        "arp_spa=10.0.1.5, arp_sha=fa:16:3e:00:00:05 actions=goto_table:ARP_RESPONDER",
+    ]
+
+
+def test_neighbor_flows_golden() -> None:
+    planner = _planner(*BASE, NEIGHBOR)
+    assert _text(planner, neighbor_owner("n1")) == [
+        "table=ARP_RESPONDER, priority=100, reg0=0x64, dl_type=0x806, arp_op=1, arp_tpa=10.0.1.6 "
+        "actions=move:dl_src[0..47]->dl_dst[0..47],set_field:fa:16:3e:00:00:06->dl_src,set_field:2->arp_op,"
+        "move:arp_sha[0..47]->arp_tha[0..47],move:arp_spa[0..31]->arp_tpa[0..31],"
+        "set_field:fa:16:3e:00:00:06->arp_sha,set_field:10.0.1.6->arp_spa,output:IN_PORT",
+        "table=L2_LOOKUP, priority=90, reg0=0x64, dl_dst=fa:16:3e:00:00:06 "
+        "actions=set_field:0x64->tun_id,set_field:172.31.0.12->tun_dst,output:9",
+    ]
+
+
+def test_segment_flood_stays_in_its_vni_and_follows_membership() -> None:
+    planner = _planner(*BASE, PORT, NEIGHBOR)
+    assert planner.bind({"p1": 3}) == {port_owner("p1"), segment_owner(100)}
+    assert _text(planner, segment_owner(100)) == [
+        "table=L2_LOOKUP, priority=50, reg0=0x64, dl_dst=01:00:00:00:00:00/01:00:00:00:00:00 "
+        "actions=output:3,set_field:0x64->tun_id,set_field:172.31.0.12->tun_dst,output:9",
+        "table=L2_LOOKUP, priority=60, reg0=0x64, reg1=0x1/0x1, dl_dst=01:00:00:00:00:00/01:00:00:00:00:00 "
+        "actions=output:3",
+    ]
+    # A second neighbour on the same remote host does not change the flood list.
+    n2 = gs.neighbor("n2", "v1", "s1", "10.0.1.7", "fa:16:3e:00:00:07", "172.31.0.12")
+    planner.state.apply(decode_v2(gs.goal_state_v2(n2, host_ip=HOST), HOST))
+    assert planner.touch(ResourceType.NEIGHBOR, "n2") == {neighbor_owner("n2")}
+
+
+def test_admin_down_port_drops_at_intake() -> None:
+    planner = _planner(*BASE, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", admin_up=False))
+    planner.bind({"p1": 3})
+    assert _text(planner, port_owner("p1")) == ["table=CLASSIFY, priority=100, in_port=3 actions=drop"]
+
+
+def test_neighbor_on_this_host_is_left_to_the_local_port() -> None:
+    planner = _planner(*BASE, gs.neighbor("n1", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06", HOST))
+    assert planner.flows(neighbor_owner("n1")) == []
+
+
+def test_base_flows_cover_every_table() -> None:
+    planner = _planner()
+    tables = {f.table for f in planner.flows(BASE_OWNER)}
+    assert tables == {t.value for t in Table}

@@ -1,0 +1,74 @@
+"""Reconciler against a recording driver: minimal diffs, atomic failure, resync without flush."""
+
+from __future__ import annotations
+
+from agent.planner.cookies import Kind
+from agent.planner.flows import Field, Flow, Output, match
+from agent.reconciler.flows import FlowReconciler
+from tests.support.recording_driver import RecordingDriver
+
+A = (Kind.PORT, "a")
+B = (Kind.PORT, "b")
+
+
+def _flow(port: int, out: int, table: int = 40) -> Flow:
+    return Flow(table, 100, match((Field.IN_PORT, port)), (Output(out),), cookie=port)
+
+
+def test_apply_diff_of_a_to_b_gives_b() -> None:
+    driver = RecordingDriver()
+    rec = FlowReconciler(driver)
+    a = [_flow(1, 1), _flow(2, 2), _flow(3, 3)]
+    b = [_flow(2, 2), _flow(3, 30), _flow(4, 4)]
+    rec.update({A: a})
+    result = rec.update({A: b})
+    assert {f.key: f for f in b} == driver.table == rec.installed
+    # Only the difference was sent: delete 1, replace 3, add 4; flow 2 untouched.
+    deletes, adds = driver.bundles[-1]
+    assert [f.key for f in deletes] == [_flow(1, 1).key]
+    assert sorted(f.text() for f in adds) == sorted([_flow(3, 30).text(), _flow(4, 4).text()])
+    assert (result.added, result.deleted, result.bundles) == (2, 1, 1)
+
+
+def test_no_change_sends_nothing() -> None:
+    driver = RecordingDriver()
+    rec = FlowReconciler(driver)
+    rec.update({A: [_flow(1, 1)]})
+    rec.update({A: [_flow(1, 1)]})
+    assert len(driver.bundles) == 1
+
+
+def test_rejected_owner_fails_alone_and_mirror_stays_true() -> None:
+    driver = RecordingDriver()
+    rec = FlowReconciler(driver)
+    bad = _flow(9, 9)
+    driver.reject.add(bad.key)
+    result = rec.update({A: [_flow(1, 1)], B: [bad]})
+    assert set(result.failed) == {B}
+    assert driver.table == {_flow(1, 1).key: _flow(1, 1)} == rec.installed
+    assert B not in rec.desired
+
+
+def test_key_moving_between_owners_is_not_deleted_by_the_old_owner() -> None:
+    driver = RecordingDriver()
+    rec = FlowReconciler(driver)
+    shared = _flow(5, 5)
+    rec.update({A: [shared]})
+    rec.update({B: [shared]})
+    rec.update({A: []})
+    assert shared.key in driver.table
+    assert rec.owner_of(shared.key) == B
+
+
+def test_resync_keeps_unchanged_flows_and_sweeps_stale_ones() -> None:
+    driver = RecordingDriver()
+    keep, stale, changed = _flow(1, 1), _flow(2, 2), _flow(3, 3)
+    driver.table = {f.key: f for f in (keep, stale, changed)}
+    rec = FlowReconciler(driver)
+    result = rec.resync({A: [keep, _flow(3, 33)], B: [_flow(4, 4)]})
+    deletes, adds = driver.bundles[-1]
+    assert [f.key for f in deletes] == [stale.key]
+    assert sorted(f.text() for f in adds) == sorted([_flow(3, 33).text(), _flow(4, 4).text()])
+    assert keep.key not in {f.key for f in adds}  # no flush, no re-add of what is right
+    assert (result.added, result.deleted) == (2, 1)
+    assert driver.table == rec.installed

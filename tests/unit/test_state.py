@@ -1,0 +1,120 @@
+"""Desired-state rules: idempotence, revisions, DELTA/FULL, references, deletes."""
+
+from __future__ import annotations
+
+from agent.model.decode import decode_v2
+from agent.model.resources import ResourceType, Status
+from agent.model.state import DesiredState
+from agent.model.store import Store
+from agent.sandbox import goalstates as gs
+
+HOST = "172.31.0.11"
+
+
+def _apply(state: DesiredState, *states) -> dict[str, Status]:
+    outcomes = state.apply(decode_v2(gs.goal_state_v2(*states, host_ip=HOST), HOST))
+    return {o.request.id: o.status for o in outcomes if o.request.acted_on}
+
+
+def _base() -> tuple:
+    return (gs.vpc("v1", 100), gs.subnet("s1", "v1", "10.0.1.0/24", 100))
+
+
+def test_same_create_twice_is_success_and_unchanged() -> None:
+    state = DesiredState()
+    port = gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05")
+    assert _apply(state, *_base(), port) == {"v1": Status.SUCCESS, "p1": Status.SUCCESS}
+    before = dict(state.ports)
+    outcomes = state.apply(decode_v2(gs.goal_state_v2(*_base(), port, host_ip=HOST), HOST))
+    assert all(o.status is Status.SUCCESS and not o.changed for o in outcomes)
+    assert state.ports == before
+
+
+def test_older_revision_is_out_of_order_and_changes_nothing() -> None:
+    state = DesiredState()
+    _apply(state, *_base(), gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", revision=5))
+    older = gs.port("p1", "v1", "s1", "10.0.1.9", "fa:16:3e:00:00:09", op=gs.UPDATE, revision=4)
+    assert _apply(state, older)["p1"] is Status.OUT_OF_ORDER
+    assert state.ports["p1"].mac == "fa:16:3e:00:00:05"
+
+
+def test_reference_in_same_message_then_in_held_state() -> None:
+    state = DesiredState()
+    # subnet arrives after the port in the message: still resolved (dependency order)
+    assert (
+        _apply(state, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05"), *_base())["p1"]
+        is Status.SUCCESS
+    )
+    # later message without the subnet: resolved from what is held
+    assert _apply(state, gs.port("p2", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06"))["p2"] is Status.SUCCESS
+
+
+def test_unknown_subnet_and_ip_outside_subnet_are_invalid_alone() -> None:
+    state = DesiredState()
+    result = _apply(
+        state,
+        *_base(),
+        gs.port("bad1", "v1", "nope", "10.0.1.5", "fa:16:3e:00:00:05"),
+        gs.port("bad2", "v1", "s1", "10.9.1.5", "fa:16:3e:00:00:06"),
+        gs.port("good", "v1", "s1", "10.0.1.7", "fa:16:3e:00:00:07"),
+        gs.dhcp("d1", "nope", "fa:16:3e:00:00:07", "10.0.1.7"),
+    )
+    assert result["bad1"] is Status.INVALID_ARG
+    assert result["bad2"] is Status.INVALID_ARG
+    assert result["d1"] is Status.INVALID_ARG
+    assert result["good"] is Status.SUCCESS
+    assert set(state.ports) == {"good"}
+
+
+def test_delete_unknown_is_success_and_delete_removes() -> None:
+    state = DesiredState()
+    assert _apply(state, gs.port("ghost", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", op=gs.DELETE)) == {
+        "ghost": Status.SUCCESS
+    }
+    _apply(state, *_base(), gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05"))
+    _apply(state, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", op=gs.DELETE))
+    assert "p1" not in state.ports
+
+
+def test_delta_merges_full_replaces() -> None:
+    state = DesiredState()
+    _apply(
+        state,
+        *_base(),
+        gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", pairs=[("10.0.1.100", "")]),
+    )
+    delta = gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", op=gs.UPDATE, revision=2)
+    delta.configuration.update_type = 0  # DELTA
+    del delta.configuration.allow_address_pairs[:]
+    _apply(state, delta)
+    assert state.ports["p1"].address_pairs  # kept: the delta did not mention them
+    full = gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", op=gs.UPDATE, revision=3)
+    _apply(state, full)
+    assert state.ports["p1"].address_pairs == ()
+
+
+def test_info_subnet_is_context_for_lookups() -> None:
+    state = DesiredState()
+    statuses = _apply(state, gs.subnet("s1", "v1", "10.0.1.0/24", 100, op=gs.INFO))
+    assert statuses == {}  # INFO is not acted on: no status
+    assert state.subnets["s1"].tunnel_id == 100
+
+
+def test_store_round_trip(tmp_path) -> None:
+    state = DesiredState()
+    _apply(
+        state,
+        *_base(),
+        gs.port(
+            "p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", pairs=[("10.0.1.64/28", "fa:16:3e:00:00:99")]
+        ),
+        gs.neighbor("n1", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06", "172.31.0.12"),
+    )
+    store = Store(tmp_path)
+    store.write(((t, r) for t, items in state.resources.items() for r in items.values()), ())
+    store.write((), [(ResourceType.VPC, "v1")])
+    loaded = store.load()
+    assert loaded[ResourceType.PORT] == state.ports
+    assert loaded[ResourceType.NEIGHBOR] == state.neighbors
+    assert loaded[ResourceType.VPC] == {}
+    store.close()
