@@ -255,16 +255,15 @@ class AgentCore:
         )  # fmt: skip
         return result
 
-    def bind(self, bindings: dict[str, int]) -> ApplyResult:
-        owners = self.planner.bind(bindings)
+    def set_interfaces(self, interfaces: list[tuple[str, str | None, int]]) -> ApplyResult:
+        """OVSDB reported the bridge's interfaces: bind pending ports that appeared, unbind gone ones."""
+        owners = self.planner.set_interfaces(interfaces)
         result = self._program(owners)
         if owners:
             log.info(
-                "event=bindings ports_bound=%d owners=%d flows_added=%d",
-                len(bindings),
-                len(owners),
-                result.added,
-            )
+                "event=bindings interfaces=%d ports_bound=%d owners=%d flows_added=%d flows_deleted=%d",
+                len(interfaces), len(self.planner.bindings), len(owners), result.added, result.deleted,
+            )  # fmt: skip
         return result
 
     def set_tunnel(self, ofport: int | None) -> ApplyResult:

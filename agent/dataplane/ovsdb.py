@@ -35,17 +35,25 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "Open_vSwitch"
 
-# (table, columns we write and read, columns only ovs-vswitchd writes)
-_SCHEMA: tuple[tuple[str, list[str], list[str]], ...] = (
-    ("Open_vSwitch", ["bridges", "other_config", "next_cfg"], ["cur_cfg"]),
-    ("Bridge", ["name", "ports", "datapath_type", "fail_mode", "protocols", "other_config"], ["datapath_id"]),
-    ("Port", ["name", "interfaces"], []),
-    (
-        "Interface",
-        ["name", "type", "options", "external_ids"],
-        ["ofport", "mac_in_use", "admin_state", "link_state", "error"],
-    ),
-)
+# Only what the agent reads or writes is replicated. Columns are not registered as
+# ``readonly``: ovs 4.0's IDL then hands out unset integer columns (cur_cfg before
+# ovs-vswitchd first writes it) as raw Atoms instead of ints.
+_COLUMNS: dict[str, list[str]] = {
+    "Open_vSwitch": ["bridges", "other_config", "next_cfg", "cur_cfg"],
+    "Bridge": ["name", "ports", "datapath_type", "fail_mode", "protocols", "other_config", "datapath_id"],
+    "Port": ["name", "interfaces"],
+    "Interface": [
+        "name",
+        "type",
+        "options",
+        "external_ids",
+        "ofport",
+        "mac_in_use",
+        "admin_state",
+        "link_state",
+        "error",
+    ],
+}
 
 _Row = Any  # ovs.db.idl.Row: attribute access per column, no static types
 
@@ -373,8 +381,8 @@ def fetch_schema(remote: str, timeout: float) -> ovs.db.idl.SchemaHelper:
     if reply.error:
         raise OvsdbError(f"get_schema {remote}", str(reply.error))
     helper = ovs.db.idl.SchemaHelper(schema_json=reply.result)
-    for table, columns, readonly in _SCHEMA:
-        helper.register_columns(table, columns + readonly, readonly=readonly)
+    for table, columns in _COLUMNS.items():
+        helper.register_columns(table, columns)
     return helper
 
 

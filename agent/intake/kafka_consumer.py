@@ -192,7 +192,9 @@ class KafkaIntake:
         finally:
             self._consumer.close()
             if self._producer is not None:
-                self._producer.flush(_REPLY_FLUSH_TIMEOUT_S)
+                # Anything still queued answers a message that was not committed: it comes again.
+                self._producer.purge()
+                self._producer.close()
             self._set_state(IntakeState.STOPPED)
 
     # ------------------------------------------------------------ per message
@@ -209,17 +211,21 @@ class KafkaIntake:
         started = time.perf_counter()
         try:
             reply = self._apply(goal_state)
-            if self._producer is not None:
-                self._send_reply(msg, fmt, reply)
         except Exception:
-            self._count("apply_failed")
-            self._retry_later(msg, where)
+            self._retry_later(msg, where, "apply_failed")
             return
+        if self._producer is not None:
+            try:
+                self._send_reply(msg, fmt, reply)
+            except (KafkaException, BufferError):
+                # Retried whole: re-applying is a no-op for the core, and the reply goes out again.
+                self._retry_later(msg, where, "reply_failed")
+                return
         self._backoff = _BACKOFF_MIN_S
         self._count("applied")
         self._commit(msg)
         log.debug(
-            "event=kafka_applied %s format=%s apply_us=%d",
+            "event=kafka_applied %s format=%s took_us=%d",
             where,
             fmt,
             (time.perf_counter() - started) * 1e6,
@@ -248,12 +254,14 @@ class KafkaIntake:
         if self._producer.flush(_REPLY_FLUSH_TIMEOUT_S) or failures:
             raise KafkaException(failures[0] if failures else KafkaError(KafkaError._MSG_TIMED_OUT))
 
-    def _retry_later(self, msg: Message, where: str) -> None:
+    def _retry_later(self, msg: Message, where: str, reason: str) -> None:
         """Rewind to the failed message and wait; polling continues, so the group keeps us."""
-        suppressed = self._limit.allow("apply_failed")
+        self._count(reason)
+        suppressed = self._limit.allow(reason)
         if suppressed is not None:
             log.error(
-                "event=kafka_apply_failed %s retry_in_s=%.1f suppressed=%d",
+                "event=kafka_%s %s retry_in_s=%.1f suppressed=%d",
+                reason,
                 where,
                 self._backoff,
                 suppressed,

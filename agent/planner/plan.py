@@ -36,7 +36,9 @@ class Planner:
         self.state = state
         self.local_ip = local_ip
         self.tunnel_ofport: int | None = None
-        self.bindings: dict[str, int] = {}  # port id → ofport of its interface on br-int
+        self.bindings: dict[str, int] = {}  # port id → ofport it is programmed with
+        self._by_iface_id: dict[str, int] = {}  # external_ids:iface-id → ofport
+        self._by_tap_name: dict[str, int] = {}  # Nova's tap<first 11 chars of port id> → ofport
         self._port_segment: dict[str, int] = {}  # programmed port → its VNI
         self._segment_ports: dict[int, dict[str, int]] = defaultdict(dict)
         self._neighbor_hosts: dict[str, set[tuple[int, str]]] = {}
@@ -52,14 +54,22 @@ class Planner:
             return self._touch_subnet(rid)
         return set()
 
-    def bind(self, bindings: dict[str, int]) -> set[Owner]:
-        """New port → ofport map from OVSDB; re-plans only the ports whose binding changed."""
-        changed = {p for p in set(bindings) | set(self.bindings) if bindings.get(p) != self.bindings.get(p)}
-        self.bindings = dict(bindings)
+    def set_interfaces(self, interfaces: list[tuple[str, str | None, int]]) -> set[Owner]:
+        """The bridge's interfaces as (name, iface-id, ofport) from OVSDB. A port binds to the
+        interface whose iface-id is its id, or to the one named tap + its id's first 11 chars.
+        Re-plans only the ports whose binding changed."""
+        self._by_iface_id = {iid: ofp for _n, iid, ofp in interfaces if iid and ofp > 0}
+        self._by_tap_name = {n[3:]: ofp for n, _i, ofp in interfaces if n.startswith("tap") and ofp > 0}
         owners: set[Owner] = set()
-        for port_id in changed:
-            owners |= self._touch_port(port_id)
+        for port_id in set(self.state.ports) | set(self.bindings):
+            if self._ofport_of(port_id) != self.bindings.get(port_id):
+                owners |= self._touch_port(port_id)
         return owners
+
+    def _ofport_of(self, port_id: str) -> int | None:
+        if port_id not in self.state.ports:
+            return None
+        return self._by_iface_id.get(port_id) or self._by_tap_name.get(port_id[:11])
 
     def set_tunnel(self, ofport: int | None) -> set[Owner]:
         if ofport == self.tunnel_ofport:
@@ -89,7 +99,11 @@ class Planner:
     def _touch_port(self, port_id: str) -> set[Owner]:
         owners = {port_owner(port_id)}
         port = self.state.ports.get(port_id)
-        ofport = self.bindings.get(port_id)
+        ofport = self._ofport_of(port_id)
+        if ofport is None:
+            self.bindings.pop(port_id, None)
+        else:
+            self.bindings[port_id] = ofport
         old_vni = self._port_segment.pop(port_id, None)
         if old_vni is not None:
             self._segment_ports[old_vni].pop(port_id, None)

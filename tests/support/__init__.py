@@ -1,1 +1,1 @@
-"""Test helpers that run real peer processes (brokers) for the integration suite."""
+"""Helpers shared by the test suites: real peer processes (brokers) and recording stand-ins."""

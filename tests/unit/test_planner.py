@@ -35,7 +35,7 @@ def test_port_flows_golden() -> None:
     planner = _planner(*BASE, PORT)
     assert _text(planner, port_owner("p1")) == []  # not bound yet: pending, nothing programmed
     assert planner.is_pending("p1")
-    planner.bind({"p1": 3})
+    planner.set_interfaces([("tap-p1", "p1", 3)])
     assert _text(planner, port_owner("p1")) == [
         "table=ARP_RESPONDER, priority=100, reg0=0x64, dl_type=0x806, arp_op=1, arp_tpa=10.0.1.5 "
         "actions=move:dl_src[0..47]->dl_dst[0..47],set_field:fa:16:3e:00:00:05->dl_src,set_field:2->arp_op,"
@@ -67,7 +67,7 @@ def test_neighbor_flows_golden() -> None:
 
 def test_segment_flood_stays_in_its_vni_and_follows_membership() -> None:
     planner = _planner(*BASE, PORT, NEIGHBOR)
-    assert planner.bind({"p1": 3}) == {port_owner("p1"), segment_owner(100)}
+    assert planner.set_interfaces([("tap-p1", "p1", 3)]) == {port_owner("p1"), segment_owner(100)}
     assert _text(planner, segment_owner(100)) == [
         "table=L2_LOOKUP, priority=50, reg0=0x64, dl_dst=01:00:00:00:00:00/01:00:00:00:00:00 "
         "actions=output:3,set_field:0x64->tun_id,set_field:172.31.0.12->tun_dst,output:9",
@@ -82,7 +82,7 @@ def test_segment_flood_stays_in_its_vni_and_follows_membership() -> None:
 
 def test_admin_down_port_drops_at_intake() -> None:
     planner = _planner(*BASE, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", admin_up=False))
-    planner.bind({"p1": 3})
+    planner.set_interfaces([("tap-p1", "p1", 3)])
     assert _text(planner, port_owner("p1")) == ["table=CLASSIFY, priority=100, in_port=3 actions=drop"]
 
 

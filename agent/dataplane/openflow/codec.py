@@ -44,6 +44,7 @@ class MsgType(enum.IntEnum):
     EXPERIMENTER = 4
     FEATURES_REQUEST = 5
     FEATURES_REPLY = 6
+    SET_CONFIG = 9
     PACKET_IN = 10
     FLOW_REMOVED = 11
     PORT_STATUS = 12
@@ -280,10 +281,11 @@ _DEC_TTL = _ACT_DEC_TTL.pack(_OFPAT_DEC_NW_TTL, 8)
 def _encode_controller(action: Controller) -> bytes:
     if not action.userdata:
         return _ACT_OUTPUT.pack(_OFPAT_OUTPUT, 16, OFPP_CONTROLLER, action.max_len)
-    # NXAST_CONTROLLER2 with OVS's canonical properties: max_len only when not the default.
+    # NXAST_CONTROLLER2 as OVS re-encodes it on dump: max_len only when not the default, and
+    # its property length counting the 2 pad bytes.
     props = []
     if action.max_len != 0xFFFF:
-        props.append(_PROP_HDR.pack(_NXAC2PT_MAX_LEN, 6) + action.max_len.to_bytes(2, "big") + _PADS[2])
+        props.append(_PROP_HDR.pack(_NXAC2PT_MAX_LEN, 8) + action.max_len.to_bytes(2, "big") + _PADS[2])
     ud_len = 4 + len(action.userdata)
     props.append(_PROP_HDR.pack(_NXAC2PT_USERDATA, ud_len) + action.userdata + _pad8(ud_len))
     body = b"".join(props)
@@ -440,6 +442,12 @@ def encode_set_packet_in_format(xid: int, fmt: int = NXPIF_NXT_PACKET_IN2) -> by
     return _HEADER.pack(OFP_VERSION, MsgType.EXPERIMENTER, 20, xid) + struct.pack(
         "!III", NX_VENDOR_ID, NXT_SET_PACKET_IN_FORMAT, fmt
     )
+
+
+def encode_set_config(xid: int, miss_send_len: int = 0xFFFF) -> bytes:
+    """OFPT_SET_CONFIG: OVS sends no async messages (packet-ins) to a service connection until
+    its miss_send_len is non-zero."""
+    return _HEADER.pack(OFP_VERSION, MsgType.SET_CONFIG, 12, xid) + struct.pack("!HH", 0, miss_send_len)
 
 
 def parse_header(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int, int, int]:

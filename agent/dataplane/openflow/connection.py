@@ -227,7 +227,7 @@ class OpenFlowConnection:
         self._set_state(State.DISCONNECTED)
 
     def _handshake(self, sock: socket.socket, frames: Iterator[bytes]) -> None:
-        """Hello (settle on 1.4), then features for the datapath id, then packet-in2 format."""
+        """Hello (settle on 1.4), features (datapath id), then enable packet-ins in NXT_PACKET_IN2 format."""
         sock.sendall(codec.encode_hello(self._alloc_xids(1)))
         features_xid = None
         for msg in frames:
@@ -243,6 +243,7 @@ class OpenFlowConnection:
                 raise ConnectionError(f"handshake failed: {codec.decode_error(msg).text}")
             elif msg_type == MsgType.FEATURES_REPLY and xid == features_xid:
                 self._datapath_id = codec.decode_features_reply(msg)
+                sock.sendall(codec.encode_set_config(self._alloc_xids(1)))
                 sock.sendall(codec.encode_set_packet_in_format(self._alloc_xids(1)))
                 return
         raise ConnectionError("connection closed during handshake")

@@ -1,0 +1,76 @@
+"""acactl: show what the running agent holds and programmed (read-only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from typing import Any
+
+DEFAULT_SOCKET = "/run/aca-agent/acactl.sock"
+
+
+def request(path: str, what: str, timeout: float = 30.0) -> Any:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps({"what": what}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        raise RuntimeError(reply.get("error", "agent returned an error"))
+    return reply["result"]
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [
+        [", ".join(map(str, v)) if isinstance(v, list) else str(v) for v in (r.get(c, "") for c in columns)]
+        for r in rows
+    ]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+COLUMNS = {
+    "ports": ["id", "mac", "ips", "segment", "ofport", "state", "flows"],
+    "neighbours": ["id", "mac", "ips", "host_ip", "segments", "state", "flows"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="acactl", description="Inspect a running aca-agent (read-only)")
+    p.add_argument(
+        "--socket", default=DEFAULT_SOCKET, help=f"agent control socket (default {DEFAULT_SOCKET})"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="agent, OVS connection and resource counts")
+    dump = sub.add_parser("dump", help="ports, neighbours or flows with their state")
+    dump.add_argument("what", choices=["ports", "neighbours", "neighbors", "flows"])
+    args = p.parse_args(argv)
+    what = "status" if args.command == "status" else args.what.replace("neighbors", "neighbours")
+    try:
+        result = request(args.socket, what)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"acactl: {exc}", file=sys.stderr)
+        return 1
+    if args.json or what == "status":
+        print(json.dumps(result, indent=2, sort_keys=True))
+    elif what == "flows":
+        for row in result:
+            print(f"cookie={row['cookie']} owner={row['owner'] or '-'} {row['flow']}")
+    else:
+        print(_table(result, COLUMNS[what]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Read-only control socket for acactl: JSON request line in, JSON document out.
+
+Snapshots are taken on the core's worker thread, so they see one consistent state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import socketserver
+import threading
+import time
+from typing import Any
+
+from agent.core import AgentCore
+from agent.planner.cookies import Kind
+from agent.planner.pipeline import TABLE_NAMES
+from agent.planner.plan import neighbor_owner, port_owner
+
+log = logging.getLogger("aca.control")
+
+
+def _owner_state(core: AgentCore, owner: tuple[Kind, str], pending: bool) -> str:
+    if owner in core.failed:
+        return "failed"
+    if pending or not core.dataplane_ready:
+        return "pending"
+    return "programmed"
+
+
+def _flow_counts(core: AgentCore) -> dict[tuple[Kind, str], int]:
+    return {owner: len(fs) for owner, fs in core.reconciler.desired.items()}
+
+
+def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
+    state, planner = core.state, core.planner
+    if what == "status":
+        return {
+            **info,
+            "dataplane_ready": core.dataplane_ready,
+            "resources": state.count(),
+            "flows_installed": len(core.reconciler.installed),
+            "ports_pending": sum(1 for p in state.ports if planner.is_pending(p)),
+            "owners_failed": len(core.failed),
+            "counters": dict(core.counters),
+        }
+    counts = _flow_counts(core)
+    if what == "ports":
+        return [
+            {
+                "id": p.id,
+                "mac": p.mac,
+                "ips": [f.ip for f in p.fixed_ips],
+                "segment": state.segment_of_port(p),
+                "ofport": planner.bindings.get(p.id),
+                "admin_up": p.admin_up,
+                "state": _owner_state(core, port_owner(p.id), planner.is_pending(p.id)),
+                "flows": counts.get(port_owner(p.id), 0),
+            }
+            for p in sorted(state.ports.values(), key=lambda p: p.id)
+        ]
+    if what == "neighbours":
+        return [
+            {
+                "id": n.id,
+                "mac": n.mac,
+                "host_ip": n.host_ip,
+                "ips": [ip for _vni, ip in state.neighbor_segments(n)],
+                "segments": sorted({vni for vni, _ip in state.neighbor_segments(n)}),
+                "state": _owner_state(core, neighbor_owner(n.id), False),
+                "flows": counts.get(neighbor_owner(n.id), 0),
+            }
+            for n in sorted(state.neighbors.values(), key=lambda n: n.id)
+        ]
+    if what == "flows":
+        out = []
+        for flow in sorted(
+            core.reconciler.installed.values(), key=lambda f: (f.table, -f.priority, f.text())
+        ):
+            owner = core.reconciler.owner_of(flow.key)
+            out.append(
+                {
+                    "cookie": f"{flow.cookie:#018x}",
+                    "owner": f"{owner[0].name.lower()}:{owner[1]}" if owner else "",
+                    "flow": flow.text(TABLE_NAMES),
+                }
+            )
+        return out
+    raise ValueError(f"unknown request {what!r} (status, ports, neighbours, flows)")
+
+
+class ControlServer:
+    def __init__(self, path: str, core: AgentCore, info: dict[str, Any]) -> None:
+        self.path = pathlib.Path(path)
+        self.core = core
+        self.info = info
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        control = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                try:
+                    request = json.loads(self.rfile.readline() or b"{}")
+                    what = str(request.get("what", "status"))
+                    started = time.monotonic()
+                    result = control.core.call(lambda: snapshot(control.core, what, control.info)).result(30)
+                    reply: dict[str, Any] = {
+                        "ok": True,
+                        "result": result,
+                        "ms": (time.monotonic() - started) * 1e3,
+                    }
+                except Exception as exc:  # a bad request gets an error document, never kills the server
+                    reply = {"ok": False, "error": str(exc)}
+                self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+        self._server = socketserver.ThreadingUnixStreamServer(str(self.path), Handler)
+        os.chmod(self.path, 0o660)
+        threading.Thread(target=self._server.serve_forever, name="aca-control", daemon=True).start()
+        log.info("event=control_listening path=%s", self.path)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,144 @@
+"""aca-agent: wires intake → core → dataplane, signals systemd, and runs until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+
+from agent import config as config_mod
+from agent import logs, sdnotify
+from agent.config import AgentConfig
+from agent.control import ControlServer
+from agent.core import AgentCore
+from agent.dataplane.host import HostDataplane
+from agent.intake.controller_client import request_resync
+from agent.intake.grpc_server import GoalStateService, start_server
+from agent.model.decode import decode_v1, decode_v2
+from agent.model.state import DesiredState
+from agent.model.store import Store
+from agent.planner.plan import Planner
+from agent.reconciler.flows import FlowReconciler
+
+log = logging.getLogger("aca.agent")
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.store = Store(cfg.state_dir)
+        self.state = DesiredState(self.store.load())
+        self.dataplane = HostDataplane(cfg.ovs, cfg.underlay_ip)
+        self.core = AgentCore(
+            self.state, self.store, Planner(self.state, cfg.underlay_ip), FlowReconciler(self.dataplane.flows)
+        )
+        self.grpc_server = None
+        self.kafka = None
+        self.control = ControlServer(
+            cfg.control_socket,
+            self.core,
+            {"host_id": cfg.host_id, "underlay_ip": cfg.underlay_ip, "bridge": cfg.ovs.bridge, "started": time.time()},
+        )
+
+    def start(self) -> None:
+        log.info(
+            "event=starting host_id=%s underlay_ip=%s state_dir=%s resources=%s",
+            self.cfg.host_id, self.cfg.underlay_ip, self.cfg.state_dir, self.state.count(),
+        )  # fmt: skip
+        self.core.start()
+        # Dataplane first: the persisted desired state is programmed (by diff) before any intake.
+        self.dataplane.start(self.core)
+        self.grpc_server = start_server(GoalStateService(self.core, self.cfg.underlay_ip), self.cfg.grpc)
+        if self.cfg.kafka.bootstrap_servers:
+            self._start_kafka()
+        self.control.start()
+        if self.cfg.controller:
+            threading.Thread(
+                target=request_resync, args=(self.cfg.controller, self.stop_event), name="aca-resync", daemon=True
+            ).start()
+        sdnotify.notify("READY=1\nSTATUS=goal states accepted")
+        log.info("event=ready grpc=%s kafka=%s", self.cfg.grpc.listen, self.cfg.kafka.bootstrap_servers or "off")
+
+    def _start_kafka(self) -> None:
+        from agent.intake.kafka_consumer import KafkaIntake, KafkaSettings
+
+        def apply(message):  # noqa: ANN001, ANN202
+            from agent._pb import goalstate_pb2 as pb
+            from agent.intake.replies import to_reply
+
+            if isinstance(message, pb.GoalState):
+                return to_reply(self.core.apply(decode_v1(message), "kafka-v1"))
+            return to_reply(self.core.apply(decode_v2(message, self.cfg.underlay_ip), "kafka-v2"))
+
+        settings = KafkaSettings(
+            bootstrap_servers=self.cfg.kafka.bootstrap_servers,
+            topic=self.cfg.kafka_topic,
+            group_id=self.cfg.kafka_group,
+            reply_topic=self.cfg.kafka.reply_topic or None,
+            extra=dict(self.cfg.kafka.options),
+        )
+        self.kafka = KafkaIntake(settings, apply)
+        self.kafka.start()
+
+    def reload(self) -> None:
+        """SIGHUP / systemctl reload: re-read the config; the log level applies at once."""
+        if not self.cfg.config_path:
+            return
+        try:
+            fresh = config_mod.load_file(self.cfg.config_path)
+        except (OSError, ValueError) as exc:
+            log.error("event=reload_failed error=%r", str(exc))
+            return
+        self.cfg = replace(self.cfg, log_level=fresh.log_level)
+        logs.set_level(fresh.log_level)
+        log.warning("event=reloaded log_level=%s", fresh.log_level)
+
+    def run(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        while not self.stop_event.wait(interval or 1.0):
+            if interval and time.monotonic() - self.core.last_loop < 30:
+                sdnotify.notify("WATCHDOG=1")
+
+    def stop(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        self.stop_event.set()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=2).wait(3)
+        if self.kafka is not None:
+            self.kafka.stop(5)
+        self.control.stop()
+        self.core.stop()
+        # Flows stay installed: the dataplane keeps forwarding while the agent is down.
+        self.dataplane.stop()
+        self.store.close()
+        log.info("event=stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = config_mod.from_args(argv)
+    except (OSError, ValueError) as exc:
+        print(f"aca-agent: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(cfg.log_level, cfg.log_file)
+    agent = Agent(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=agent.reload, daemon=True).start())
+    try:
+        agent.start()
+        agent.run()
+    except Exception:
+        log.exception("event=fatal")
+        return 1
+    finally:
+        agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
