@@ -174,7 +174,14 @@ class AgentCore:
             return ApplyResult()
         if not self.dataplane_ready:
             return ApplyResult()  # applied by the resync when the switch is back
-        result = self.reconciler.update({o: self.planner.flows(o) for o in owners})
+        try:
+            result = self.reconciler.update({o: self.planner.flows(o) for o in owners})
+        except ConnectionError as exc:
+            log.warning(
+                "event=dataplane_unreachable error=%r owners=%d status=PENDING", str(exc), len(owners)
+            )
+            self.dataplane_ready = False
+            return ApplyResult()
         for owner in owners:
             if owner in result.failed:
                 self.failed[owner] = result.failed[owner]
@@ -254,6 +261,11 @@ class AgentCore:
             len(owners), len(self.reconciler.installed), result.added, result.deleted, result.elapsed_us,
         )  # fmt: skip
         return result
+
+    def dataplane_lost(self) -> None:
+        """The OpenFlow connection dropped: hold changes in desired state until the resync."""
+        self.dataplane_ready = False
+        log.warning("event=dataplane_lost")
 
     def set_interfaces(self, interfaces: list[tuple[str, str | None, int]]) -> ApplyResult:
         """OVSDB reported the bridge's interfaces: bind pending ports that appeared, unbind gone ones."""

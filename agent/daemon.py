@@ -9,14 +9,19 @@ import threading
 import time
 from dataclasses import replace
 
+import grpc
+
 from agent import config as config_mod
 from agent import logs, sdnotify
+from agent._pb import goalstate_pb2 as pb
 from agent.config import AgentConfig
 from agent.control import ControlServer
 from agent.core import AgentCore
 from agent.dataplane.host import HostDataplane
 from agent.intake.controller_client import request_resync
 from agent.intake.grpc_server import GoalStateService, start_server
+from agent.intake.kafka_consumer import KafkaIntake, KafkaSettings
+from agent.intake.replies import to_reply
 from agent.model.decode import decode_v1, decode_v2
 from agent.model.state import DesiredState
 from agent.model.store import Store
@@ -36,12 +41,17 @@ class Agent:
         self.core = AgentCore(
             self.state, self.store, Planner(self.state, cfg.underlay_ip), FlowReconciler(self.dataplane.flows)
         )
-        self.grpc_server = None
-        self.kafka = None
+        self.grpc_server: grpc.Server | None = None
+        self.kafka: KafkaIntake | None = None
         self.control = ControlServer(
             cfg.control_socket,
             self.core,
-            {"host_id": cfg.host_id, "underlay_ip": cfg.underlay_ip, "bridge": cfg.ovs.bridge, "started": time.time()},
+            {
+                "host_id": cfg.host_id,
+                "underlay_ip": cfg.underlay_ip,
+                "bridge": cfg.ovs.bridge,
+                "started": time.time(),
+            },
         )
 
     def start(self) -> None:
@@ -58,18 +68,18 @@ class Agent:
         self.control.start()
         if self.cfg.controller:
             threading.Thread(
-                target=request_resync, args=(self.cfg.controller, self.stop_event), name="aca-resync", daemon=True
+                target=request_resync,
+                args=(self.cfg.controller, self.stop_event),
+                name="aca-resync",
+                daemon=True,
             ).start()
         sdnotify.notify("READY=1\nSTATUS=goal states accepted")
-        log.info("event=ready grpc=%s kafka=%s", self.cfg.grpc.listen, self.cfg.kafka.bootstrap_servers or "off")
+        log.info(
+            "event=ready grpc=%s kafka=%s", self.cfg.grpc.listen, self.cfg.kafka.bootstrap_servers or "off"
+        )
 
     def _start_kafka(self) -> None:
-        from agent.intake.kafka_consumer import KafkaIntake, KafkaSettings
-
-        def apply(message):  # noqa: ANN001, ANN202
-            from agent._pb import goalstate_pb2 as pb
-            from agent.intake.replies import to_reply
-
+        def apply(message: pb.GoalState | pb.GoalStateV2) -> pb.GoalStateOperationReply:
             if isinstance(message, pb.GoalState):
                 return to_reply(self.core.apply(decode_v1(message), "kafka-v1"))
             return to_reply(self.core.apply(decode_v2(message, self.cfg.underlay_ip), "kafka-v2"))

@@ -575,10 +575,11 @@ class Ovsdb:
                     job.step(idl)
                     if not job.future.done() and now >= job.deadline:
                         job.expire()
+                except OvsdbError as e:
+                    reason = e.reason if e.what == job.what else f"{e.what}: {e.reason}"
+                    job.future.set_exception(OvsdbError(job.what, reason))
                 except Exception as e:
-                    if not isinstance(e, OvsdbError):
-                        e = OvsdbError(job.what, repr(e))
-                    job.future.set_exception(e)
+                    job.future.set_exception(OvsdbError(job.what, repr(e)))
             active = [job for job in active if not job.future.done()]
             poller = ovs.poller.Poller()
             idl.wait(poller)

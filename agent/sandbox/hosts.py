@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.sandbox.ovs import OvsInstance
+from agent.sandbox.ovs import OvsInstance, process_gone
 
 DEFAULT_DIR = pathlib.Path("/run/aca-sandbox")
 DEFAULT_SUBNET = "172.31.0.0/24"
@@ -99,20 +99,11 @@ def _kill_pid(pid: int, timeout: float = 10.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            if _is_zombie(pid):
+        while not process_gone(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
                 return
             time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _is_agent(pid: int) -> bool:

@@ -25,6 +25,16 @@ def _wait_for(path: pathlib.Path, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited. A zombie counts as gone: detached daemons are reparented
+    to PID 1, which here (a VM init that is no real init) may take long to reap them."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 class OvsInstance:
     """ovsdb-server and ovs-vswitchd with their own run directory."""
 
@@ -108,9 +118,7 @@ class OvsInstance:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if process_gone(pid):
                 break
             time.sleep(0.02)
         else:

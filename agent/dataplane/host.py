@@ -1,0 +1,127 @@
+"""One compute host's dataplane: the OVSDB owner, the OpenFlow connection, and the flow driver.
+
+Dataplane events are handed to the core's worker thread (``core.call``), never handled here,
+so the core stays the single owner of desired state, planner and installed-flow mirror.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+from agent.config import OvsSettings
+from agent.core import AgentCore
+from agent.dataplane import netlink
+from agent.dataplane.openflow.codec import DecodedFlow, encode_instructions
+from agent.dataplane.openflow.connection import OpenFlowConnection, OpenFlowError, State
+from agent.dataplane.ovsdb import InterfaceInfo, Ovsdb
+from agent.planner import cookies
+from agent.planner.flows import Flow, FlowKey
+from agent.reconciler.flows import BundleRejected
+
+log = logging.getLogger("aca.dataplane")
+
+
+class OpenFlowDriver:
+    """The reconciler's FlowDriver over one bridge's OpenFlow connection."""
+
+    def __init__(self, conn: OpenFlowConnection) -> None:
+        self.conn = conn
+
+    def apply_bundle(self, deletes: list[Flow], adds: list[Flow]) -> None:
+        try:
+            self.conn.apply_bundle(deletes, adds)
+        except OpenFlowError as exc:
+            raise BundleRejected(str(exc)) from exc
+
+    def dump(self) -> dict[FlowKey, DecodedFlow]:
+        """Only this agent's flows (by cookie tag); anything else on the bridge is left alone."""
+        flows = self.conn.dump_flows(
+            cookie=cookies.LAYOUT_TAG << cookies.TAG_SHIFT, cookie_mask=cookies.AGENT_MASK
+        )
+        return {f.key: f for f in flows}
+
+    def same(self, flow: Flow, installed: Any) -> bool:
+        return (
+            flow.cookie == installed.cookie
+            and flow.idle_timeout == installed.idle_timeout
+            and flow.hard_timeout == installed.hard_timeout
+            and encode_instructions(flow) == installed.instructions
+        )
+
+
+def _interfaces(infos: list[InterfaceInfo]) -> list[tuple[str, str | None, int]]:
+    return [(i.name, i.iface_id, i.ofport) for i in infos if i.ofport and i.ofport > 0]
+
+
+class HostDataplane:
+    def __init__(self, settings: OvsSettings, underlay_ip: str) -> None:
+        self.settings = settings
+        self.underlay_ip = underlay_ip
+        self.core: AgentCore | None = None
+        self.ovsdb = Ovsdb(settings.db, self._on_interfaces, integration_bridge=settings.bridge)
+        self.conn = OpenFlowConnection(
+            str(pathlib.Path(settings.rundir) / f"{settings.bridge}.mgmt"),
+            on_state_change=self._on_openflow_state,
+        )
+        self.flows = OpenFlowDriver(self.conn)
+        self._datapath_id: int | None = None
+
+    def start(self, core: AgentCore, timeout: float = 30.0) -> None:
+        """Bridge and tunnel port in place, OpenFlow up, then one resync from desired state."""
+        self.core = core
+        self.ovsdb.start(timeout)
+        self.ovsdb.ensure_integration_bridge(
+            self.settings.bridge, self.settings.datapath_type, timeout=timeout
+        )
+        tunnel_ofport = None
+        if self.underlay_ip:
+            if not netlink.underlay_address_present(self.underlay_ip):
+                log.warning(
+                    "event=underlay_ip_missing ip=%s hint='tunnels will not carry traffic'", self.underlay_ip
+                )
+            tunnel_ofport = self.ovsdb.ensure_vxlan_port(
+                self.settings.bridge, self.underlay_ip, name=self.settings.tunnel_port, timeout=timeout
+            )
+        else:
+            log.warning("event=no_underlay_ip hint='no VXLAN port: neighbours cannot be reached'")
+        core.call(lambda: core.set_tunnel(tunnel_ofport)).result(timeout)
+        interfaces = _interfaces(self.ovsdb.interfaces(self.settings.bridge))
+        core.call(lambda: core.set_interfaces(interfaces)).result(timeout)
+        self.conn.connect(timeout)
+        self._datapath_id = self.conn.datapath_id
+        core.call(core.resync).result(timeout * 4)
+
+    def stop(self) -> None:
+        self.conn.close()
+        self.ovsdb.stop()
+
+    # ------------------------------------------------------------------ events (other threads)
+    def _on_interfaces(self, infos: list[InterfaceInfo]) -> None:
+        core = self.core
+        if core is not None:
+            interfaces = _interfaces(infos)
+            core.call(lambda: core.set_interfaces(interfaces))
+
+    def _on_openflow_state(self, state: State) -> None:
+        core = self.core
+        if core is None:
+            return
+        if state is State.DISCONNECTED:
+            core.call(lambda: core.dataplane_lost())
+        elif state is State.CONNECTED and core.dataplane_ready is False and self._datapath_id is not None:
+            core.call(self._replay)
+
+    def _replay(self) -> None:
+        """ovs-vswitchd came back (a restart empties its tables): replay from memory while holding
+        flow-restore-wait, so it forwards nothing until the table is whole again."""
+        assert self.core is not None
+        new_dpid = self.conn.datapath_id
+        log.warning("event=openflow_reconnected old_dpid=%s new_dpid=%s", self._datapath_id, new_dpid)
+        self._datapath_id = new_dpid
+        try:
+            self.ovsdb.set_flow_restore_wait(True)
+            self.core.resync()
+        finally:
+            self.ovsdb.set_flow_restore_wait(False)
