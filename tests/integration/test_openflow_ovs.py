@@ -6,6 +6,7 @@ import itertools
 import os
 import queue
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,13 +50,24 @@ def _add_bridge(ovs: OvsInstance, name: str) -> None:
     )  # fmt: skip
 
 
+_netns_ids = itertools.count()
+
+
 def _start_ovs(factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
-    instance = OvsInstance(factory.mktemp("ovs"))
+    """OVS in its own network namespace: the netdev datapath creates a tap named ``ovs-netdev``,
+    so two instances in one namespace (parallel runs, the sandbox) would collide. The bridge's
+    management socket is a filesystem path, reachable from the root namespace."""
+    netns = f"aca-oftest-{os.getpid()}-{next(_netns_ids)}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    instance = OvsInstance(factory.mktemp("ovs"), netns=netns)
     try:
         instance.start()
         yield instance
     finally:
-        instance.stop()
+        try:
+            instance.stop()
+        finally:
+            subprocess.run(["ip", "netns", "delete", netns], check=False)
 
 
 @pytest.fixture(scope="module")

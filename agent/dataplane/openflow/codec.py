@@ -2,13 +2,16 @@
 
 Pure functions over bytes, no sockets, so the wire format is testable byte by byte. The agent
 pushes tens of thousands of flow-mods per resync, so the hot path (``encode_bundle_add``) packs
-each message with one precompiled struct and reuses cached match-field and action fragments
-(the flow values are frozen, hence hashable).
+each message with one precompiled struct and per-field prebuilt header bytes. Encoded values are
+not memoised: hashing a frozen dataclass (Python-level ``__hash__``, Enum hash) costs as much as
+encoding it, and most values are unique per flow. Decoding does memoise, by TLV bytes.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +126,6 @@ _PACKET_OUT = struct.Struct("!IIH6x")
 _ERROR = struct.Struct("!HH")
 _NX_MSG = struct.Struct("!II")
 _U32 = struct.Struct("!I")
-_U64 = struct.Struct("!Q")
 _PADS = tuple(bytes(n) for n in range(8))
 
 
@@ -172,9 +174,14 @@ def oxm_header(fld: Field, masked: bool = False) -> int:
     return (oxm_class << 16) | (number << 9) | (int(masked) << 8) | (size * 2 if masked else size)
 
 
-# Header without hasmask/length bits -> Field, for decoding.
-_FIELD_BY_ID = {oxm_header(f) & 0xFFFFFE00: f for f in _OXM_IDS}
-_FIELD_RANK = {f: i for i, f in enumerate(Field)}
+# Header without hasmask/length bits -> (Field, payload size, planner sort rank, all-ones mask).
+_FIELD_INFO = {
+    oxm_header(f) & 0xFFFFFE00: (f, f.width // 8, rank, (1 << f.width) - 1)
+    for rank, f in enumerate(Field)
+    if f in _OXM_IDS
+}
+_RAW_RANK = len(Field)
+_by_rank = operator.itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,27 +222,30 @@ def encode_match(fields: tuple[MatchField | RawOxm, ...]) -> bytes:
     return _MATCH_HDR.pack(_OFPMT_OXM, length) + body + _pad8(length)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _decode_tlv(tlv: bytes) -> tuple[int, MatchField | RawOxm]:
+    """(planner sort rank, field) of one TLV; cached because dumps repeat most TLVs verbatim."""
+    header = int.from_bytes(tlv[:4], "big")
+    info = _FIELD_INFO.get(header & 0xFFFFFE00)
+    masked = header & 0x100
+    if info is None or len(tlv) - 4 != (2 * info[1] if masked else info[1]):
+        return _RAW_RANK, RawOxm(tlv)
+    fld, size, rank, full = info
+    value = int.from_bytes(tlv[4 : 4 + size], "big")
+    mask = int.from_bytes(tlv[4 + size :], "big") if masked else None
+    return rank, MatchField(fld, value, None if mask == full else mask)
+
+
 def decode_oxms(data: bytes | memoryview) -> DecodedMatch:
-    """OXM TLVs -> canonical match (planner order); unknown or odd-sized TLVs stay raw."""
-    known: list[MatchField] = []
-    raw: list[RawOxm] = []
+    """OXM TLVs -> canonical match (planner order); unknown or odd-sized TLVs stay raw, last."""
+    items = []
     pos, end = 0, len(data)
     while pos + 4 <= end:
-        (header,) = _U32.unpack_from(data, pos)
-        size = header & 0xFF
-        tlv = bytes(data[pos : pos + 4 + size])
-        pos += 4 + size
-        fld = _FIELD_BY_ID.get(header & 0xFFFFFE00)
-        masked = bool(header & 0x100)
-        width = fld.width // 8 if fld else 0
-        if fld is None or size != (2 * width if masked else width):
-            raw.append(RawOxm(tlv))
-            continue
-        value = int.from_bytes(tlv[4 : 4 + width], "big")
-        mask = int.from_bytes(tlv[4 + width :], "big") if masked else None
-        known.append(MatchField(fld, value, None if mask == (1 << fld.width) - 1 else mask))
-    known.sort(key=lambda m: _FIELD_RANK[m.field])
-    return (*known, *raw)
+        nxt = pos + 4 + data[pos + 3]
+        items.append(_decode_tlv(bytes(data[pos:nxt])))
+        pos = nxt
+    items.sort(key=_by_rank)
+    return tuple(m for _, m in items)
 
 
 def decode_match(data: bytes | memoryview, offset: int = 0) -> tuple[DecodedMatch, int]:
