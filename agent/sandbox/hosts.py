@@ -450,10 +450,9 @@ class Sandbox:
         self, host: str, path: str | os.PathLike[str], v1: bool = False, timeout: float = 30.0
     ) -> list[dict]:
         """Send a goal state file (protobuf JSON or binary) to the host's agent; replies as dicts."""
-        import grpc
         from google.protobuf import json_format
 
-        from agent._pb import goalstate_pb2, goalstate_pb2_grpc
+        from agent._pb import goalstate_pb2
 
         raw = pathlib.Path(path).read_bytes()
         msg = goalstate_pb2.GoalState() if v1 else goalstate_pb2.GoalStateV2()
@@ -461,17 +460,23 @@ class Sandbox:
             json_format.Parse(raw.decode(), msg)
         except (UnicodeDecodeError, json_format.ParseError):
             msg.ParseFromString(raw)
+        return [json_format.MessageToDict(r) for r in self.push_message(host, msg, timeout)]
+
+    def push_message(self, host: str, msg: Any, timeout: float = 30.0) -> list[Any]:
+        """Send one GoalState (unary v1) or GoalStateV2 (a one-message stream) over gRPC; the replies."""
+        import grpc
+
+        from agent._pb import goalstate_pb2, goalstate_pb2_grpc
+
         target = self.host(host).grpc
         with grpc.insecure_channel(target) as channel:
             stub = goalstate_pb2_grpc.GoalStateProvisionerStub(channel)
             try:
-                if v1:
-                    replies = [stub.PushNetworkResourceStates(msg, timeout=timeout)]
-                else:
-                    replies = list(stub.PushGoalStatesStream(iter([msg]), timeout=timeout))
+                if isinstance(msg, goalstate_pb2.GoalState):
+                    return [stub.PushNetworkResourceStates(msg, timeout=timeout)]
+                return list(stub.PushGoalStatesStream(iter([msg]), timeout=timeout))
             except grpc.RpcError as e:
                 raise SandboxError(f"push to {host} ({target}): {e.code().name}: {e.details()}") from e
-        return [json_format.MessageToDict(r) for r in replies]
 
     # ------------------------------------------------------------ everything
     def down(self) -> None:
