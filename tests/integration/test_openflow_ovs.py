@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import queue
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -31,16 +30,14 @@ from agent.planner.flows import (
     match,
 )
 from agent.sandbox.ovs import OvsInstance
+from tests.support.parts import require_ovs
 
 pytestmark = pytest.mark.integration
 
 OFPP_TABLE = 0xFFFFFFF9
 IP, ARP, TCP, UDP, ICMP = 0x0800, 0x0806, 6, 17, 1
 
-if shutil.which("ovs-vswitchd") is None:
-    if os.environ.get("CI"):
-        pytest.fail("ovs-vswitchd is required in CI", pytrace=False)
-    pytest.skip("ovs-vswitchd not installed", allow_module_level=True)
+require_ovs()
 
 
 def _add_bridge(ovs: OvsInstance, name: str) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import queue
-import shutil
 import subprocess
 import time
 import uuid
@@ -14,13 +12,11 @@ import pytest
 
 from agent.dataplane.ovsdb import AddPort, InterfaceInfo, Ovsdb, OvsdbError
 from agent.sandbox.ovs import OvsInstance
+from tests.support.parts import require_ovs
 
 pytestmark = pytest.mark.integration
 
-if shutil.which("ovs-vswitchd") is None:
-    if os.environ.get("CI"):
-        pytest.fail("ovs-vswitchd is required in CI", pytrace=False)
-    pytest.skip("ovs-vswitchd not installed", allow_module_level=True)
+require_ovs()
 
 
 @pytest.fixture

