@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -135,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aca-agent: bad configuration: {exc}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_level, cfg.log_file)
+    # Desired state and flow mirrors are large, long-lived object graphs: default GC thresholds
+    # would rescan them over and over while a big goal state is planned.
+    gc.set_threshold(50_000, 20, 100)
     agent = Agent(cfg)
+    gc.freeze()  # what start-up loaded is permanent; keep it out of every collection
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=agent.reload, daemon=True).start())

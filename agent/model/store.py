@@ -21,8 +21,18 @@ from agent.model.resources import RESOURCE_CLASSES, Resource, ResourceType
 SCHEMA_VERSION = 1
 
 
+def _plain(value: Any) -> Any:
+    """Resources → JSON-ready dicts/lists (dataclasses.asdict deep-copies; this does not)."""
+    if type(value) is tuple:
+        return [_plain(v) for v in value]
+    slots = getattr(value, "__slots__", None)
+    if slots is not None and hasattr(value, "__dataclass_fields__"):
+        return {name: _plain(getattr(value, name)) for name in slots}
+    return value
+
+
 def to_json(resource: Resource) -> str:
-    return json.dumps(dataclasses.asdict(resource), separators=(",", ":"))  # type: ignore[call-overload]
+    return json.dumps(_plain(resource), separators=(",", ":"))
 
 
 @cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 MAX_VNI = (1 << 24) - 1
@@ -22,9 +23,10 @@ def mac(value: str, what: str = "mac_address") -> str:
 
 
 def ipv4(value: str, what: str = "ip_address") -> str:
+    """Strict dotted quad (inet_pton: no short forms, no leading zeros), normalised."""
     try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value))
+    except (OSError, ValueError):
         raise Invalid(f"{what} {value!r} is not an IPv4 address") from None
 
 

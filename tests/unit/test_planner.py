@@ -5,6 +5,7 @@ from __future__ import annotations
 from agent.model.decode import decode_v2
 from agent.model.resources import ResourceType
 from agent.model.state import DesiredState
+from agent.planner.flows import match
 from agent.planner.pipeline import TABLE_NAMES, Table
 from agent.planner.plan import BASE_OWNER, Planner, neighbor_owner, port_owner, segment_owner
 from agent.sandbox import goalstates as gs
@@ -95,3 +96,11 @@ def test_base_flows_cover_every_table() -> None:
     planner = _planner()
     tables = {f.table for f in planner.flows(BASE_OWNER)}
     assert tables == {t.value for t in Table}
+
+
+def test_builders_emit_canonical_matches() -> None:
+    planner = _planner(*BASE, PORT, NEIGHBOR)
+    planner.set_interfaces([("tapp1", "p1", 3)])
+    for owner in planner.all_owners():
+        for flow in planner.flows(owner):
+            assert match(*flow.match) == flow.match, flow.text()

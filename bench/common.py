@@ -1,0 +1,58 @@
+"""Shared pieces of the benchmarks: a throw-away sandbox, goal-state generators, statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import pathlib
+import statistics
+import tempfile
+from collections.abc import Iterator
+
+from agent.sandbox import goalstates as gs
+from agent.sandbox.hosts import Sandbox
+
+VPC, SUBNET, VNI, CIDR = "vpc-bench", "subnet-bench", 5000, "10.128.0.0/10"
+
+
+@contextlib.contextmanager
+def sandbox(prefix: str, hosts: int = 1) -> Iterator[Sandbox]:
+    """A private sandbox with ``hosts`` agents, always torn down."""
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as root:
+        box = Sandbox(pathlib.Path(root) / "sandbox", prefix=prefix)
+        try:
+            for i in range(1, hosts + 1):
+                box.host_up(f"host{i}", agent_args=("--log-level", "WARNING"))
+            yield box
+        finally:
+            box.down()
+
+
+def neighbor_states(start: int, count: int, remote_hosts: int = 50) -> list:
+    """``count`` L2 neighbours of the bench subnet, spread over ``remote_hosts`` remote hosts."""
+    base = int(ipaddress.IPv4Address("10.128.0.0"))
+    states = []
+    for i in range(start, start + count):
+        ip = str(ipaddress.IPv4Address(base + 16 + i))
+        mac = f"fa:16:3e:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+        host = f"172.30.{(i % remote_hosts) // 250}.{(i % remote_hosts) % 250 + 1}"
+        states.append(gs.neighbor(f"nb-{i}", VPC, SUBNET, ip, mac, host))
+    return states
+
+
+def context_states() -> list:
+    return [gs.vpc(VPC, VNI, CIDR), gs.subnet(SUBNET, VPC, CIDR, VNI, "10.128.0.1", op=gs.CREATE)]
+
+
+def agent_rss_mb(box: Sandbox, host: str) -> float:
+    pid = box.state()["hosts"][host]["agent_pid"]
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
