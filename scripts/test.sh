@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${ACA_VENV:-/opt/aca-venv}"
-[ -x "$VENV/bin/python" ] || bash scripts/setup.sh
+bash scripts/setup.sh
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 exec "$VENV/bin/python" -m pytest -ra "$@"

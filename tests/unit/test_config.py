@@ -1,0 +1,36 @@
+"""Config: the shipped example parses, unknown keys are refused, flags override the file."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from agent.config import from_args, load_file
+
+EXAMPLE = pathlib.Path(__file__).parents[2] / "systemd" / "aca-agent.toml"
+
+
+def test_shipped_example_and_defaults() -> None:
+    cfg = load_file(str(EXAMPLE))
+    assert cfg.grpc.listen == "0.0.0.0:50001"
+    assert cfg.grpc.max_message_bytes >= 64 * 1024 * 1024
+    assert cfg.ovs.bridge == "br-int"
+    assert from_args([]).grpc.listen == "0.0.0.0:50001"
+
+
+def test_flags_override_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text('[agent]\nhost_id = "h9"\nlog_level = "DEBUG"\n[kafka]\nbootstrap_servers = "k:9092"\n')
+    cfg = from_args(["--config", str(path), "--log-level", "WARNING", "--datapath-type", "netdev"])
+    assert (cfg.host_id, cfg.log_level, cfg.ovs.datapath_type) == ("h9", "WARNING", "netdev")
+    assert cfg.kafka_topic == "host-h9" and cfg.kafka_group == "aca-agent-h9"
+    assert cfg.kafka.bootstrap_servers == "k:9092"
+
+
+@pytest.mark.parametrize("text", ["[agent]\nbogus = 1\n", "[nope]\n", '[grpc]\nlisten_addr = "x"\n'])
+def test_unknown_keys_are_refused(tmp_path: pathlib.Path, text: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError):
+        load_file(str(path))
