@@ -40,6 +40,7 @@ def base_flows(tunnel_ofport: int | None) -> list[Flow]:
     flows = [
         Flow(Table.CLASSIFY, Priority.DEFAULT, (), cookie=ck),
         Flow(Table.PORT_SECURITY, Priority.DEFAULT, (), cookie=ck),
+        Flow(Table.DHCP, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
         Flow(Table.ARP_RESPONDER, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
         Flow(Table.L2_LOOKUP, Priority.DEFAULT, (), cookie=ck),
     ]
@@ -139,7 +140,7 @@ def port_flows(port: Port, vni: int, ofport: int) -> list[Flow]:
                 (Field.UDP_SRC, 68),
                 (Field.UDP_DST, 67),
             ),
-            goto=Table.L2_LOOKUP,
+            goto=Table.DHCP,
             cookie=ck,
         ),
     ]

@@ -16,6 +16,7 @@ class Table(enum.IntEnum):
 
     CLASSIFY = 0  # where did it come from: a bound VM port or the tunnel; set the segment
     PORT_SECURITY = 10  # a VM may send only from its own MAC/IPs (and allowed pairs)
+    DHCP = 15  # DHCP requests from bound ports go to the agent's responder
     ARP_RESPONDER = 20  # ARP requests for known addresses are answered here, never flooded
     L2_LOOKUP = 40  # (segment, destination MAC) → local port or tunnel to the remote host
 

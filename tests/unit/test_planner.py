@@ -46,7 +46,7 @@ def test_port_flows_golden() -> None:
         "goto_table:PORT_SECURITY",
         "table=L2_LOOKUP, priority=100, reg0=0x64, dl_dst=fa:16:3e:00:00:05 actions=output:3",
         "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
-        "nw_proto=17, nw_src=0.0.0.0, udp_src=68, udp_dst=67 actions=goto_table:L2_LOOKUP",
+        "nw_proto=17, nw_src=0.0.0.0, udp_src=68, udp_dst=67 actions=goto_table:DHCP",
         "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
         "nw_src=10.0.1.5 actions=goto_table:L2_LOOKUP",
         "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x806, "
