@@ -28,6 +28,7 @@ class Kind(enum.IntEnum):
     PORT = 2
     NEIGHBOR = 3
     SEGMENT = 4  # per-VNI flooding
+    ROUTER = 5  # gateways, router entry, DVR restore, static routes
 
 
 def object_id(owner_id: str) -> int:

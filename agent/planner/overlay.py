@@ -42,6 +42,9 @@ def base_flows(tunnel_ofport: int | None) -> list[Flow]:
         Flow(Table.PORT_SECURITY, Priority.DEFAULT, (), cookie=ck),
         Flow(Table.DHCP, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
         Flow(Table.ARP_RESPONDER, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
+        Flow(Table.L3_GATEWAY, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
+        Flow(Table.L3_ROUTING, Priority.DEFAULT, (), cookie=ck),
+        Flow(Table.DVR_RESTORE, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
         Flow(Table.L2_LOOKUP, Priority.DEFAULT, (), cookie=ck),
     ]
     if tunnel_ofport is not None:
@@ -54,7 +57,7 @@ def base_flows(tunnel_ofport: int | None) -> list[Flow]:
                     Move(Field.TUNNEL_ID, Reg.SEGMENT, VNI_BITS),
                     SetField(Reg.FLAGS, int(Flag.FROM_TUNNEL)),
                 ),
-                goto=Table.L2_LOOKUP,
+                goto=Table.DVR_RESTORE,
                 cookie=ck,
             )
         )
@@ -155,7 +158,7 @@ def port_flows(port: Port, vni: int, ofport: int) -> list[Flow]:
                     Table.PORT_SECURITY,
                     Priority.LOCAL,
                     match(in_port, eth_src, (Field.ETH_TYPE, ETH_TYPE_IPV4), cidr_match(Field.IPV4_SRC, ip)),
-                    goto=Table.L2_LOOKUP,
+                    goto=Table.L3_GATEWAY,
                     cookie=ck,
                 )
             )

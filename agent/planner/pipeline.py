@@ -18,6 +18,9 @@ class Table(enum.IntEnum):
     PORT_SECURITY = 10  # a VM may send only from its own MAC/IPs (and allowed pairs)
     DHCP = 15  # DHCP requests from bound ports go to the agent's responder
     ARP_RESPONDER = 20  # ARP requests for known addresses are answered here, never flooded
+    L3_GATEWAY = 30  # IP sent to a router's gateway MAC: echo answered, else enter the router
+    L3_ROUTING = 35  # (router, destination IP) → DVR rewrite into the destination's segment
+    DVR_RESTORE = 38  # routed packets from other hosts get their gateway MAC back as source
     L2_LOOKUP = 40  # (segment, destination MAC) → local port or tunnel to the remote host
 
 
@@ -29,6 +32,7 @@ class Reg:
 
     SEGMENT = Field.REG0  # the VNI of the packet's segment (24 bits used)
     FLAGS = Field.REG1  # bit flags below
+    ROUTER = Field.REG2  # the router a packet entered (32-bit id derived from the router id)
 
 
 class Flag(enum.IntFlag):
@@ -44,6 +48,18 @@ class Priority(enum.IntEnum):
     REMOTE = 90  # neighbours behind the tunnel
     LOCAL = 100  # local ports and exact answers
     TUNNEL = 100
+    GATEWAY_ECHO = 110  # ICMP echo to a gateway IP, above entering the router
+    ROUTE = 1000  # + 10 * prefix length + min(rule priority, 9): longest prefix wins
+
+
+def route_priority(prefix_len: int, rule_priority: int = 0) -> int:
+    """Longest prefix wins; the rule's own priority only breaks ties between equal prefixes."""
+    return Priority.ROUTE + 10 * prefix_len + min(max(rule_priority, 0), 9)
+
+
+# Host DVR MACs (RouterConfiguration.host_dvr_mac_address) come from this range; a routed
+# packet arriving over the tunnel with such a source gets its gateway MAC back.
+DVR_MAC_RANGE = ("fe:16:11:00:00:00", "ff:ff:ff:00:00:00")
 
 
 VNI_BITS = 24

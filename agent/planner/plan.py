@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from agent.model.resources import ResourceType
+from agent.model.resources import Neighbor, Port, ResourceType, Router
 from agent.model.state import DesiredState
-from agent.planner import overlay
+from agent.planner import cookies, overlay, routing
 from agent.planner.cookies import Kind
 from agent.planner.flows import Flow
+from agent.planner.routing import Destination, RouterSubnet, StaticRoute
 
 Owner = tuple[Kind, str]
 BASE_OWNER: Owner = (Kind.BASE, "base")
@@ -31,6 +32,10 @@ def segment_owner(vni: int) -> Owner:
     return (Kind.SEGMENT, str(vni))
 
 
+def router_owner(router_id: str) -> Owner:
+    return (Kind.ROUTER, router_id)
+
+
 class Planner:
     def __init__(self, state: DesiredState, local_ip: str) -> None:
         self.state = state
@@ -43,6 +48,9 @@ class Planner:
         self._segment_ports: dict[int, dict[str, int]] = defaultdict(dict)
         self._neighbor_hosts: dict[str, set[tuple[int, str]]] = {}
         self._segment_hosts: dict[int, Counter[str]] = defaultdict(Counter)
+        self._subnet_routers: dict[str, set[str]] = defaultdict(set)  # subnet → routers attached
+        self._router_subnets: dict[str, set[str]] = {}  # router → its subnets, as last planned
+        self._next_hop_routers: dict[str, set[str]] = defaultdict(set)  # next-hop IP → routers
 
     # ------------------------------------------------------------------ what a change touches
     def touch(self, rtype: ResourceType, rid: str) -> set[Owner]:
@@ -52,6 +60,8 @@ class Planner:
             return self._touch_neighbor(rid)
         if rtype is ResourceType.SUBNET:
             return self._touch_subnet(rid)
+        if rtype is ResourceType.ROUTER:
+            return self._touch_router(rid)
         return set()
 
     def set_interfaces(self, interfaces: list[tuple[str, str | None, int]]) -> set[Owner]:
@@ -82,6 +92,7 @@ class Planner:
         owners |= {port_owner(p) for p in self.state.ports}
         owners |= {neighbor_owner(n) for n in self.state.neighbors}
         owners |= {segment_owner(v) for v in set(self._segment_ports) | set(self._segment_hosts)}
+        owners |= {router_owner(r) for r in self.state.resources[ResourceType.ROUTER]}
         return owners
 
     def rebuild(self) -> set[Owner]:
@@ -90,15 +101,25 @@ class Planner:
         self._segment_ports.clear()
         self._neighbor_hosts.clear()
         self._segment_hosts.clear()
+        self._subnet_routers.clear()
+        self._router_subnets.clear()
+        self._next_hop_routers.clear()
+        for router_id in self.state.resources[ResourceType.ROUTER]:
+            self._touch_router(router_id)
         for port_id in self.state.ports:
             self._touch_port(port_id)
         for nb_id in self.state.neighbors:
             self._touch_neighbor(nb_id)
         return self.all_owners()
 
+    def _next_hop_dependents(self, ips: list[str]) -> set[Owner]:
+        return {router_owner(r) for ip in ips for r in self._next_hop_routers.get(ip, ())}
+
     def _touch_port(self, port_id: str) -> set[Owner]:
-        owners = {port_owner(port_id)}
         port = self.state.ports.get(port_id)
+        owners = {port_owner(port_id)} | self._next_hop_dependents(
+            [f.ip for f in port.fixed_ips] if port else []
+        )
         ofport = self._ofport_of(port_id)
         if ofport is None:
             self.bindings.pop(port_id, None)
@@ -117,8 +138,10 @@ class Planner:
         return owners
 
     def _touch_neighbor(self, nb_id: str) -> set[Owner]:
-        owners = {neighbor_owner(nb_id)}
         nb = self.state.neighbors.get(nb_id)
+        owners = {neighbor_owner(nb_id)} | self._next_hop_dependents(
+            [f.ip for f in nb.fixed_ips] if nb else []
+        )
         new: set[tuple[int, str]] = set()
         if nb is not None and nb.host_ip != self.local_ip:
             new = {(vni, nb.host_ip) for vni, _ip in self.state.neighbor_segments(nb)}
@@ -138,8 +161,40 @@ class Planner:
             counts[host] += 1
         return owners
 
+    def _touch_router(self, router_id: str) -> set[Owner]:
+        """A router change re-plans the router and every destination in its old and new subnets
+        (a new DVR MAC rewrites every routed flow)."""
+        router: Router | None = self.state.resources[ResourceType.ROUTER].get(router_id)  # type: ignore[assignment]
+        old = self._router_subnets.pop(router_id, set())
+        new = {t.subnet_id for t in router.subnets} if router else set()
+        for sid in old - new:
+            self._subnet_routers[sid].discard(router_id)
+        for sid in new:
+            self._subnet_routers[sid].add(router_id)
+        for routers in self._next_hop_routers.values():
+            routers.discard(router_id)
+        if router is not None:
+            self._router_subnets[router_id] = new
+            for table in router.subnets:
+                for rule in table.rules:
+                    if rule.next_hop_ip:
+                        self._next_hop_routers[rule.next_hop_ip].add(router_id)
+        owners = {router_owner(router_id)}
+        touched = old | new
+        owners |= {
+            port_owner(p.id)
+            for p in self.state.ports.values()
+            if any(f.subnet_id in touched for f in p.fixed_ips)
+        }
+        owners |= {
+            neighbor_owner(n.id)
+            for n in self.state.neighbors.values()
+            if any(f.subnet_id in touched for f in n.fixed_ips)
+        }
+        return owners
+
     def _touch_subnet(self, subnet_id: str) -> set[Owner]:
-        owners: set[Owner] = set()
+        owners: set[Owner] = {router_owner(r) for r in self._subnet_routers.get(subnet_id, ())}
         for port in self.state.ports.values():
             if any(f.subnet_id == subnet_id for f in port.fixed_ips):
                 owners |= self._touch_port(port.id)
@@ -159,12 +214,17 @@ class Planner:
             if port is None or ofport is None:
                 return []
             vni = self.state.segment_of_port(port)
-            return overlay.port_flows(port, vni, ofport) if vni else []
+            if not vni:
+                return []
+            return overlay.port_flows(port, vni, ofport) + self._routes_to_port(port)
         if kind is Kind.NEIGHBOR:
             nb = self.state.neighbors.get(oid)
             if nb is None or self.tunnel_ofport is None or nb.host_ip == self.local_ip:
                 return []
-            return overlay.neighbor_flows(nb, self.state.neighbor_segments(nb), self.tunnel_ofport)
+            flows = overlay.neighbor_flows(nb, self.state.neighbor_segments(nb), self.tunnel_ofport)
+            return flows + self._routes_to_neighbor(nb)
+        if kind is Kind.ROUTER:
+            return self._router_flows(oid)
         if kind is Kind.SEGMENT:
             vni = int(oid)
             return overlay.flood_flows(
@@ -174,6 +234,76 @@ class Planner:
                 self.tunnel_ofport,
             )
         return []
+
+    # ------------------------------------------------------------------ routing
+    def _router_subnet(self, subnet_id: str) -> RouterSubnet | None:
+        sn = self.state.subnets.get(subnet_id)
+        if sn is None or not sn.gateway_ip or not sn.gateway_mac:
+            return None
+        return RouterSubnet(sn.id, sn.cidr, sn.tunnel_id, sn.gateway_ip, sn.gateway_mac)
+
+    def _dvr_mac(self, router_id: str) -> str:
+        router = self.state.resources[ResourceType.ROUTER].get(router_id)
+        return getattr(router, "dvr_mac", "")
+
+    def _routes(self, subnet_id: str, dest: Destination, ck: int) -> list[Flow]:
+        dest_subnet = self._router_subnet(subnet_id)
+        if dest_subnet is None:
+            return []
+        return [
+            routing.destination_flow(rid, self._dvr_mac(rid), dest, dest_subnet.gateway_mac, ck)
+            for rid in sorted(self._subnet_routers.get(subnet_id, ()))
+        ]
+
+    def _routes_to_port(self, port: Port) -> list[Flow]:
+        if not port.admin_up:
+            return []
+        ck = cookies.cookie(Kind.PORT, port.id)
+        flows: list[Flow] = []
+        for fip in port.fixed_ips:
+            subnet = self.state.subnets.get(fip.subnet_id)
+            if subnet is not None:
+                flows += self._routes(
+                    fip.subnet_id, Destination(fip.ip, port.mac, subnet.tunnel_id, True), ck
+                )
+        return flows
+
+    def _routes_to_neighbor(self, nb: Neighbor) -> list[Flow]:
+        ck = cookies.cookie(Kind.NEIGHBOR, nb.id)
+        flows: list[Flow] = []
+        for nip, (vni, _ip) in zip(nb.fixed_ips, self.state.neighbor_segments(nb), strict=False):
+            flows += self._routes(nip.subnet_id, Destination(nip.ip, nb.mac, vni, False), ck)
+        return flows
+
+    def _resolve(self, ip: str) -> tuple[Destination, str] | None:
+        """A next-hop IP → the port or neighbour holding it, and its subnet's gateway MAC."""
+        for port in self.state.ports.values():
+            for fip in port.fixed_ips:
+                sn = self._router_subnet(fip.subnet_id)
+                if fip.ip == ip and sn is not None and port.id in self.bindings:
+                    return Destination(ip, port.mac, sn.vni, True), sn.gateway_mac
+        for nb in self.state.neighbors.values():
+            for nip in nb.fixed_ips:
+                sn = self._router_subnet(nip.subnet_id)
+                if nip.ip == ip and sn is not None and nb.host_ip != self.local_ip:
+                    return Destination(ip, nb.mac, nip.tunnel_id or sn.vni, False), sn.gateway_mac
+        return None
+
+    def _router_flows(self, router_id: str) -> list[Flow]:
+        router: Router | None = self.state.resources[ResourceType.ROUTER].get(router_id)  # type: ignore[assignment]
+        if router is None:
+            return []
+        subnets, routes = [], []
+        for table in router.subnets:
+            sn = self._router_subnet(table.subnet_id)
+            if sn is None:
+                continue
+            subnets.append(sn)
+            for rule in table.rules:
+                hop = self._resolve(rule.next_hop_ip) if rule.next_hop_ip else None
+                if hop is not None:
+                    routes.append(StaticRoute(sn, rule.destination, rule.priority, hop[0], hop[1]))
+        return routing.gateway_flows(router_id, router.dvr_mac, subnets, routes)
 
     def is_pending(self, port_id: str) -> bool:
         return port_id in self.state.ports and port_id not in self.bindings

@@ -114,8 +114,29 @@ def dhcp(
     )
 
 
+def router(
+    router_id: str,
+    dvr_mac: str,
+    subnet_ids: Iterable[str],
+    routes: Iterable[tuple[str, str, str, int]] = (),
+    op: int = CREATE,
+    revision: int = 1,
+) -> pb.RouterState:
+    """A router over ``subnet_ids``; ``routes`` are (subnet id, destination CIDR, next hop, priority)."""
+    config = pb.RouterConfiguration(
+        revision_number=revision, id=router_id, host_dvr_mac_address=dvr_mac, update_type=pb.FULL
+    )
+    tables = {sid: config.subnet_routing_tables.add(subnet_id=sid) for sid in subnet_ids}
+    for n, (sid, destination, next_hop, priority) in enumerate(routes):
+        tables[sid].routing_rules.add(
+            operation_type=CREATE, id=f"{router_id}-rule-{n}", destination=destination,
+            next_hop_ip=next_hop, priority=priority,
+        )  # fmt: skip
+    return pb.RouterState(operation_type=op, configuration=config)
+
+
 def goal_state_v2(
-    *states: pb.VpcState | pb.SubnetState | pb.PortState | pb.NeighborState | pb.DHCPState,
+    *states: pb.VpcState | pb.SubnetState | pb.PortState | pb.NeighborState | pb.DHCPState | pb.RouterState,
     host_ip: str = "",
 ) -> pb.GoalStateV2:
     """A GoalStateV2 holding ``states``; with ``host_ip`` the acted-on ones are listed for that host."""
@@ -126,6 +147,7 @@ def goal_state_v2(
         pb.PortState: (msg.port_states, pb.PORT),
         pb.NeighborState: (msg.neighbor_states, pb.NEIGHBOR),
         pb.DHCPState: (msg.dhcp_states, pb.DHCP),
+        pb.RouterState: (msg.router_states, pb.ROUTER),
     }
     for state in states:
         table, rtype = targets[type(state)]
@@ -140,7 +162,7 @@ def goal_state_v2(
 
 
 def goal_state_v1(
-    *states: pb.VpcState | pb.SubnetState | pb.PortState | pb.NeighborState | pb.DHCPState,
+    *states: pb.VpcState | pb.SubnetState | pb.PortState | pb.NeighborState | pb.DHCPState | pb.RouterState,
 ) -> pb.GoalState:
     msg = pb.GoalState(format_version=1)
     targets = {
@@ -149,6 +171,7 @@ def goal_state_v1(
         pb.PortState: msg.port_states,
         pb.NeighborState: msg.neighbor_states,
         pb.DHCPState: msg.dhcp_states,
+        pb.RouterState: msg.router_states,
     }
     for state in states:
         targets[type(state)].add().CopyFrom(state)

@@ -95,6 +95,10 @@ def test_bundle_control_layout_and_decode() -> None:
         (SetField(Field.ETH_DST, 0x112233445566), "0019 0010 80000606 112233445566 0000"),
         (SetField(Field.TUNNEL_ID, 5), "0019 0010 80004c08 0000000000000005"),
         (Move(Field.REG0, Field.REG1, 8, 0, 8), "ffff 0018 00002320 0006 0008 0000 0008 00010004 00010204"),
+        # OVS dumps REG_MOVE fields in NXM form (NXM_OF_ETH_SRC, NXM_NX_TUN_ID): encoded the same way.
+        (Move(Field.ETH_SRC, Field.ETH_DST, 48), "ffff 0018 00002320 0006 0030 0000 0000 00000406 00000206"),
+        (Move(Field.TUNNEL_ID, Field.REG0, 24), "ffff 0018 00002320 0006 0018 0000 0000 00012008 00010004"),
+        (Move(Field.ARP_SPA, Field.ARP_TPA, 32), "ffff 0018 00002320 0006 0020 0000 0000 00002004 00002204"),
         (
             Controller(userdata=b"\x01\x02\x03"),
             "ffff 0018 00002320 0025 000000000000  0003 0007 010203 00",

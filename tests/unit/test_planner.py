@@ -48,7 +48,7 @@ def test_port_flows_golden() -> None:
         "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
         "nw_proto=17, nw_src=0.0.0.0, udp_src=68, udp_dst=67 actions=goto_table:DHCP",
         "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
-        "nw_src=10.0.1.5 actions=goto_table:L2_LOOKUP",
+        "nw_src=10.0.1.5 actions=goto_table:L3_GATEWAY",
         "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x806, "
         "arp_spa=10.0.1.5, arp_sha=fa:16:3e:00:00:05 actions=goto_table:ARP_RESPONDER",
     ]

@@ -1,0 +1,178 @@
+"""Flow builders for distributed routing (DVR): pure, one owner per router or destination.
+
+A packet from a VM to its subnet's gateway MAC enters the router (``L3_GATEWAY``), is routed
+on this host (``L3_ROUTING``: TTL-1, source MAC = this host's DVR MAC, destination MAC = the
+destination port's, segment = the destination's VNI) and then delivered by ``L2_LOOKUP``,
+locally or through the tunnel. A destination on this host gets its gateway MAC as source
+straight away; one behind the tunnel gets it back on the receiving host (``DVR_RESTORE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+
+from agent.planner import cookies
+from agent.planner.cookies import Kind
+from agent.planner.flows import (
+    ETH_TYPE_IPV4,
+    IP_PROTO_ICMP,
+    OFPP_IN_PORT,
+    DecTtl,
+    Field,
+    Flow,
+    MatchField,
+    Move,
+    Output,
+    SetField,
+    cidr_match,
+    ip_to_int,
+    mac_to_int,
+    match,
+)
+from agent.planner.overlay import arp_responder
+from agent.planner.pipeline import DVR_MAC_RANGE, Priority, Reg, Table, route_priority
+
+_IS_IP = MatchField(Field.ETH_TYPE, ETH_TYPE_IPV4)
+_IS_ICMP = MatchField(Field.IP_PROTO, IP_PROTO_ICMP)
+_DVR_SOURCE = MatchField(Field.ETH_SRC, mac_to_int(DVR_MAC_RANGE[0]), mac_to_int(DVR_MAC_RANGE[1]))
+
+
+def router_tag(router_id: str) -> int:
+    """The 32-bit value carried in reg2 for a router (BLAKE2b of its id; 0 is never used)."""
+    return int.from_bytes(hashlib.blake2b(router_id.encode(), digest_size=4).digest(), "big") or 1
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSubnet:
+    """A subnet attached to a router, with what routing needs of it."""
+
+    subnet_id: str
+    cidr: str
+    vni: int
+    gateway_ip: str
+    gateway_mac: str
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A routable address: a local port (delivered here) or a neighbour (behind the tunnel)."""
+
+    ip: str
+    mac: str
+    vni: int
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRoute:
+    subnet: RouterSubnet  # the routing table it belongs to: applies to traffic from this subnet
+    destination: str  # CIDR
+    priority: int
+    next_hop: Destination
+    next_hop_gateway_mac: str  # the gateway MAC of the next hop's own subnet
+
+
+def gateway_flows(
+    router_id: str, dvr_mac: str, subnets: list[RouterSubnet], routes: list[StaticRoute]
+) -> list[Flow]:
+    """The router's own flows: gateways answer ARP and ping, traffic to them enters the router,
+    routed packets from other hosts get the gateway MAC back, and the static routes."""
+    ck = cookies.cookie(Kind.ROUTER, router_id)
+    tag = router_tag(router_id)
+    flows: list[Flow] = []
+    for sn in subnets:
+        gw_mac, gw_ip = mac_to_int(sn.gateway_mac), ip_to_int(sn.gateway_ip)
+        segment = MatchField(Reg.SEGMENT, sn.vni)
+        to_gateway = MatchField(Field.ETH_DST, gw_mac)
+        flows.append(arp_responder(sn.vni, sn.gateway_ip, sn.gateway_mac, ck))
+        flows.append(
+            Flow(
+                Table.L3_GATEWAY,
+                Priority.GATEWAY_ECHO,
+                (
+                    segment,
+                    to_gateway,
+                    _IS_IP,
+                    _IS_ICMP,
+                    MatchField(Field.IPV4_DST, gw_ip),
+                    MatchField(Field.ICMP_TYPE, 8),
+                ),
+                (
+                    Move(Field.ETH_SRC, Field.ETH_DST, 48),
+                    SetField(Field.ETH_SRC, gw_mac),
+                    Move(Field.IPV4_SRC, Field.IPV4_DST, 32),
+                    SetField(Field.IPV4_SRC, gw_ip),
+                    SetField(Field.ICMP_TYPE, 0),
+                    Output(OFPP_IN_PORT),
+                ),
+                cookie=ck,
+            )
+        )
+        flows.append(
+            Flow(
+                Table.L3_GATEWAY,
+                Priority.LOCAL,
+                match(segment, to_gateway, _IS_IP),
+                (SetField(Reg.ROUTER, tag),),
+                goto=Table.L3_ROUTING,
+                cookie=ck,
+            )
+        )
+        flows.append(
+            Flow(
+                Table.DVR_RESTORE,
+                Priority.LOCAL,
+                match(segment, _DVR_SOURCE, _IS_IP, cidr_match(Field.IPV4_DST, sn.cidr)),
+                (SetField(Field.ETH_SRC, gw_mac),),
+                goto=Table.L2_LOOKUP,
+                cookie=ck,
+            )
+        )
+    for route in routes:
+        net = ipaddress.IPv4Network(route.destination)
+        flows.append(
+            Flow(
+                Table.L3_ROUTING,
+                route_priority(net.prefixlen, route.priority),
+                match(
+                    (Reg.ROUTER, tag),
+                    _IS_IP,
+                    cidr_match(Field.IPV4_SRC, route.subnet.cidr),
+                    cidr_match(Field.IPV4_DST, route.destination),
+                ),
+                _rewrite(route.next_hop, route.next_hop_gateway_mac, dvr_mac),
+                goto=Table.L2_LOOKUP,
+                cookie=ck,
+            )
+        )
+    return flows
+
+
+def _rewrite(dest: Destination, dest_gateway_mac: str, dvr_mac: str) -> tuple:
+    """TTL-1 and the DVR MAC rewrite into the destination's segment. A local destination sees
+    its gateway MAC as source at once; a remote one gets it back from the receiving host."""
+    source = dest_gateway_mac if dest.local or not dvr_mac else dvr_mac
+    return (
+        DecTtl(),
+        SetField(Field.ETH_SRC, mac_to_int(source)),
+        SetField(Field.ETH_DST, mac_to_int(dest.mac)),
+        SetField(Reg.SEGMENT, dest.vni),
+    )
+
+
+def destination_flow(router_id: str, dvr_mac: str, dest: Destination, dest_gateway_mac: str, ck: int) -> Flow:
+    """Host route to one port or neighbour through one router; owned by the destination."""
+    return Flow(
+        Table.L3_ROUTING,
+        route_priority(32),
+        (
+            MatchField(Reg.ROUTER, router_tag(router_id)),
+            _IS_IP,
+            MatchField(Field.IPV4_DST, ip_to_int(dest.ip)),
+        ),
+        _rewrite(dest, dest_gateway_mac, dvr_mac),
+        goto=Table.L2_LOOKUP,
+        cookie=ck,
+    )
