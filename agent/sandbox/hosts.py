@@ -60,6 +60,7 @@ class HostInfo:
     state_dir: str
     log_file: str
     agent_pid: int | None = None
+    agent_args: list[str] = dataclasses.field(default_factory=list)  # extra flags, reused on restart
 
     @property
     def db_remote(self) -> str:
@@ -104,6 +105,16 @@ def _kill_pid(pid: int, timeout: float = 10.0) -> None:
                 os.kill(pid, signal.SIGKILL)
                 return
             time.sleep(0.05)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited, False if it still runs after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not process_gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _is_agent(pid: int) -> bool:
@@ -217,6 +228,7 @@ class Sandbox:
                 raise SandboxError(f"host {name!r} already exists")
             self._underlay_up(meta)
             host = self._new_host(meta, name)
+            host.agent_args = list(agent_args)
             meta["hosts"][name] = dataclasses.asdict(host)
             try:
                 self._build_host(host)
@@ -272,7 +284,12 @@ class Sandbox:
         _run(["ip", "-n", h.netns, "link", "set", "br-phy", "up"])
 
     def _start_agent(self, h: HostInfo, agent_path: str, extra: Sequence[str]) -> int:
+        """Start aca-agent in the host's namespace; returns once its gRPC and control sockets exist."""
         sock = pathlib.Path(h.grpc.removeprefix("unix:"))
+        control = pathlib.Path(h.control_socket)
+        # A killed agent leaves its sockets behind; they must not pass for the new one's.
+        sock.unlink(missing_ok=True)
+        control.unlink(missing_ok=True)
         cmd = [
             "ip", "netns", "exec", h.netns, agent_path,
             "--host-id", h.name,
@@ -292,7 +309,7 @@ class Sandbox:
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
             )
         deadline = time.monotonic() + 20
-        while not sock.exists():
+        while not (sock.exists() and control.exists()):
             if proc.poll() is not None:
                 tail = out_path.read_text(errors="replace").strip().splitlines()[-5:]
                 raise SandboxError(f"aca-agent for {h.name} exited {proc.returncode}: " + " | ".join(tail))
@@ -301,6 +318,43 @@ class Sandbox:
                 raise SandboxError(f"aca-agent for {h.name} did not open {sock} within 20s")
             time.sleep(0.05)
         return proc.pid
+
+    def stop_agent(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Send ``sig`` to the host's agent and wait until it is gone (SIGKILL after ``timeout``)."""
+        with self._locked() as meta:
+            self._stop_agent(meta, name, sig, timeout)
+
+    def _stop_agent(self, meta: dict[str, Any], name: str, sig: int, timeout: float) -> None:
+        if name not in meta["hosts"]:
+            raise SandboxError(f"no host {name!r} in {self.root}")
+        pid = meta["hosts"][name]["agent_pid"]
+        if pid is not None and _is_agent(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+                if not _wait_gone(pid, timeout):
+                    os.kill(pid, signal.SIGKILL)
+                    _wait_gone(pid, 5.0)
+        meta["hosts"][name]["agent_pid"] = None
+
+    def restart_agent(
+        self, name: str, sig: int = signal.SIGTERM, agent_args: Sequence[str] | None = None
+    ) -> HostInfo:
+        """Stop the host's agent with ``sig`` (if one runs) and start it again on the same state.
+
+        ``agent_args`` replaces the extra flags recorded at ``host_up``; this also starts an agent
+        on a host brought up with ``agent=False``.
+        """
+        agent_path = _find_agent()
+        if agent_path is None:
+            raise SandboxError("aca-agent not found (install the package)")
+        with self._locked() as meta:
+            self._stop_agent(meta, name, sig, timeout=10.0)
+            if agent_args is not None:
+                meta["hosts"][name]["agent_args"] = list(agent_args)
+            host = HostInfo(**meta["hosts"][name])
+            host.agent_pid = self._start_agent(host, agent_path, host.agent_args)
+            meta["hosts"][name] = dataclasses.asdict(host)
+        return host
 
     def host_down(self, name: str) -> None:
         with self._locked() as meta:

@@ -2,11 +2,17 @@
 
 No Apache Kafka can be installed on the test machines; tansu speaks the same protocol to
 confluent-kafka. Its memory storage starts empty on every (re)start: topics, offsets and groups.
+
+With ``netns`` the broker runs on that network namespace's loopback (for an agent inside a
+sandbox host), and the client helpers run on a worker thread that entered the same namespace:
+librdkafka's threads inherit it, so their sockets are made there too.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import importlib.resources
 import logging
 import os
@@ -16,7 +22,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -24,6 +31,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tests.support.parts import missing
 
 _log = logging.getLogger("tests.kafka_broker")
+_T = TypeVar("_T")
+_CLONE_NEWNET = 0x40000000
 
 
 def tansu_binary() -> pathlib.Path:
@@ -37,6 +46,18 @@ def tansu_binary() -> pathlib.Path:
     return path
 
 
+def _enter_netns(netns: str) -> None:
+    """Move the calling thread (only) into network namespace ``netns``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,14 +65,31 @@ def _free_port() -> int:
 
 
 class KafkaBroker:
-    """One tansu process on 127.0.0.1; `restart()` keeps the port so clients can reconnect."""
+    """One tansu process on 127.0.0.1 (of ``netns`` if given); `restart()` keeps the port."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or _free_port()
+    def __init__(self, port: int | None = None, netns: str | None = None) -> None:
+        self.port = port or _free_port()  # a fresh namespace has every port free
+        self.netns = netns
         self._binary = tansu_binary()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = pathlib.Path(tempfile.gettempdir()) / f"tansu-{self.port}.log"
+        self._log = pathlib.Path(tempfile.gettempdir()) / f"tansu-{netns or 'root'}-{self.port}.log"
         self._producer: Producer | None = None
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` where the broker's loopback is reachable (a thread in ``netns``, or here)."""
+        if self.netns is None:
+            return fn()
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(
+                1, "kafka-netns", initializer=_enter_netns, initargs=(self.netns,)
+            )
+        return self._worker.submit(fn).result()
+
+    def _probe(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            return True
+        return False
 
     @property
     def bootstrap(self) -> str:
@@ -59,10 +97,11 @@ class KafkaBroker:
 
     def start(self, timeout: float = 10.0) -> None:
         url = f"tcp://{self.bootstrap}"
+        netns = ["ip", "netns", "exec", self.netns] if self.netns else []
         with self._log.open("wb") as output:
             self._proc = subprocess.Popen(
                 [
-                    str(self._binary), "broker",
+                    *netns, str(self._binary), "broker",
                     "--listener-url", url,
                     "--advertised-listener-url", url,
                     "--storage-engine", "memory://tansu/",
@@ -77,7 +116,7 @@ class KafkaBroker:
                 tail = self._tail()
                 self.stop()
                 raise RuntimeError(f"tansu exited at start: {tail}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            if self.call(self._probe):
                 return
             if time.monotonic() > deadline:
                 tail = self._tail()
@@ -87,9 +126,11 @@ class KafkaBroker:
 
     def stop(self) -> None:
         if self._producer is not None:
-            self._producer.purge()
-            self._producer.close()
-            self._producer = None
+            producer, self._producer = self._producer, None
+            self.call(lambda: (producer.purge(), producer.close()))
+        if self._worker is not None:
+            self._worker.shutdown()  # the thread leaves, so nothing of ours pins the namespace
+            self._worker = None
         if self._proc is None:
             return
         # SIGTERM makes tansu drain connected clients for ~5 s; SIGINT exits at once.
@@ -115,14 +156,16 @@ class KafkaBroker:
         return {"bootstrap.servers": self.bootstrap, "logger": _log}
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
-        admin = AdminClient(self.client_config())
-        for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
-            future.result(10)
+        def create() -> None:
+            admin = AdminClient(self.client_config())
+            for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+                future.result(10)
+
+        self.call(create)
 
     def produce(self, topic: str, value: bytes | None, headers: dict[str, str] | None = None) -> int:
         """Produce one record synchronously and return its offset."""
-        if self._producer is None:
-            self._producer = Producer(self.client_config())
+        record_headers = list((headers or {}).items())
         delivered: list[Message] = []
         failed: list[KafkaError] = []
 
@@ -132,16 +175,21 @@ class KafkaBroker:
             else:
                 delivered.append(msg)
 
-        self._producer.produce(topic, value=value, headers=list((headers or {}).items()), on_delivery=report)
-        if self._producer.flush(10) or failed:
+        def send() -> int:
+            if self._producer is None:
+                self._producer = Producer(self.client_config())
+            self._producer.produce(topic, value=value, headers=record_headers, on_delivery=report)
+            return self._producer.flush(10)
+
+        if self.call(send) or failed:
             raise RuntimeError(f"produce to {topic} failed: {failed or 'timed out'}")
         return delivered[0].offset()
 
 
 @contextlib.contextmanager
-def running_broker() -> Iterator[KafkaBroker]:
-    """A started broker that is stopped however the block ends."""
-    broker = KafkaBroker()
+def running_broker(netns: str | None = None) -> Iterator[KafkaBroker]:
+    """A started broker (in ``netns`` if given) that is stopped however the block ends."""
+    broker = KafkaBroker(netns=netns)
     try:
         broker.start()
         yield broker
