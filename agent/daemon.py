@@ -92,7 +92,10 @@ class Agent:
             reply_topic=self.cfg.kafka.reply_topic or None,
             extra=dict(self.cfg.kafka.options),
         )
-        self.kafka = KafkaIntake(settings, apply)
+        # Kafka's counters (applied, poison, ...) show in `acactl status` next to the core's.
+        self.kafka = KafkaIntake(
+            settings, apply, metrics=lambda name: self.core.counters.update([f"kafka_{name}"])
+        )
         self.kafka.start()
 
     def reload(self) -> None:

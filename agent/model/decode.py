@@ -233,8 +233,13 @@ _STATE_FIELDS: tuple[tuple[str, ResourceType], ...] = (
 def decode_state(rtype: ResourceType, state: Any, map_key: str = "", acted_on: bool = True) -> Request:
     """Decode one ``XState``; never raises for bad content, returns a Request with ``error`` set."""
     config = state.configuration
-    op = Op(state.operation_type) if state.operation_type in Op._value2member_map_ else Op.INFO
     rid = config.id or _bare_id(map_key)
+    if state.operation_type not in Op._value2member_map_:
+        # An operation this agent does not know is an error the controller must see, not context.
+        return Request(
+            rtype, Op.INFO, rid, error=f"unknown operation_type {state.operation_type}", acted_on=acted_on
+        )
+    op = Op(state.operation_type)
     update_type = UpdateType.FULL
     if rtype is not ResourceType.GATEWAY and config.update_type == UpdateType.DELTA and op is Op.UPDATE:
         update_type = UpdateType.DELTA

@@ -110,3 +110,10 @@ def test_v2_neighbor_keys_and_host_selection() -> None:
 def test_v1_keeps_every_state() -> None:
     msg = gs.goal_state_v1(*(state for _t, state in GOOD))
     assert [r.type for r in decode_v1(msg)] == [t for t, _s in GOOD]
+
+
+def test_unknown_operation_type_is_invalid_and_answered() -> None:
+    state = gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05")
+    state.operation_type = 99
+    req = decode_state(ResourceType.PORT, state)
+    assert req.acted_on and "unknown operation_type 99" in req.error
