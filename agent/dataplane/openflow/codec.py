@@ -174,6 +174,42 @@ def oxm_header(fld: Field, masked: bool = False) -> int:
     return (oxm_class << 16) | (number << 9) | (int(masked) << 8) | (size * 2 if masked else size)
 
 
+# NXAST_REG_MOVE names its fields by NXM header, and OVS dumps every one back in its oldest
+# (OpenFlow 1.0 Nicira) form whatever was sent, e.g. eth_src as NXM_OF_ETH_SRC, not OXM_OF_ETH_SRC.
+# Moves are encoded that way too, so an unchanged flow compares byte-equal with the dump and a
+# resync does not rewrite it. Field -> (class, field number, payload bytes); others keep _OXM_IDS.
+_NXM_OF = 0x0000
+_NXM_V0_IDS: dict[Field, tuple[int, int, int]] = {
+    Field.IN_PORT: (_NXM_OF, 0, 2),
+    Field.ETH_DST: (_NXM_OF, 1, 6),
+    Field.ETH_SRC: (_NXM_OF, 2, 6),
+    Field.ETH_TYPE: (_NXM_OF, 3, 2),
+    Field.IP_PROTO: (_NXM_OF, 6, 1),
+    Field.IPV4_SRC: (_NXM_OF, 7, 4),
+    Field.IPV4_DST: (_NXM_OF, 8, 4),
+    Field.TCP_SRC: (_NXM_OF, 9, 2),
+    Field.TCP_DST: (_NXM_OF, 10, 2),
+    Field.UDP_SRC: (_NXM_OF, 11, 2),
+    Field.UDP_DST: (_NXM_OF, 12, 2),
+    Field.ICMP_TYPE: (_NXM_OF, 13, 1),
+    Field.ICMP_CODE: (_NXM_OF, 14, 1),
+    Field.ARP_OP: (_NXM_OF, 15, 2),
+    Field.ARP_SPA: (_NXM_OF, 16, 4),
+    Field.ARP_TPA: (_NXM_OF, 17, 4),
+    Field.TUNNEL_ID: (_NXM_NX, 16, 8),
+    Field.ARP_SHA: (_NXM_NX, 17, 6),
+    Field.ARP_THA: (_NXM_NX, 18, 6),
+}
+
+
+def nxm_move_header(fld: Field) -> int:
+    """The header OVS uses for ``fld`` in NXAST_REG_MOVE (its NXM form where one exists)."""
+    if fld not in _NXM_V0_IDS:
+        return oxm_header(fld)
+    nxm_class, number, size = _NXM_V0_IDS[fld]
+    return (nxm_class << 16) | (number << 9) | size
+
+
 # Header without hasmask/length bits -> (Field, payload size, planner sort rank, all-ones mask).
 _FIELD_INFO = {
     oxm_header(f) & 0xFFFFFE00: (f, f.width // 8, rank, (1 << f.width) - 1)
@@ -281,7 +317,7 @@ def _encode_move(action: Move) -> bytes:
     return _ACT_REG_MOVE.pack(
         _OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, _NXAST_REG_MOVE,
         action.n_bits, action.src_ofs, action.dst_ofs,
-        oxm_header(action.src), oxm_header(action.dst),
+        nxm_move_header(action.src), nxm_move_header(action.dst),
     )  # fmt: skip
 
 
