@@ -4,7 +4,6 @@ names and port ids, and removes them again (goal-state DELETEs, then the VMs).""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import pathlib
 import re
@@ -14,7 +13,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +20,22 @@ from typing import Any
 import pytest
 
 from agent._pb import goalstate_pb2 as pb
-from agent.cli.acactl import request
-from agent.planner.cookies import Kind, cookie, is_ours
+from agent.planner.cookies import Kind, cookie
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
+from tests.support.agent_host import control, wait_for
 from tests.support.parts import missing, require_ovs
+from tests.support.traffic import (
+    assert_flow_table_clean,
+    assert_reaches,
+    assert_unreachable,
+    capture,
+    dump_cookies,
+    dump_flows,
+    flush_neighbours,
+    port_state,
+    received,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -167,110 +176,6 @@ def nets(sandbox: Sandbox) -> Iterator[Callable[[str, int, str], Net]]:
         raise errors[0]
 
 
-# ---------------------------------------------------------------------------- traffic helpers
-def _received(out: str) -> tuple[int, int]:
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert m, out
-    return int(m.group(1)), int(m.group(2))
-
-
-def assert_reaches(sb: Sandbox, src: str, ip: str) -> None:
-    """A warm-up (the first packet over VXLAN may wait for the underlay neighbour), then no loss."""
-    warm = sb.vm_exec(src, ["ping", "-c", "3", "-i", "0.3", "-W", "2", ip])
-    assert _received(warm.stdout)[1] >= 1, f"{src} -> {ip} warm-up: {warm.stdout}{warm.stderr}"
-    strict = sb.vm_exec(src, ["ping", "-c", "3", "-i", "0.2", "-W", "1", ip])
-    sent, got = _received(strict.stdout)
-    assert got == sent, f"{src} -> {ip}: {strict.stdout}{strict.stderr}"
-
-
-def assert_unreachable(sb: Sandbox, src: str, ip: str) -> None:
-    proc = sb.vm_exec(src, ["ping", "-c", "2", "-i", "0.3", "-W", "1", ip])
-    assert proc.returncode != 0 and _received(proc.stdout)[1] == 0, f"{src} reached {ip}: {proc.stdout}"
-
-
-def flush_neighbours(sb: Sandbox, *vms: str) -> None:
-    for vm in vms:
-        sb.vm_exec(vm, ["ip", "neigh", "flush", "dev", "eth0"], check=True)
-
-
-_TIMESTAMP = re.compile(r"\d{2}:\d{2}:\d{2}\.\d+ ")
-
-
-@contextlib.contextmanager
-def capture(netns: str, dev: str, bpf: str, extra: tuple[str, ...] = ()) -> Iterator[list[str]]:
-    """tcpdump on ``dev`` inside ``netns`` while the body runs; afterwards the list holds the
-    decoded packets (``tcpdump -r -nn``), one string per packet with continuation lines joined."""
-    with tempfile.TemporaryDirectory(prefix="acat-cap-") as tmp:
-        pcap = pathlib.Path(tmp) / "cap.pcap"
-        cmd = ["ip", "netns", "exec", netns, "tcpdump", "-i", dev, "-nn", "-U", *extra, "-w", str(pcap), bpf]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        packets: list[str] = []
-        try:
-            assert proc.stderr is not None
-            line = proc.stderr.readline()  # "listening on <dev> ..." once the socket is open
-            assert "listening on" in line, line
-            yield packets
-            time.sleep(0.3)  # let the last packets reach the capture
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        decoded = subprocess.run(
-            ["tcpdump", "-r", str(pcap), "-nn", "-e"], capture_output=True, text=True, check=True
-        ).stdout
-        for text in decoded.splitlines():
-            if _TIMESTAMP.match(text) or not packets:
-                packets.append(text.strip())
-            elif text.strip():  # an encapsulated frame, decoded on the next line(s)
-                packets[-1] += " | " + text.strip()
-
-
-# ---------------------------------------------------------------------------- flow helpers
-def dump_cookies(sb: Sandbox, host: str) -> Counter[int]:
-    """Every flow on the host's br-int, counted by cookie."""
-    out = sb.exec(host, ["ovs-ofctl", "-O", "OpenFlow14", "dump-flows", "br-int"]).stdout
-    return Counter(int(m.group(1), 16) for m in re.finditer(r"cookie=(0x[0-9a-f]+)", out))
-
-
-def dump_flows(sb: Sandbox, host: str) -> list[str]:
-    """The host's flows without their counters, sorted: comparable across time."""
-    out = sb.exec(host, ["ovs-ofctl", "-O", "OpenFlow14", "--no-stats", "dump-flows", "br-int"]).stdout
-    return sorted(line.strip() for line in out.splitlines() if "cookie=" in line)
-
-
-def acactl(sb: Sandbox, host: str, what: str) -> Any:
-    return request(sb.host(host).control_socket, what)
-
-
-def port_state(sb: Sandbox, host: str, port_id: str) -> str | None:
-    return next((p["state"] for p in acactl(sb, host, "ports") if p["id"] == port_id), None)
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def assert_flow_table_clean(sb: Sandbox, host: str) -> None:
-    """The switch holds exactly the agent's flows, and every cookie belongs to a live owner."""
-    on_switch = dump_cookies(sb, host)
-    agent_flows = acactl(sb, host, "flows")
-    assert on_switch == Counter(int(f["cookie"], 16) for f in agent_flows)
-    assert all(is_ours(c) for c in on_switch)
-    ports = acactl(sb, host, "ports")
-    live = {cookie(Kind.BASE, "base")}
-    live |= {cookie(Kind.PORT, p["id"]) for p in ports}
-    live |= {cookie(Kind.NEIGHBOR, n["id"]) for n in acactl(sb, host, "neighbours")}
-    live |= {cookie(Kind.SEGMENT, str(p["segment"])) for p in ports if p["ofport"]}
-    assert set(on_switch) <= live, {f"{c:#x}" for c in set(on_switch) - live}
-
-
 # ---------------------------------------------------------------------------- tests
 def test_vms_reach_each_other_across_hosts_and_on_one_host(sandbox: Sandbox, nets: Any) -> None:
     net = nets("t1", 3001, "10.31.0.0/24")
@@ -318,18 +223,19 @@ def test_port_delete_leaves_no_flows(sandbox: Sandbox, nets: Any) -> None:
     before = dump_cookies(sandbox, "host1")
     owned = cookie(Kind.PORT, a.port_id)
     assert before[owned] > 0
-    ofport_a = next(p["ofport"] for p in acactl(sandbox, "host1", "ports") if p["id"] == a.port_id)
+    ofport_a = next(p["ofport"] for p in control(sandbox, "host1", "ports") if p["id"] == a.port_id)
 
     net.revision += 1
     statuses = net.push("host1", net.port_state(a, gs.DELETE))
     assert statuses[a.port_id] == pb.SUCCESS, statuses
     after = dump_cookies(sandbox, "host1")
     assert after[owned] == 0
-    # Only the port's own flows went; the segment's flood list no longer outputs to it.
-    assert {c: n for c, n in before.items() if c != owned} == dict(after)
-    segment_flows = [f for f in acactl(sandbox, "host1", "flows") if f["owner"] == f"segment:{net.vni}"]
+    # Only the port's own flows (and its DHCP steering) went; the flood list no longer outputs to it.
+    gone = {owned, cookie(Kind.DHCP, f"port:{a.port_id}")}
+    assert {c: n for c, n in before.items() if c not in gone} == dict(after)
+    segment_flows = [f for f in control(sandbox, "host1", "flows") if f["owner"] == f"segment:{net.vni}"]
     assert segment_flows and all(f"output:{ofport_a}," not in f["flow"] + "," for f in segment_flows)
-    assert a.port_id not in {p["id"] for p in acactl(sandbox, "host1", "ports")}
+    assert a.port_id not in {p["id"] for p in control(sandbox, "host1", "ports")}
     assert_unreachable(sandbox, "t3a", b.ip)
     assert_flow_table_clean(sandbox, "host1")
 
@@ -473,7 +379,7 @@ def test_agent_restart_under_traffic_loses_nothing(sandbox: Sandbox, nets: Any, 
             ping.kill()
             ping.wait()
     assert restart_s < 6.0, f"restart took {restart_s:.1f}s, longer than the ping runs"
-    sent, got = _received(out)
+    sent, got = received(out)
     assert sent == 80 and got == sent, out
     for host in HOSTS:
         assert dump_flows(sandbox, host) == flows_before[host], host
