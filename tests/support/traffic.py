@@ -47,9 +47,12 @@ _TIMESTAMP = re.compile(r"\d{2}:\d{2}:\d{2}\.\d+ ")
 
 
 @contextlib.contextmanager
-def capture(netns: str, dev: str, bpf: str, extra: tuple[str, ...] = ()) -> Iterator[list[str]]:
+def capture(
+    netns: str, dev: str, bpf: str, extra: tuple[str, ...] = (), verbose: bool = False
+) -> Iterator[list[str]]:
     """tcpdump on ``dev`` inside ``netns`` while the body runs; afterwards the list holds the
-    decoded packets (``tcpdump -r -nn``), one string per packet with continuation lines joined."""
+    decoded packets (``tcpdump -r -nn -e``, with ``-v`` when verbose: IP TTLs), one string per
+    packet with continuation lines joined."""
     with tempfile.TemporaryDirectory(prefix="acat-cap-") as tmp:
         pcap = pathlib.Path(tmp) / "cap.pcap"
         cmd = ["ip", "netns", "exec", netns, "tcpdump", "-i", dev, "-nn", "-U", *extra, "-w", str(pcap), bpf]
@@ -69,7 +72,10 @@ def capture(netns: str, dev: str, bpf: str, extra: tuple[str, ...] = ()) -> Iter
                 proc.kill()
                 proc.wait()
         decoded = subprocess.run(
-            ["tcpdump", "-r", str(pcap), "-nn", "-e"], capture_output=True, text=True, check=True
+            ["tcpdump", "-r", str(pcap), "-nn", "-e", *(["-v"] if verbose else [])],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         for text in decoded.splitlines():
             if _TIMESTAMP.match(text) or not packets:
