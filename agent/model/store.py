@@ -21,14 +21,26 @@ from agent.model.resources import RESOURCE_CLASSES, Resource, ResourceType
 SCHEMA_VERSION = 1
 
 
+@cache
+def _layout(cls: type) -> tuple[tuple[str, bool], ...]:
+    """(field name, holds dataclasses) per field: scalars are copied as they are, no recursion."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = typing.get_args(tp) if typing.get_origin(tp) is tuple else (tp,)
+        out.append((f.name, any(dataclasses.is_dataclass(a) for a in args)))
+    return tuple(out)
+
+
 def _plain(value: Any) -> Any:
-    """Resources → JSON-ready dicts/lists (dataclasses.asdict deep-copies; this does not)."""
+    """A resource as JSON-ready dicts/lists (dataclasses.asdict deep-copies; this does not)."""
     if type(value) is tuple:
         return [_plain(v) for v in value]
-    slots = getattr(value, "__slots__", None)
-    if slots is not None and hasattr(value, "__dataclass_fields__"):
-        return {name: _plain(getattr(value, name)) for name in slots}
-    return value
+    return {
+        name: (_plain(getattr(value, name)) if nested else getattr(value, name))
+        for name, nested in _layout(type(value))
+    }
 
 
 def to_json(resource: Resource) -> str:

@@ -12,7 +12,7 @@ import enum
 import ipaddress
 import itertools
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -213,20 +213,55 @@ Action = Output | SetField | Move | DecTtl | Controller
 FlowKey = tuple[int, int, Match]
 
 
-@dataclass(frozen=True, slots=True)
 class Flow:
-    table: int
-    priority: int
-    match: Match
-    actions: tuple[Action, ...] = ()
-    goto: int | None = None
-    cookie: int = 0
-    idle_timeout: int = 0
-    hard_timeout: int = 0
-    key: FlowKey = field(init=False, compare=False, repr=False)
+    """One flow; immutable by convention. A hand-written slotted class rather than a frozen
+    dataclass: the planner builds tens of thousands per goal state and frozen-dataclass
+    construction (object.__setattr__ per field) was the largest planning cost."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.table, self.priority, self.match))
+    __slots__ = (
+        "actions",
+        "cookie",
+        "goto",
+        "hard_timeout",
+        "idle_timeout",
+        "key",
+        "match",
+        "priority",
+        "table",
+    )
+
+    def __init__(
+        self,
+        table: int,
+        priority: int,
+        match: Match,
+        actions: tuple[Action, ...] = (),
+        goto: int | None = None,
+        cookie: int = 0,
+        idle_timeout: int = 0,
+        hard_timeout: int = 0,
+    ) -> None:
+        self.table = table
+        self.priority = priority
+        self.match = match
+        self.actions = actions
+        self.goto = goto
+        self.cookie = cookie
+        self.idle_timeout = idle_timeout
+        self.hard_timeout = hard_timeout
+        self.key: FlowKey = (table, priority, match)
+
+    def _value(self) -> tuple:
+        return (self.key, self.actions, self.goto, self.cookie, self.idle_timeout, self.hard_timeout)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Flow) and self._value() == other._value()
+
+    def __hash__(self) -> int:
+        return hash(self._value())
+
+    def __repr__(self) -> str:
+        return f"Flow({self.text()!r}, cookie={self.cookie:#x})"
 
     def text(self, table_names: dict[int, str] | None = None) -> str:
         """Canonical one-line text, ovs-ofctl-like, with table names when given."""
