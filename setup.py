@@ -1,7 +1,8 @@
 """Build for the Alcor host agent.
 
 The protobuf/gRPC modules are generated from ``proto/`` at build time (never committed)
-into ``agent/_pb``, so the code always matches the schema in the tree.
+into ``agent/_pb``, so the code always matches the schema in the tree; the DHCP engine in
+``native/`` is compiled into the extension ``agent._native`` (cffi API mode).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pathlib
 from setuptools import Command, find_packages, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.develop import develop
+from setuptools.command.egg_info import egg_info
 
 ROOT = pathlib.Path(__file__).resolve().parent
 PROTO_DIR = ROOT / "proto"
@@ -62,12 +64,22 @@ class Develop(develop):
         super().run()
 
 
+class EggInfo(egg_info):
+    """The file list (SOURCES.txt) names agent/_pb's modules, so they must exist first."""
+
+    def run(self) -> None:
+        self.run_command("generate_proto")
+        super().run()
+
+
 setup(
     name="aca-agent",
     version="0.1.0",
     description="Per-host network control agent for Alcor VPCs (Open vSwitch, gRPC/Kafka goal states)",
     python_requires=">=3.11",
-    packages=find_packages(include=["agent", "agent.*", "bench", "bench.*"]),
+    # agent._pb is generated during the build, after this list is made: name it explicitly,
+    # or a (non-editable) install ships without it.
+    packages=sorted({*find_packages(include=["agent", "agent.*", "bench", "bench.*"]), "agent._pb"}),
     install_requires=[
         "ovs>=3.1",
         "pyroute2>=0.7",
@@ -77,7 +89,14 @@ setup(
         "cffi>=1.16",
     ],
     extras_require={"test": ["pytest>=8", "scapy>=2.5", "ruff>=0.5", "grpcio-tools>=1.60"]},
-    cmdclass={"generate_proto": GenerateProto, "build_py": BuildPy, "develop": Develop},
+    # The DHCP engine (native/dhcp.c, native/dhcp.h) as the cffi extension agent._native.
+    cffi_modules=["native/build_ffi.py:ffibuilder"],
+    cmdclass={
+        "generate_proto": GenerateProto,
+        "build_py": BuildPy,
+        "develop": Develop,
+        "egg_info": EggInfo,
+    },
     entry_points={
         "console_scripts": [
             "aca-agent=agent.daemon:main",

@@ -29,6 +29,17 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True)
+class DhcpConfig:
+    enabled: bool = True  # answer DHCP for local ports (the C responder on an internal port)
+    port: str = "aca-dhcp"  # the agent's internal OVS port the responder reads and writes
+    mtu: int = 1450  # option 26: the overlay MTU
+    lease_time: int = 86400
+    domain: str = ""  # option 15 unless a subnet's extra options give one
+    rate: int = 100  # requests per second per VM port (0: unlimited)
+    burst: int = 200
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     host_id: str = ""
     underlay_ip: str = ""
@@ -41,6 +52,7 @@ class AgentConfig:
     ovs: OvsSettings = field(default_factory=OvsSettings)
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    dhcp: DhcpConfig = field(default_factory=DhcpConfig)
 
     @property
     def kafka_topic(self) -> str:
@@ -66,10 +78,10 @@ def load_file(path: str) -> AgentConfig:
     grpc_section = dict(data.get("grpc", {}))
     if "max_message_mb" in grpc_section:
         grpc_section["max_message_bytes"] = int(grpc_section.pop("max_message_mb")) * 1024 * 1024
-    unknown = set(data) - {"agent", "ovs", "grpc", "kafka"}
+    unknown = set(data) - {"agent", "ovs", "grpc", "kafka", "dhcp"}
     if unknown:
         raise ValueError(f"unknown section(s): {', '.join(sorted(unknown))}")
-    nested = set(agent) & {"ovs", "grpc", "kafka", "config_path"}
+    nested = set(agent) & {"ovs", "grpc", "kafka", "dhcp", "config_path"}
     if nested:
         raise ValueError(f"[agent] cannot set {', '.join(sorted(nested))}")
     return replace(
@@ -78,6 +90,7 @@ def load_file(path: str) -> AgentConfig:
         ovs=_section(OvsSettings, dict(data.get("ovs", {})), "ovs"),
         grpc=_section(GrpcSettings, grpc_section, "grpc"),
         kafka=_section(KafkaConfig, dict(data.get("kafka", {})), "kafka"),
+        dhcp=_section(DhcpConfig, dict(data.get("dhcp", {})), "dhcp"),
     )
 
 
@@ -99,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kafka-bootstrap")
     p.add_argument("--kafka-topic")
     p.add_argument("--kafka-reply-topic")
+    p.add_argument("--no-dhcp", action="store_true", help="do not answer DHCP (no responder port)")
     return p
 
 
@@ -131,4 +145,5 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         ovs=replace(cfg.ovs, **{k: v for k, v in ovs.items() if v is not None}),
         grpc=replace(cfg.grpc, listen=args.grpc_listen) if args.grpc_listen else cfg.grpc,
         kafka=replace(cfg.kafka, **{k: v for k, v in kafka.items() if v is not None}),
+        dhcp=replace(cfg.dhcp, enabled=False) if args.no_dhcp else cfg.dhcp,
     )

@@ -45,7 +45,12 @@ def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
             "ports_pending": sum(1 for p in state.ports if planner.is_pending(p)),
             "owners_failed": len(core.failed),
             "counters": dict(core.counters),
+            "dhcp": core.dhcp.stats() if core.dhcp is not None else None,
         }
+    if what == "dhcp":
+        if core.dhcp is None:
+            return {"enabled": False, "leases": []}
+        return {"enabled": True, **core.dhcp.stats(), "leases": core.dhcp.leases()}
     counts = _flow_counts(core)
     if what == "ports":
         return [
@@ -88,7 +93,7 @@ def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
                 }
             )
         return out
-    raise ValueError(f"unknown request {what!r} (status, ports, neighbours, flows)")
+    raise ValueError(f"unknown request {what!r} (status, ports, neighbours, flows, dhcp)")
 
 
 class ControlServer:

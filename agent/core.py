@@ -18,13 +18,16 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.model.resources import Op, Request, ResourceType, Status
 from agent.model.state import DesiredState, Outcome
 from agent.model.store import Store
 from agent.planner.plan import Owner, Planner
 from agent.reconciler.flows import ApplyResult, FlowReconciler
+
+if TYPE_CHECKING:
+    from agent.dhcp.driver import DhcpDriver
 
 log = logging.getLogger("aca.core")
 
@@ -65,6 +68,7 @@ class AgentCore:
         self.reconciler = reconciler
         self.dataplane_ready = False
         self.failed: dict[Owner, str] = {}  # owners whose last programming failed, with the error
+        self.dhcp: DhcpDriver | None = None  # the DHCP responder's tables, when it runs
         self.counters: Counter[str] = Counter()
         self._queue: queue.Queue[Any] = queue.Queue()
         self._seq = itertools.count(1)
@@ -172,6 +176,7 @@ class AgentCore:
     def _program(self, owners: set[Owner]) -> ApplyResult:
         if not owners:
             return ApplyResult()
+        self._apply_dhcp(owners)  # the responder is not OVS: it takes changes even while OVS is away
         if not self.dataplane_ready:
             return ApplyResult()  # applied by the resync when the switch is back
         try:
@@ -253,6 +258,7 @@ class AgentCore:
     def resync(self) -> ApplyResult:
         """Program everything from desired state against what the switch has (start, reconnect)."""
         owners = self.planner.rebuild()
+        self._apply_dhcp(owners)
         result = self.reconciler.resync({o: self.planner.flows(o) for o in owners})
         self.dataplane_ready = True
         self.failed.clear()
@@ -280,3 +286,10 @@ class AgentCore:
 
     def set_tunnel(self, ofport: int | None) -> ApplyResult:
         return self._program(self.planner.set_tunnel(ofport))
+
+    def set_dhcp_port(self, ofport: int | None) -> ApplyResult:
+        return self._program(self.planner.set_dhcp_port(ofport))
+
+    def _apply_dhcp(self, owners: set[Owner]) -> None:
+        if self.dhcp is not None:
+            self.dhcp.apply(owners, self.planner.bindings, self.planner.dhcp_ofport)

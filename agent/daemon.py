@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -29,6 +30,9 @@ from agent.model.store import Store
 from agent.planner.plan import Planner
 from agent.reconciler.flows import FlowReconciler
 
+if TYPE_CHECKING:
+    from agent.dhcp.driver import DhcpDriver
+
 log = logging.getLogger("aca.agent")
 
 
@@ -38,10 +42,12 @@ class Agent:
         self.stop_event = threading.Event()
         self.store = Store(cfg.state_dir)
         self.state = DesiredState(self.store.load())
-        self.dataplane = HostDataplane(cfg.ovs, cfg.underlay_ip)
+        self.dhcp = _dhcp_driver(cfg, self.state)
+        self.dataplane = HostDataplane(cfg.ovs, cfg.underlay_ip, self.dhcp, cfg.dhcp.port)
         self.core = AgentCore(
             self.state, self.store, Planner(self.state, cfg.underlay_ip), FlowReconciler(self.dataplane.flows)
         )
+        self.core.dhcp = self.dhcp
         self.grpc_server: grpc.Server | None = None
         self.kafka: KafkaIntake | None = None
         self.control = ControlServer(
@@ -130,6 +136,23 @@ class Agent:
         self.dataplane.stop()
         self.store.close()
         log.info("event=stopped")
+
+
+def _dhcp_driver(cfg: AgentConfig, state: DesiredState) -> DhcpDriver | None:
+    """The DHCP responder's driver, or None when DHCP is off or the C engine is not built."""
+    if not cfg.dhcp.enabled:
+        return None
+    try:
+        from agent.dhcp.driver import DhcpDriver
+        from agent.dhcp.leases import Settings
+    except ImportError as exc:
+        log.error(
+            "event=dhcp_unavailable error=%r hint='reinstall the package to build agent._native'", str(exc)
+        )
+        return None
+    driver = DhcpDriver(state, Settings(cfg.dhcp.mtu, cfg.dhcp.lease_time, cfg.dhcp.domain))
+    driver.engine.set_rate_limit(cfg.dhcp.rate, cfg.dhcp.burst)
+    return driver
 
 
 def main(argv: list[str] | None = None) -> int:

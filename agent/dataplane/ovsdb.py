@@ -496,6 +496,15 @@ class Ovsdb:
         )
         return self._wait(f"ofport of {name}", timeout, lambda idl: _ofport(idl, name))
 
+    def ensure_internal_port(self, bridge: str, name: str, timeout: float = 10.0) -> int:
+        """An internal port owned by the agent (the DHCP responder's); returns its ofport."""
+        self.execute(
+            f"ensure internal port {name} on {bridge}",
+            [AddPort(bridge, name, iface_type="internal")],
+            timeout,
+        )
+        return self._wait(f"ofport of {name}", timeout, lambda idl: _ofport(idl, name))
+
     def interfaces(self, bridge: str, timeout: float = 10.0) -> list[InterfaceInfo]:
         """Interfaces of ``bridge`` sorted by name (empty if the bridge does not exist)."""
         return self._read(

@@ -29,6 +29,7 @@ class Kind(enum.IntEnum):
     NEIGHBOR = 3
     SEGMENT = 4  # per-VNI flooding
     ROUTER = 5  # gateways, router entry, DVR restore, static routes
+    DHCP = 6  # a port's DHCP steering to the responder (leases carry no flows)
 
 
 def object_id(owner_id: str) -> int:

@@ -48,6 +48,7 @@ class Priority(enum.IntEnum):
     REMOTE = 90  # neighbours behind the tunnel
     LOCAL = 100  # local ports and exact answers
     TUNNEL = 100
+    DHCP = 105  # DHCP from a port's MAC (any source IP) to the responder, above anti-spoofing
     GATEWAY_ECHO = 110  # ICMP echo to a gateway IP, above entering the router
     ROUTE = 1000  # + 10 * prefix length + min(rule priority, 9): longest prefix wins
 

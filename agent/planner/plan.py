@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 
 from agent.model.resources import Neighbor, Port, ResourceType, Router
 from agent.model.state import DesiredState
-from agent.planner import cookies, overlay, routing
+from agent.planner import cookies, dhcp, overlay, routing
 from agent.planner.cookies import Kind
 from agent.planner.flows import Flow
 from agent.planner.routing import Destination, RouterSubnet, StaticRoute
@@ -51,6 +51,7 @@ class Planner:
         self._subnet_routers: dict[str, set[str]] = defaultdict(set)  # subnet → routers attached
         self._router_subnets: dict[str, set[str]] = {}  # router → its subnets, as last planned
         self._next_hop_routers: dict[str, set[str]] = defaultdict(set)  # next-hop IP → routers
+        self.dhcp_ofport: int | None = None  # the DHCP responder's internal port
 
     # ------------------------------------------------------------------ what a change touches
     def touch(self, rtype: ResourceType, rid: str) -> set[Owner]:
@@ -61,7 +62,9 @@ class Planner:
         if rtype is ResourceType.SUBNET:
             return self._touch_subnet(rid)
         if rtype is ResourceType.ROUTER:
-            return self._touch_router(rid)
+            return self._touch_router(rid) | dhcp.lease_owners(self.state)  # option 121 routes
+        if rtype is ResourceType.DHCP:
+            return {dhcp.lease_owner(rid)}
         return set()
 
     def set_interfaces(self, interfaces: list[tuple[str, str | None, int]]) -> set[Owner]:
@@ -87,8 +90,16 @@ class Planner:
         self.tunnel_ofport = ofport
         return self.all_owners()
 
+    def set_dhcp_port(self, ofport: int | None) -> set[Owner]:
+        """The responder's port appeared (or went): re-plan every port's DHCP steering."""
+        if ofport == self.dhcp_ofport:
+            return set()
+        self.dhcp_ofport = ofport
+        return {dhcp.port_owner(p) for p in self.state.ports}
+
     def all_owners(self) -> set[Owner]:
         owners = {BASE_OWNER}
+        owners |= dhcp.all_owners(self.state)
         owners |= {port_owner(p) for p in self.state.ports}
         owners |= {neighbor_owner(n) for n in self.state.neighbors}
         owners |= {segment_owner(v) for v in set(self._segment_ports) | set(self._segment_hosts)}
@@ -120,6 +131,8 @@ class Planner:
         owners = {port_owner(port_id)} | self._next_hop_dependents(
             [f.ip for f in port.fixed_ips] if port else []
         )
+        if self.dhcp_ofport is not None:  # without the responder no port has DHCP steering
+            owners.add(dhcp.port_owner(port_id))
         ofport = self._ofport_of(port_id)
         if ofport is None:
             self.bindings.pop(port_id, None)
@@ -195,6 +208,7 @@ class Planner:
 
     def _touch_subnet(self, subnet_id: str) -> set[Owner]:
         owners: set[Owner] = {router_owner(r) for r in self._subnet_routers.get(subnet_id, ())}
+        owners |= dhcp.lease_owners(self.state, subnet_id)
         for port in self.state.ports.values():
             if any(f.subnet_id == subnet_id for f in port.fixed_ips):
                 owners |= self._touch_port(port.id)
@@ -225,6 +239,8 @@ class Planner:
             return flows + self._routes_to_neighbor(nb)
         if kind is Kind.ROUTER:
             return self._router_flows(oid)
+        if kind is Kind.DHCP:
+            return dhcp.flows(self.state, oid, self.bindings, self.dhcp_ofport)
         if kind is Kind.SEGMENT:
             vni = int(oid)
             return overlay.flood_flows(

@@ -110,6 +110,7 @@ def assert_flow_table_clean(sb: Sandbox, host: str, routers: tuple[str, ...] = (
     ports = control(sb, host, "ports")
     live = {cookie(Kind.BASE, "base")}
     live |= {cookie(Kind.PORT, p["id"]) for p in ports}
+    live |= {cookie(Kind.DHCP, f"port:{p['id']}") for p in ports}  # a port's DHCP steering
     live |= {cookie(Kind.NEIGHBOR, n["id"]) for n in control(sb, host, "neighbours")}
     live |= {cookie(Kind.SEGMENT, str(p["segment"])) for p in ports if p["ofport"]}
     live |= {cookie(Kind.ROUTER, r) for r in routers}

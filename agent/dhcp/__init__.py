@@ -1,0 +1,1 @@
+"""DHCPv4 served on each host: the lease table is built here, the protocol runs in C (native/)."""

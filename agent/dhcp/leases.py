@@ -1,0 +1,100 @@
+"""What the responder should hold, built from desired state (pure functions).
+
+A lease is keyed by (network id, MAC): the network id is the VNI of the DHCP entry's subnet,
+the same segment the planner gives the asking port, so one MAC in two VPCs gets each VPC's
+own lease. Subnet settings become a profile shared by the subnet's leases.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from agent.dhcp import options as o
+from agent.model.resources import Dhcp, ResourceType, Router, Subnet
+from agent.model.state import DesiredState
+
+
+@dataclass(frozen=True)
+class Settings:
+    mtu: int = 1450  # overlay MTU: 1500 minus VXLAN overhead
+    lease_time: int = 86400
+    domain: str = ""  # option 15 unless the subnet's extra options give one
+
+
+@dataclass(frozen=True)
+class Profile:
+    server_ip: str
+    lease_time: int
+    options: bytes
+
+
+@dataclass(frozen=True)
+class Lease:
+    net_id: int
+    mac: str
+    ip: str
+    subnet_id: str
+    hostname: str = ""
+
+
+def server_ip(subnet: Subnet) -> str:
+    """The server identifier: the subnet's gateway, else its first address (never loopback)."""
+    if subnet.gateway_ip:
+        return subnet.gateway_ip
+    return str(ipaddress.IPv4Network(subnet.cidr, strict=False).network_address + 1)
+
+
+def subnet_routes(state: DesiredState, subnet_id: str) -> list[tuple[str, str]]:
+    """(destination, next hop) of the routers' rules for this subnet, in a stable order."""
+    routes: set[tuple[str, str]] = set()
+    for router in state.resources[ResourceType.ROUTER].values():
+        assert isinstance(router, Router)
+        for table in router.subnets:
+            if table.subnet_id != subnet_id:
+                continue
+            for rule in table.rules:
+                if rule.next_hop_ip and ":" not in rule.destination:
+                    routes.add((rule.destination, rule.next_hop_ip))
+    return sorted(routes, key=lambda r: (-ipaddress.IPv4Network(r[0], strict=False).prefixlen, r))
+
+
+def profile(state: DesiredState, subnet: Subnet, settings: Settings) -> Profile:
+    net = ipaddress.IPv4Network(subnet.cidr, strict=False)
+    opts: dict[int, bytes] = {
+        o.SUBNET_MASK: net.netmask.packed,
+        o.MTU: settings.mtu.to_bytes(2, "big"),
+        o.BROADCAST: net.broadcast_address.packed,
+    }
+    if subnet.gateway_ip:
+        opts[o.ROUTER] = ipaddress.IPv4Address(subnet.gateway_ip).packed
+    dns = [d for d in subnet.dns if ":" not in d]
+    if dns:
+        opts[o.DNS] = b"".join(ipaddress.IPv4Address(d).packed for d in dns[:16])
+    if settings.domain:
+        opts[o.DOMAIN_NAME] = settings.domain.encode()
+    routes = subnet_routes(state, subnet.id)
+    if routes:
+        # Clients that take option 121 ignore option 3 (RFC 3442): carry the default route too.
+        if subnet.gateway_ip and not any(d.endswith("/0") for d, _ in routes):
+            routes.append(("0.0.0.0/0", subnet.gateway_ip))
+        opts[o.CLASSLESS_ROUTES] = o.classless_routes(routes)
+    lease_time = settings.lease_time
+    for kv in subnet.extra_dhcp_options:
+        extra = o.extra_option(kv.name, kv.value)
+        if extra is None:
+            continue
+        code, raw = extra
+        if code == o.LEASE_TIME:
+            lease_time = int.from_bytes(raw, "big")
+        else:
+            opts[code] = raw
+    return Profile(server_ip(subnet), lease_time, o.tlvs(opts))
+
+
+def lease(state: DesiredState, entry: Dhcp) -> Lease | None:
+    """The lease a DHCP entry asks for; None when it cannot be served (no IPv4, DHCP off)."""
+    subnet = state.subnets.get(entry.subnet_id)
+    if subnet is None or not entry.ipv4 or not subnet.dhcp_enable or not subnet.tunnel_id:
+        return None
+    return Lease(subnet.tunnel_id, entry.mac.lower(), entry.ipv4, subnet.id, entry.hostname)

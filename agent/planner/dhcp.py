@@ -1,0 +1,147 @@
+"""Flows that steer DHCP requests to the agent's responder and its replies back (pure builders).
+
+The responder (native/dhcp.c) reads and writes one internal port (``aca-dhcp``). A request
+from a bound port leaves table ``DHCP`` with its Ethernet source rewritten to a tag that names
+the asking OpenFlow port (``0a:ca`` + the ofport in four octets); the responder answers from
+the same tag, and one ``CLASSIFY`` flow per port restores a real source MAC and outputs to
+exactly that port. No VLAN tag is pushed, so nothing depends on how AF_PACKET reports VLANs.
+
+Owners (kind ``DHCP``): ``port:<port id>`` (these flows and the port's entry in the
+responder) and ``lease:<dhcp id>`` (a lease in the responder, no flows).
+"""
+
+from __future__ import annotations
+
+from agent.model.resources import Port, ResourceType
+from agent.model.state import DesiredState
+from agent.planner import cookies
+from agent.planner.cookies import Kind
+from agent.planner.flows import (
+    ETH_TYPE_IPV4,
+    IP_PROTO_UDP,
+    Field,
+    Flow,
+    MatchField,
+    Output,
+    SetField,
+    mac_to_int,
+    match,
+)
+from agent.planner.pipeline import Priority, Table
+
+TAG_PREFIX = 0x0ACA << 32  # locally administered, unicast; the low 32 bits are the ofport
+RESPONDER_MAC = "02:ac:a0:00:00:43"  # source of replies when the subnet has no gateway MAC
+PORT_PREFIX = "port:"
+LEASE_PREFIX = "lease:"
+
+
+def tag_mac(ofport: int) -> int:
+    return TAG_PREFIX | (ofport & 0xFFFFFFFF)
+
+
+def port_owner(port_id: str) -> tuple[Kind, str]:
+    return (Kind.DHCP, PORT_PREFIX + port_id)
+
+
+def lease_owner(dhcp_id: str) -> tuple[Kind, str]:
+    return (Kind.DHCP, LEASE_PREFIX + dhcp_id)
+
+
+def lease_owners(state: DesiredState, subnet_id: str | None = None) -> set[tuple[Kind, str]]:
+    """Every DHCP entry's owner, or those of one subnet."""
+    return {
+        lease_owner(rid)
+        for rid, entry in state.resources[ResourceType.DHCP].items()
+        if subnet_id is None or getattr(entry, "subnet_id", None) == subnet_id
+    }
+
+
+def all_owners(state: DesiredState) -> set[tuple[Kind, str]]:
+    return {port_owner(p) for p in state.ports} | lease_owners(state)
+
+
+def port_macs(port: Port) -> list[str]:
+    """The MACs a port may ask for: its own, then its allowed address pairs'."""
+    macs = [port.mac.lower()]
+    for pair in port.address_pairs:
+        mac = (pair.mac or port.mac).lower()
+        if mac not in macs:
+            macs.append(mac)
+    return macs
+
+
+def served_subnet(state: DesiredState, port: Port) -> str | None:
+    """The subnet whose DHCP the port uses (its first fixed IP's), if DHCP is on there."""
+    for fip in port.fixed_ips:
+        subnet = state.subnets.get(fip.subnet_id)
+        if subnet is not None:
+            return subnet.id if subnet.dhcp_enable and subnet.tunnel_id else None
+    return None
+
+
+def steered(
+    state: DesiredState, port_id: str, bindings: dict[str, int], dhcp_ofport: int | None
+) -> tuple[Port, int, int] | None:
+    """(port, ofport, VNI) when the port's DHCP goes to the responder, else None."""
+    port = state.ports.get(port_id)
+    ofport = bindings.get(port_id)
+    if port is None or ofport is None or dhcp_ofport is None or not port.admin_up:
+        return None
+    if served_subnet(state, port) is None:
+        return None
+    vni = state.segment_of_port(port)
+    return (port, ofport, vni) if vni else None
+
+
+def port_flows(port: Port, ofport: int, dhcp_ofport: int, responder_mac: str) -> list[Flow]:
+    ck = cookies.cookie(Kind.DHCP, PORT_PREFIX + port.id)
+    in_port = MatchField(Field.IN_PORT, ofport)
+    tag = tag_mac(ofport)
+    flows = [
+        Flow(
+            Table.DHCP,
+            Priority.LOCAL,
+            match(in_port),
+            (SetField(Field.ETH_SRC, tag), Output(dhcp_ofport)),
+            cookie=ck,
+        ),
+        Flow(
+            Table.CLASSIFY,
+            Priority.LOCAL,
+            match((Field.IN_PORT, dhcp_ofport), (Field.ETH_SRC, tag)),
+            (SetField(Field.ETH_SRC, mac_to_int(responder_mac)), Output(ofport)),
+            cookie=ck,
+        ),
+    ]
+    # Any source IP (0.0.0.0 before a lease, the leased address when renewing or rebinding).
+    for mac in port_macs(port):
+        flows.append(
+            Flow(
+                Table.PORT_SECURITY,
+                Priority.DHCP,
+                match(
+                    in_port,
+                    (Field.ETH_SRC, mac_to_int(mac)),
+                    (Field.ETH_TYPE, ETH_TYPE_IPV4),
+                    (Field.IP_PROTO, IP_PROTO_UDP),
+                    (Field.UDP_SRC, 68),
+                    (Field.UDP_DST, 67),
+                ),
+                goto=Table.DHCP,
+                cookie=ck,
+            )
+        )
+    return flows
+
+
+def flows(state: DesiredState, oid: str, bindings: dict[str, int], dhcp_ofport: int | None) -> list[Flow]:
+    """Flows of one DHCP owner (leases have none)."""
+    if not oid.startswith(PORT_PREFIX):
+        return []
+    found = steered(state, oid[len(PORT_PREFIX) :], bindings, dhcp_ofport)
+    if found is None or dhcp_ofport is None:
+        return []
+    port, ofport, _vni = found
+    subnet = state.subnets.get(served_subnet(state, port) or "")
+    responder = subnet.gateway_mac if subnet is not None and subnet.gateway_mac else RESPONDER_MAC
+    return port_flows(port, ofport, dhcp_ofport, responder)

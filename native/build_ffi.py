@@ -1,0 +1,46 @@
+"""cffi (API mode) build of the DHCP engine into ``agent._native``.
+
+setup.py names ``native/build_ffi.py:ffibuilder`` in ``cffi_modules``; ``scripts/sanitize.sh``
+runs this file directly with ``ACA_NATIVE_CFLAGS`` in a copy of the tree to get an instrumented
+build in place.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shlex
+
+from cffi import FFI
+
+HERE = pathlib.Path(__file__).resolve().parent
+HEADER = (HERE / "dhcp.h").read_text()
+
+
+def _cdef() -> str:
+    """The header's declarations without preprocessor lines or comments (cffi parses plain C)."""
+    text = re.sub(r"/\*.*?\*/", "", HEADER, flags=re.S)
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    defines = re.findall(r"^#define (DHCP_\w+) (\w+)", HEADER, flags=re.M)
+    return "\n".join(lines) + "".join(f"\n#define {name} {value}" for name, value in defines)
+
+
+CFLAGS = ["-Wall", "-Wextra", "-Werror", "-O2", *shlex.split(os.environ.get("ACA_NATIVE_CFLAGS", ""))]
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "agent._native",
+    '#include "dhcp.h"',
+    # Relative to the project root: setuptools wants relative sources (setup.py runs from there).
+    sources=["native/dhcp.c"],
+    include_dirs=["native"],
+    extra_compile_args=CFLAGS,
+    extra_link_args=["-pthread", *shlex.split(os.environ.get("ACA_NATIVE_LDFLAGS", ""))],
+)
+
+if __name__ == "__main__":
+    # In place: agent/_native*.so next to the package (scripts/sanitize.sh runs this in a copy).
+    os.chdir(HERE.parent)
+    ffibuilder.compile(tmpdir=".", verbose=True)
