@@ -148,6 +148,11 @@ class HostDataplane:
         self._datapath_id = new_dpid
         try:
             self.ovsdb.set_flow_restore_wait(True)
+            if self.dhcp is not None:
+                # ovs-vswitchd may have recreated the responder's device: bind the C thread anew
+                # (and take its ofport again) before the flows that steer DHCP to it come back.
+                self.dhcp.stop()
+                self.core.set_dhcp_port(self._start_dhcp(10.0))
             self.core.resync()
         finally:
             self.ovsdb.set_flow_restore_wait(False)

@@ -307,3 +307,22 @@ def test_malformed_requests_are_dropped_counted_and_valid_clients_still_served(
     assert {k: grew.get(k, 0) for k in expected} == expected, after
     got = vpc.dhclient(vm)
     assert got is not None and got["new_ip_address"] == vm.ip
+
+
+def test_responder_survives_an_ovs_vswitchd_restart(
+    sandbox: Sandbox, vpcs: list[Vpc], tmp_path: pathlib.Path
+) -> None:
+    """ovs-vswitchd recreates the responder's device; the agent re-binds its C thread to it."""
+    vpc = Vpc(sandbox, tmp_path, "r", 3109, "10.39.0.0/24")
+    vpcs.append(vpc)
+    client = vpc.vm("dhr1", 10)
+    vpc.push(vpc.port(client), vpc.dhcp(client))
+    assert vpc.dhclient(client) is not None
+    sandbox.ovs(HOST).restart_vswitchd()
+    deadline = time.monotonic() + 20
+    while "event=openflow_reconnected" not in pathlib.Path(sandbox.host(HOST).log_file).read_text():
+        assert time.monotonic() < deadline, "agent did not see ovs-vswitchd come back"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    got = vpc.dhclient(client)
+    assert got is not None and got["new_ip_address"] == client.ip, "no lease after the restart"
