@@ -80,8 +80,13 @@ class OvsInstance:
         db = self.rundir / "conf.db"
         if not db.exists():
             self._run("ovsdb-tool", "create", str(db), str(SCHEMA))
+        self._start_ovsdb()
+        self.vsctl("--no-wait", "init")
+        self.start_vswitchd()
+
+    def _start_ovsdb(self) -> None:
         self._run(
-            "ovsdb-server", str(db),
+            "ovsdb-server", str(self.rundir / "conf.db"),
             f"--remote=punix:{self.db_sock}",
             f"--unixctl={self.rundir / 'ovsdb-server.ctl'}",
             f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
@@ -89,8 +94,6 @@ class OvsInstance:
             "--detach",
         )  # fmt: skip
         _wait_for(self.db_sock)
-        self.vsctl("--no-wait", "init")
-        self.start_vswitchd()
 
     def start_vswitchd(self) -> None:
         self._run(
@@ -137,16 +140,7 @@ class OvsInstance:
     def restart_ovsdb(self) -> None:
         self._kill("ovsdb-server")
         self.db_sock.unlink(missing_ok=True)
-        db = self.rundir / "conf.db"
-        self._run(
-            "ovsdb-server", str(db),
-            f"--remote=punix:{self.db_sock}",
-            f"--unixctl={self.rundir / 'ovsdb-server.ctl'}",
-            f"--pidfile={self.rundir / 'ovsdb-server.pid'}",
-            f"--log-file={self.rundir / 'ovsdb-server.log'}",
-            "--detach",
-        )  # fmt: skip
-        _wait_for(self.db_sock)
+        self._start_ovsdb()
 
     def stop(self, remove: bool = True) -> None:
         self.stop_vswitchd()
