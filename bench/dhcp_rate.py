@@ -1,0 +1,858 @@
+"""DHCP DORA rate behind the same Open vSwitch userspace path: the agent's C responder against
+OVN's native DHCP, ISC Kea and dnsmasq as OpenStack Neutron runs it (issue 8).
+
+perfdhcp (Debian ``kea-admin``) runs in a VM namespace whose interface is a port on an OVS
+``netdev`` bridge and steps its offered rate up (``-r RATE -p SECONDS``) until more than 1% of
+the DORA exchanges it starts do not complete. Each server's best rate is the completed DORA/s of
+its highest step within that limit; latency percentiles come from perfdhcp's ``-x t`` timestamps
+(one sample per request/reply exchange: DISCOVER-OFFER and REQUEST-ACK).
+
+perfdhcp always behaves as a relay agent in DHCPv4: every request carries ``giaddr`` = its own
+address and comes from the interface's MAC; only ``chaddr`` varies per simulated client. So:
+- the agent: one client (chaddr = the port's MAC) and 200 clients (200 chaddrs given to the port
+  as allowed address pairs, each with a DHCP state); replies go to giaddr:67 (relay mode);
+- OVN answers by the Ethernet source, so one client only: the interface's MAC and its lease IP,
+  unicast from port 68 to the server id (static ARP entry), exactly what OVN's flows accept;
+- Kea and dnsmasq: 200 clients, relay mode.
+
+Every server and client lives in namespaces created here; all of it is removed at exit, also on
+failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from bench.common import percentile
+
+RATES = (250, 500, 1000, 2000, 4000, 8000, 16000)
+QUICK_RATES = (1000, 4000, 12000)
+REFINE_STEPS, QUICK_REFINE_STEPS = 2, 1  # bisections between the last good and the first failing rate
+PERIOD_S = 5.0
+QUICK_PERIOD_S = 2.0
+LOSS_LIMIT_PCT = 1.0
+CLIENTS = 200
+CLIENTS_BASE_MAC = "fa:16:3e:c0:00:00"  # perfdhcp -R 200 -b mac=BASE uses BASE + 0 .. BASE + 199
+COMMON_RATE = 1000  # p99 is also reported at this offered rate, where every server keeps up
+SERVERS = ("agent", "ovn", "kea", "dnsmasq")
+PERFDHCP_EXTRA: list[str] = []  # --perfdhcp-args
+RESPONDER_MAC = "02:ac:a0:00:00:43"  # agent.planner.dhcp.RESPONDER_MAC (no gateway MAC given)
+
+
+class BenchError(Exception):
+    """A set-up step failed; the message names it."""
+
+
+def _run(cmd: Sequence[str], check: bool = True, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=120, env=env)
+    if check and proc.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+def _ns(netns: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", netns, *cmd]
+
+
+def client_macs(base: str = CLIENTS_BASE_MAC, count: int = CLIENTS) -> list[str]:
+    start = int(base.replace(":", ""), 16)
+    return [":".join(f"{start + i:012x}"[j : j + 2] for j in range(0, 12, 2)) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------- lab
+class Lab:
+    """Namespaces, processes and OVS instances made by the bench, removed in reverse order."""
+
+    def __init__(self, root: pathlib.Path, tag: str) -> None:
+        self.root = root
+        self.tag = tag
+        self._undo: list[Callable[[], None]] = []
+
+    def netns(self, name: str) -> str:
+        full = f"{self.tag}{name}"
+        self._undo.append(lambda: self._del_netns(full))
+        _run(["ip", "netns", "add", full])
+        _run(["ip", "-n", full, "link", "set", "lo", "up"])
+        return full
+
+    @staticmethod
+    def _del_netns(name: str) -> None:
+        if not pathlib.Path("/run/netns", name).exists():
+            return
+        # Whatever still runs there was started by this bench.
+        for pid in _run(["ip", "netns", "pids", name], check=False).split():
+            _stop_pid(int(pid))
+        _run(["ip", "netns", "del", name], check=False)
+
+    def spawn(self, cmd: Sequence[str], log: pathlib.Path, env: dict[str, str] | None = None) -> int:
+        out = open(log, "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+        out.close()
+        self._undo.append(lambda: _stop_popen(proc))
+        return proc.pid
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        self._undo.append(fn)
+
+    def close(self) -> None:
+        while self._undo:
+            fn = self._undo.pop()
+            try:
+                fn()
+            except Exception as exc:  # keep cleaning up
+                print(f"cleanup: {exc}", flush=True)
+
+
+def _stop_pid(pid: int, timeout: float = 5.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _stop_popen(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _veth_to_bridge(
+    ovs: object,
+    host_ns: str,
+    bridge: str,
+    host_end: str,
+    ns: str,
+    mac: str,
+    ip: str,
+    iface_id: str | None = None,
+) -> None:
+    """A veth pair: ``host_end`` a port of ``bridge`` in ``host_ns``, ``eth0`` in ``ns``."""
+    _run(["ip", "-n", host_ns, "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns])
+    # netdev datapath: UDP sent with TX checksum offload crosses OVS unfinished (testbed fact).
+    for where, dev in ((ns, "eth0"), (host_ns, host_end)):
+        _run(_ns(where, "ethtool", "-K", dev, "tx", "off"))
+    _run(["ip", "-n", ns, "link", "set", "eth0", "address", mac])
+    _run(["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])
+    _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+    _run(["ip", "-n", host_ns, "link", "set", host_end, "up"])
+    extra = ["--", "set", "Interface", host_end, f"external_ids:iface-id={iface_id}"] if iface_id else []
+    ovs.vsctl("add-port", bridge, host_end, *extra)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------- perfdhcp
+@dataclass
+class Target:
+    """Where perfdhcp runs and whom it asks."""
+
+    server: str
+    netns: str  # the client VM's namespace
+    server_ip: str
+    pids: dict[str, int]  # processes whose CPU use is reported
+    local_port: int = 0  # 0: perfdhcp's default (67, a relay agent)
+
+
+@dataclass
+class Mode:
+    label: str
+    clients: int
+    base_mac: str
+
+
+@dataclass
+class Step:
+    rate: int
+    period: float
+    sent: int = 0  # DISCOVERs sent: exchanges started
+    offers: int = 0
+    acks: int = 0  # exchanges completed
+    perfdhcp_rate: float = 0.0
+    delays_ms: list[float] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the step
+
+    @property
+    def loss_pct(self) -> float:
+        return 100.0 * (self.sent - self.acks) / self.sent if self.sent else 100.0
+
+    @property
+    def dora_s(self) -> float:
+        return self.acks / self.period
+
+    @property
+    def ok(self) -> bool:
+        return self.sent > 0 and self.loss_pct <= LOSS_LIMIT_PCT
+
+    def p(self, pct: float) -> float:
+        return percentile(self.delays_ms, pct) if self.delays_ms else float("nan")
+
+
+@dataclass
+class Series:
+    server: str
+    mode: str
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def best(self) -> Step | None:
+        good = [s for s in self.steps if s.ok]
+        return max(good, key=lambda s: s.dora_s) if good else None
+
+    def at(self, rate: int) -> Step | None:
+        return next((s for s in self.steps if s.rate == rate and s.ok), None)
+
+    @property
+    def first_failure(self) -> Step | None:
+        """The lowest offered rate that failed."""
+        failed = [s for s in self.steps if not s.ok]
+        return min(failed, key=lambda s: s.rate) if failed else None
+
+
+_STAT = re.compile(r"\*\*\*Statistics for: (\S+)\*\*\*")
+_STAMPS = re.compile(r"\*\*\*Timestamps for packets: (\S+)\*\*\*")
+
+
+def parse_perfdhcp(text: str, step: Step) -> Step:
+    """Fill ``step`` from perfdhcp's report (with ``-x t``)."""
+    section, stamps = "", False
+    for line in text.splitlines():
+        if m := _STAT.search(line):
+            section, stamps = m.group(1), False
+        elif _STAMPS.search(line):
+            stamps = True
+        elif stamps and line.startswith("sent / received:"):
+            sent, received = (float(v) for v in line.split(":", 1)[1].split("/"))
+            step.delays_ms.append((received - sent) * 1e3)
+        elif line.startswith("Rate:"):
+            step.perfdhcp_rate = float(line.split()[1])
+        elif line.startswith("sent packets:") and section == "DISCOVER-OFFER":
+            step.sent = int(line.split(":")[1])
+        elif line.startswith("received packets:") and section == "DISCOVER-OFFER":
+            step.offers = int(line.split(":")[1])
+        elif line.startswith("received packets:") and section == "REQUEST-ACK":
+            step.acks = int(line.split(":")[1])
+    return step
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def perfdhcp(target: Target, mode: Mode, rate: int, period: float, log: pathlib.Path | None = None) -> Step:
+    cmd = [
+        "perfdhcp",
+        "-4",
+        "-l",
+        "eth0",
+        "-r",
+        str(rate),
+        "-p",
+        f"{period:g}",
+        "-R",
+        str(mode.clients),
+        "-b",
+        f"mac={mode.base_mac}",
+        "-x",
+        "t",
+        "-g",
+        "single",
+    ]
+    if target.local_port:
+        cmd += ["-L", str(target.local_port)]
+    cmd += [*PERFDHCP_EXTRA, target.server_ip]
+    before = {name: _cpu_ticks(pid) for name, pid in target.pids.items()}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        _ns(target.netns, *cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    pids = {**target.pids, "perfdhcp": proc.pid}
+    before["perfdhcp"] = 0
+    # perfdhcp runs under `ip netns exec`, which execs it: the pid is perfdhcp's own.
+    ticks_perfdhcp = 0
+    try:
+        while proc.poll() is None:
+            ticks_perfdhcp = max(ticks_perfdhcp, _cpu_ticks(proc.pid))
+            try:
+                out, _ = proc.communicate(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - t0 > period + 60:
+                    raise BenchError(f"perfdhcp at {rate}/s did not finish") from None
+        else:
+            out, _ = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    elapsed = time.monotonic() - t0
+    hz = os.sysconf("SC_CLK_TCK")
+    step = parse_perfdhcp(out or "", Step(rate, period))
+    for name, pid in pids.items():
+        ticks = ticks_perfdhcp if name == "perfdhcp" else _cpu_ticks(pid) - before[name]
+        step.cpu[name] = 100.0 * ticks / hz / elapsed
+    if log is not None:
+        with open(log, "a") as f:
+            f.write(f"# {' '.join(cmd)}\n")
+            f.write("\n".join(line for line in (out or "").splitlines() if not line.startswith("sent / rec")))
+            f.write("\n")
+    return step
+
+
+def warm_up(target: Target, mode: Mode, timeout: float = 20.0) -> None:
+    """One exchange at a time until the server answers (flows, bindings and caches in place)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        step = perfdhcp(target, Mode(mode.label, 1, mode.base_mac), 20, 1)
+        if step.acks > 0:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"{target.server} ({mode.label}) never answered perfdhcp")
+        time.sleep(0.5)
+
+
+def sweep(
+    target: Target, mode: Mode, rates: Sequence[int], period: float, refine: int, log: pathlib.Path
+) -> Series:
+    """Offered rates in order until one fails, then ``refine`` bisections below that rate."""
+    series = Series(target.server, mode.label)
+    warm_up(target, mode)
+
+    def run(rate: int) -> Step:
+        step = perfdhcp(target, mode, rate, period, log)
+        series.steps.append(step)
+        cpu = " ".join(f"{name}={pct:.0f}%" for name, pct in step.cpu.items())
+        print(
+            f"  {target.server:8} {mode.label:26} offered {rate:6}/s  done {step.dora_s:8.0f}/s  "
+            f"lost {step.loss_pct:6.2f}%  p50 {step.p(50):7.2f} ms  p99 {step.p(99):7.2f} ms  "
+            f"cpu {cpu}",
+            flush=True,
+        )
+        return step
+
+    good = 0
+    for rate in rates:
+        if not run(rate).ok:
+            break
+        good = rate
+    else:
+        return series
+    bad = rate
+    for _ in range(refine if good else 0):
+        mid = round((good + bad) / 2 / 250) * 250
+        if not good < mid < bad:
+            break
+        if run(mid).ok:
+            good = mid
+        else:
+            bad = mid
+    return series
+
+
+# ---------------------------------------------------------------------------------------- servers
+AGENT_NET, AGENT_GW, AGENT_VM_IP = "10.202.0.0/16", "10.202.0.1", "10.202.0.5"
+AGENT_VM_MAC = "fa:16:3e:0a:00:05"
+
+
+@contextlib.contextmanager
+def agent_server(lab: Lab, rate_limit: tuple[int, int]) -> Iterator[tuple[Target, list[Mode]]]:
+    """A sandbox host with its agent; the client VM on its br-int; DHCP states for every MAC."""
+    from agent._pb import goalstate_pb2 as pb
+    from agent.sandbox import goalstates as gs
+    from agent.sandbox.hosts import Sandbox
+
+    conf = lab.root / "agent.toml"
+    conf.write_text(f"[dhcp]\nrate = {rate_limit[0]}\nburst = {rate_limit[1]}\n")
+    box = Sandbox(lab.root / "agent", prefix=f"{lab.tag}a-")
+    lab.defer(box.down)
+    box.host_up("host1", agent_args=("--log-level", "WARNING", "--config", str(conf)))
+    port_id = f"port-{uuid.uuid4().hex[:8]}"
+    box.vm_add("host1", "cl", AGENT_VM_MAC, f"{AGENT_VM_IP}/16", iface_id=port_id)
+    vpc, subnet, vni = "vpc-dhcpbench", "subnet-dhcpbench", 5202
+    macs = client_macs()
+    pair_ips = [f"10.202.1.{i}" if i < 250 else f"10.202.2.{i - 250}" for i in range(len(macs))]
+    states = [
+        gs.vpc(vpc, vni, AGENT_NET),
+        gs.subnet(subnet, vpc, AGENT_NET, vni, gateway_ip=AGENT_GW, op=gs.CREATE),
+        gs.port(
+            port_id,
+            vpc,
+            subnet,
+            AGENT_VM_IP,
+            AGENT_VM_MAC,
+            box.host("host1").underlay_ip,
+            pairs=list(zip(pair_ips, macs, strict=True)),
+        ),
+        gs.dhcp("dhcp-vm", subnet, AGENT_VM_MAC, AGENT_VM_IP, "bench-vm"),
+        *(
+            gs.dhcp(f"dhcp-c{i}", subnet, mac, ip)
+            for i, (mac, ip) in enumerate(zip(macs, pair_ips, strict=True))
+        ),
+    ]
+    replies = box.push_message("host1", gs.goal_state_v2(*states, host_ip=box.host("host1").underlay_ip))
+    bad = {
+        s.resource_id: s.operation_status
+        for r in replies
+        for s in r.operation_statuses
+        if s.operation_status != pb.SUCCESS
+    }
+    if bad:
+        raise BenchError(f"agent refused the bench goal state: {bad}")
+    vm_ns = box.vms()["cl"].netns
+    # perfdhcp unicasts to the server id (the subnet's gateway) like a relay agent would.
+    _run(_ns(vm_ns, "ip", "neigh", "replace", AGENT_GW, "lladdr", RESPONDER_MAC, "dev", "eth0"))
+    host = box.host("host1")
+    pids = {"aca-agent": host.agent_pid or 0, "ovs-vswitchd": _pidfile(pathlib.Path(host.ovs_rundir))}
+    target = Target("agent", vm_ns, AGENT_GW, pids)
+    modes = [
+        Mode("1 client (relay)", 1, AGENT_VM_MAC),
+        Mode(f"{CLIENTS} clients (relay+pairs)", CLIENTS, CLIENTS_BASE_MAC),
+    ]
+    yield target, modes
+
+
+def _pidfile(rundir: pathlib.Path, name: str = "ovs-vswitchd") -> int:
+    try:
+        return int((rundir / f"{name}.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _ovs(lab: Lab, netns: str, name: str) -> object:
+    from agent.sandbox.ovs import OvsInstance
+
+    ovs = OvsInstance(lab.root / name / "ovs", netns)
+    lab.defer(lambda: ovs.stop(remove=False))
+    ovs.start()
+    return ovs
+
+
+OVN_NET, OVN_GW, OVN_VM_IP = "10.201.0.0/24", "10.201.0.1", "10.201.0.5"
+OVN_VM_MAC, OVN_SERVER_MAC = "fa:16:3e:0b:00:05", "02:00:00:0b:00:01"
+OVN_SCHEMAS = pathlib.Path("/usr/share/ovn")
+
+
+@contextlib.contextmanager
+def ovn_server(lab: Lab) -> Iterator[tuple[Target, list[Mode]]]:
+    """NB/SB ovsdb-servers, ovn-northd and ovn-controller on a simulated host of their own."""
+    ns = lab.netns("ovn")
+    d = lab.root / "ovn"
+    d.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OVN_RUNDIR": str(d), "OVN_LOGDIR": str(d), "OVN_DBDIR": str(d)}
+    for db in ("nb", "sb"):
+        _run(["ovsdb-tool", "create", str(d / f"{db}.db"), str(OVN_SCHEMAS / f"ovn-{db}.ovsschema")])
+        lab.spawn(
+            _ns(
+                ns,
+                "ovsdb-server",
+                str(d / f"{db}.db"),
+                f"--remote=punix:{d / db}.sock",
+                f"--unixctl={d / db}-db.ctl",
+                f"--pidfile={d / db}-db.pid",
+                f"--log-file={d / db}-db.log",
+            ),
+            d / f"{db}-db.out",
+            env,
+        )
+    for db in ("nb", "sb"):
+        _wait_path(d / f"{db}.sock")
+    nb, sb = f"unix:{d / 'nb.sock'}", f"unix:{d / 'sb.sock'}"
+    lab.spawn(
+        _ns(
+            ns,
+            "ovn-northd",
+            f"--ovnnb-db={nb}",
+            f"--ovnsb-db={sb}",
+            f"--unixctl={d / 'northd.ctl'}",
+            f"--pidfile={d / 'northd.pid'}",
+            f"--log-file={d / 'northd.log'}",
+        ),
+        d / "northd.out",
+        env,
+    )
+    ovs = _ovs(lab, ns, "ovn")
+    ovs_env = {**env, **ovs.env}  # type: ignore[attr-defined]
+    # The integration bridge on the userspace datapath, as ovn-controller would make it.
+    ovs.vsctl(
+        "--may-exist",
+        "add-br",
+        "br-int",
+        "--",
+        "set",
+        "bridge",
+        "br-int",
+        "datapath_type=netdev",  # type: ignore[attr-defined]
+        "fail_mode=secure",
+        "other_config:disable-in-band=true",
+    )
+    ovs.vsctl(
+        "set",
+        "Open_vSwitch",
+        ".",
+        f"external_ids:ovn-remote={sb}",  # type: ignore[attr-defined]
+        "external_ids:ovn-encap-type=geneve",
+        "external_ids:ovn-encap-ip=127.0.0.1",
+        "external_ids:system-id=dhcp-bench",
+        "external_ids:ovn-bridge-datapath-type=netdev",
+    )
+    controller = lab.spawn(
+        _ns(
+            ns,
+            "ovn-controller",
+            ovs.db_remote,  # type: ignore[attr-defined]
+            f"--pidfile={d / 'controller.pid'}",
+            f"--log-file={d / 'controller.log'}",
+        ),
+        d / "controller.out",
+        ovs_env,
+    )
+
+    def nbctl(*args: str) -> str:
+        return _run(["ovn-nbctl", f"--db={nb}", "--timeout=30", *args], env=env).strip()
+
+    nbctl("ls-add", "ls0")
+    nbctl("lsp-add", "ls0", "lsp0")
+    nbctl("lsp-set-addresses", "lsp0", f"{OVN_VM_MAC} {OVN_VM_IP}")
+    opts = nbctl("dhcp-options-create", OVN_NET)
+    opts = opts or nbctl("--bare", "--columns=_uuid", "find", "DHCP_Options", f'cidr="{OVN_NET}"')
+    nbctl(
+        "dhcp-options-set-options",
+        opts,
+        "lease_time=86400",
+        f"router={OVN_GW}",
+        f"server_id={OVN_GW}",
+        f"server_mac={OVN_SERVER_MAC}",
+        "mtu=1450",
+        "dns_server=10.201.0.2",
+    )
+    nbctl("lsp-set-dhcpv4-options", "lsp0", opts)
+    vm_ns = lab.netns("ovn-vm")
+    _veth_to_bridge(ovs, ns, "br-int", "vm-ovn", vm_ns, OVN_VM_MAC, f"{OVN_VM_IP}/24", iface_id="lsp0")
+    nbctl("wait-until", "Logical_Switch_Port", "lsp0", "up=true")
+    nbctl("--wait=hv", "sync")
+    _run(_ns(vm_ns, "ip", "neigh", "replace", OVN_GW, "lladdr", OVN_SERVER_MAC, "dev", "eth0"))
+    pids = {"ovn-controller": controller, "ovs-vswitchd": _pidfile(ovs.rundir)}  # type: ignore[attr-defined]
+    # From the lease address and port 68, unicast to the server id: what OVN's flows accept.
+    yield Target("ovn", vm_ns, OVN_GW, pids, local_port=68), [Mode("1 client", 1, OVN_VM_MAC)]
+
+
+def _wait_path(path: pathlib.Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise BenchError(f"{path} did not appear")
+        time.sleep(0.02)
+
+
+PEER_NET, PEER_SERVER_IP, PEER_RELAY_IP = "10.203.0.0/24", "10.203.0.1", "10.203.0.2"
+PEER_SERVER_MAC, PEER_VM_MAC = "fa:16:3e:0d:00:01", "fa:16:3e:0d:00:02"
+
+
+def _peer_ip(i: int) -> str:
+    return f"10.203.0.{10 + i}"
+
+
+@contextlib.contextmanager
+def _peer_host(lab: Lab, name: str) -> Iterator[tuple[str, str, str]]:
+    """A host namespace with OVS and a netdev bridge joining a server and a client namespace."""
+    host_ns = lab.netns(f"{name}-host")
+    ovs = _ovs(lab, host_ns, name)
+    ovs.vsctl("add-br", "br-peer", "--", "set", "bridge", "br-peer", "datapath_type=netdev")  # type: ignore[attr-defined]
+    srv_ns, vm_ns = lab.netns(f"{name}-srv"), lab.netns(f"{name}-vm")
+    _veth_to_bridge(ovs, host_ns, "br-peer", "srv", srv_ns, PEER_SERVER_MAC, f"{PEER_SERVER_IP}/24")
+    _veth_to_bridge(ovs, host_ns, "br-peer", "vm", vm_ns, PEER_VM_MAC, f"{PEER_RELAY_IP}/24")
+    yield srv_ns, vm_ns, str(_pidfile(ovs.rundir))  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def kea_server(lab: Lab, log_severity: str = "WARN") -> Iterator[tuple[Target, list[Mode]]]:
+    """kea-dhcp4 with memfile leases (persisted), logging warnings to a file.
+
+    Debian's shipped configuration logs at INFO, one line per lease: that halves Kea's rate here
+    (``--kea-log-severity INFO``)."""
+    with _peer_host(lab, "kea") as (srv_ns, vm_ns, vswitchd):
+        d = lab.root / "kea"
+        d.mkdir(parents=True, exist_ok=True)
+        conf = {
+            "Dhcp4": {
+                "interfaces-config": {"interfaces": ["eth0"], "dhcp-socket-type": "udp"},
+                "lease-database": {
+                    "type": "memfile",
+                    "persist": True,
+                    "name": str(d / "leases4.csv"),
+                    "lfc-interval": 3600,
+                },
+                "valid-lifetime": 86400,
+                "renew-timer": 43200,
+                "rebind-timer": 75600,
+                "subnet4": [
+                    {
+                        "id": 1,
+                        "subnet": PEER_NET,
+                        "pools": [{"pool": f"{_peer_ip(0)} - {_peer_ip(CLIENTS + 20)}"}],
+                        "option-data": [
+                            {"name": "routers", "data": PEER_SERVER_IP},
+                            {"name": "domain-name-servers", "data": PEER_SERVER_IP},
+                            {"name": "interface-mtu", "data": "1450"},
+                        ],
+                    }
+                ],
+                "loggers": [
+                    {
+                        "name": "kea-dhcp4",
+                        "severity": log_severity,
+                        "output_options": [{"output": str(d / "kea-dhcp4.log")}],
+                    }
+                ],
+            }
+        }
+        (d / "kea-dhcp4.conf").write_text(json.dumps(conf, indent=2))
+        env = {**os.environ, "KEA_PIDFILE_DIR": str(d), "KEA_LOCKFILE_DIR": str(d)}
+        pid = lab.spawn(_ns(srv_ns, "kea-dhcp4", "-c", str(d / "kea-dhcp4.conf")), d / "kea.out", env)
+        pids = {"kea-dhcp4": pid, "ovs-vswitchd": int(vswitchd)}
+        yield (
+            Target("kea", vm_ns, PEER_SERVER_IP, pids),
+            [Mode(f"{CLIENTS} clients (relay)", CLIENTS, CLIENTS_BASE_MAC)],
+        )
+
+
+@contextlib.contextmanager
+def dnsmasq_server(lab: Lab) -> Iterator[tuple[Target, list[Mode]]]:
+    """dnsmasq with the arguments Neutron's DHCP agent gives it (its log directory set)."""
+    with _peer_host(lab, "dnsmasq") as (srv_ns, vm_ns, vswitchd):
+        d = lab.root / "dnsmasq"
+        d.mkdir(parents=True, exist_ok=True)
+        hosts = [
+            f"{mac},host-{_peer_ip(i).replace('.', '-')}.openstacklocal,{_peer_ip(i)}"
+            for i, mac in enumerate(client_macs())
+        ]
+        (d / "host").write_text("\n".join(hosts) + "\n")
+        for name in ("addn_hosts", "opts", "leases"):
+            (d / name).write_text("")
+        # dnsmasq drops root for "nobody", which must still reach its files.
+        for path in (d, *d.iterdir()):
+            path.chmod(0o777 if path == d else 0o755 if path.is_dir() else 0o666)
+        cmd = [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-hosts",
+            "--no-resolv",
+            f"--pid-file={d / 'pid'}",
+            f"--dhcp-hostsfile={d / 'host'}",
+            f"--addn-hosts={d / 'addn_hosts'}",
+            f"--dhcp-optsfile={d / 'opts'}",
+            f"--dhcp-leasefile={d / 'leases'}",
+            "--dhcp-match=set:ipxe,175",
+            "--dhcp-userclass=set:ipxe6,iPXE",
+            "--local-service",
+            "--bind-dynamic",
+            "--interface=eth0",
+            "--dhcp-range=set:subnet-dhcpbench,10.203.0.0,static,255.255.255.0,86400s",
+            "--dhcp-option-force=option:mtu,1450",
+            f"--dhcp-lease-max={CLIENTS + 56}",
+            "--conf-file=/dev/null",
+            "--domain=openstacklocal",
+            "--log-queries",
+            "--log-dhcp",
+            f"--log-facility={d / 'dhcp.log'}",
+        ]
+        pid = lab.spawn(_ns(srv_ns, *cmd), d / "dnsmasq.out")
+        pids = {"dnsmasq": pid, "ovs-vswitchd": int(vswitchd)}
+        yield (
+            Target("dnsmasq", vm_ns, PEER_SERVER_IP, pids),
+            [Mode(f"{CLIENTS} clients (relay)", CLIENTS, CLIENTS_BASE_MAC)],
+        )
+
+
+# ---------------------------------------------------------------------------------------- report
+def _fmt(v: float | None, spec: str = ".0f") -> str:
+    return "-" if v is None or v != v else format(v, spec)
+
+
+def report(all_series: list[Series]) -> dict[str, float]:
+    print()
+    print(
+        f"{'server':8} {'mode':26} {'best DORA/s':>11} {'at offered':>10} {'lost %':>7} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'p99@' + str(COMMON_RATE):>9}  limit (first failing step)"
+    )
+    for s in all_series:
+        best, common, fail = s.best, s.at(COMMON_RATE), s.first_failure
+        limit = "not reached" if fail is None else f"{fail.rate}/s: {fail.loss_pct:.1f}% lost"
+        if fail is not None and fail.cpu:
+            busy = max(fail.cpu.items(), key=lambda kv: kv[1])
+            limit += f", busiest {busy[0]} {busy[1]:.0f}%"
+        print(
+            f"{s.server:8} {s.mode:26} {_fmt(best.dora_s if best else None):>11} "
+            f"{_fmt(best.rate if best else None):>10} {_fmt(best.loss_pct if best else None, '.2f'):>7} "
+            f"{_fmt(best.p(50) if best else None, '.2f'):>7} {_fmt(best.p(99) if best else None, '.2f'):>7} "
+            f"{_fmt(common.p(99) if common else None, '.2f'):>9}  {limit}"
+        )
+    results: dict[str, float] = {}
+    by_server: dict[str, Series] = {}
+    for s in all_series:
+        held = by_server.get(s.server)
+        if held is None or (s.best and (held.best is None or s.best.dora_s > held.best.dora_s)):
+            by_server[s.server] = s
+    for name, s in by_server.items():
+        results[f"{name}_best_dora_s"] = s.best.dora_s if s.best else 0.0
+        results[f"{name}_p99_ms"] = s.best.p(99) if s.best else float("nan")
+    return results
+
+
+def result_line(results: dict[str, float], one_client_agent: Series | None) -> str:
+    fields = [
+        f"{name}_best_dora_s={results[f'{name}_best_dora_s']:.0f}"
+        for name in SERVERS
+        if f"{name}_best_dora_s" in results
+    ]
+    agent = results.get("agent_best_dora_s")
+    for peer in ("ovn", "kea", "dnsmasq"):
+        if agent is not None and results.get(f"{peer}_best_dora_s"):
+            fields.append(f"agent_vs_{peer}_ratio={agent / results[f'{peer}_best_dora_s']:.2f}")
+    if one_client_agent is not None and one_client_agent.best and results.get("ovn_best_dora_s"):
+        fields.append(
+            f"agent_1client_vs_ovn_ratio={one_client_agent.best.dora_s / results['ovn_best_dora_s']:.2f}"
+        )
+    for name in SERVERS:
+        if f"{name}_p99_ms" in results:
+            fields.append(f"{name}_p99_ms={results[f'{name}_p99_ms']:.2f}")
+    return "RESULT " + " ".join(fields)
+
+
+# ---------------------------------------------------------------------------------------- main
+def _require(servers: Sequence[str]) -> None:
+    needs = {
+        "agent": ["perfdhcp", "ovs-vswitchd", "aca-agent"],
+        "ovn": ["ovn-northd", "ovn-controller"],
+        "kea": ["kea-dhcp4"],
+        "dnsmasq": ["dnsmasq"],
+    }
+    missing = sorted({tool for s in ("agent", *servers) for tool in needs[s] if not _which(tool)})
+    if missing:
+        raise SystemExit(f"missing tools: {', '.join(missing)} (run scripts/setup.sh)")
+
+
+def _which(tool: str) -> bool:
+    beside = pathlib.Path(sys.executable).parent / tool
+    return beside.exists() or shutil.which(tool) is not None
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.dhcp_rate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma-separated subset of agent,ovn,kea,dnsmasq"
+    )
+    p.add_argument("--quick", action="store_true", help=f"rates {QUICK_RATES}, {QUICK_PERIOD_S:g} s each")
+    p.add_argument("--rates", help="comma-separated offered rates (DORA/s)")
+    p.add_argument("--period", type=float, help="seconds per rate step")
+    p.add_argument(
+        "--agent-rate-limit",
+        default="0,200",
+        metavar="RATE,BURST",
+        help="the agent's per-port DHCP token bucket ([dhcp] rate, burst; rate 0: off). "
+        "The default config (100/s, burst 200) would cap one port at 100 requests/s.",
+    )
+    p.add_argument("--perfdhcp-args", default="", help="extra perfdhcp arguments")
+    p.add_argument("--kea-log-severity", default="WARN", help="Kea's logger severity (Debian ships INFO)")
+    p.add_argument("--keep-logs", metavar="DIR", help="copy perfdhcp reports and server logs here")
+    args = p.parse_args(argv)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        p.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    rates = (
+        [int(r) for r in args.rates.split(",")] if args.rates else list(QUICK_RATES if args.quick else RATES)
+    )
+    period = args.period or (QUICK_PERIOD_S if args.quick else PERIOD_S)
+    refine = QUICK_REFINE_STEPS if args.quick else REFINE_STEPS
+    PERFDHCP_EXTRA[:] = args.perfdhcp_args.split()
+    rate_limit = tuple(int(v) for v in args.agent_rate_limit.split(","))
+    _require(servers)
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (network namespaces, OVS)")
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+
+    makers = {
+        "agent": lambda lab: agent_server(lab, (rate_limit[0], rate_limit[1])),
+        "ovn": ovn_server,
+        "kea": lambda lab: kea_server(lab, args.kea_log_severity),
+        "dnsmasq": dnsmasq_server,
+    }
+    print(
+        f"perfdhcp steps {rates} DORA/s, {period:g} s each, until > {LOSS_LIMIT_PCT:g}% of exchanges fail; "
+        f"agent [dhcp] rate,burst = {rate_limit[0]},{rate_limit[1]}",
+        flush=True,
+    )
+    all_series: list[Series] = []
+    root = pathlib.Path(tempfile.mkdtemp(prefix="acab-dhcp-"))
+    root.chmod(0o755)  # dnsmasq reads its files as "nobody"
+    tag = f"dr{uuid.uuid4().hex[:4]}-"
+    try:
+        for name in servers:
+            lab = Lab(root / name, tag)
+            lab.root.mkdir(parents=True)
+            try:
+                with makers[name](lab) as (target, modes):
+                    for mode in modes:
+                        all_series.append(
+                            sweep(target, mode, rates, period, refine, root / f"perfdhcp-{name}.log")
+                        )
+            finally:
+                lab.close()
+                if args.keep_logs:
+                    shutil.copytree(
+                        root,
+                        pathlib.Path(args.keep_logs),
+                        dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.sock", "*.ctl", "*.mgmt", "*.db"),
+                    )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    results = report(all_series)
+    agent_one = next((s for s in all_series if s.server == "agent" and s.mode.startswith("1 ")), None)
+    print(result_line(results, agent_one))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
