@@ -88,7 +88,10 @@ setup(
         "confluent-kafka>=2.3",
         "cffi>=1.16",
     ],
-    extras_require={"test": ["pytest>=8", "scapy>=2.5", "ruff>=0.5", "grpcio-tools>=1.60"]},
+    extras_require={
+        "test": ["pytest>=8", "scapy>=2.5", "ruff>=0.5", "grpcio-tools>=1.60"],
+        "bench": ["matplotlib>=3.6"],  # bench.scale's plots
+    },
     # The DHCP engine (native/dhcp.c, native/dhcp.h) as the cffi extension agent._native.
     cffi_modules=["native/build_ffi.py:ffibuilder"],
     cmdclass={

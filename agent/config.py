@@ -40,6 +40,21 @@ class DhcpConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    fast_path: bool = True  # punt routed packets without a flow to the C engine (else: drop)
+    port: str = "aca-route"  # the agent's internal OVS port the route engine reads and writes
+    mode: str = "proactive"  # or "on_demand": neighbour host routes only when used, with idle timeout
+    cache_idle_timeout: int = 10  # seconds, for the on_demand host-route flows
+    queue: int = 256  # punted packets the C engine queues for the agent
+    hold: int = 256  # packets the agent holds while it asks the controller
+    hold_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("proactive", "on_demand"):
+            raise ValueError(f"[routing] mode must be proactive or on_demand, not {self.mode!r}")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     host_id: str = ""
     underlay_ip: str = ""
@@ -53,6 +68,7 @@ class AgentConfig:
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     @property
     def kafka_topic(self) -> str:
@@ -78,10 +94,10 @@ def load_file(path: str) -> AgentConfig:
     grpc_section = dict(data.get("grpc", {}))
     if "max_message_mb" in grpc_section:
         grpc_section["max_message_bytes"] = int(grpc_section.pop("max_message_mb")) * 1024 * 1024
-    unknown = set(data) - {"agent", "ovs", "grpc", "kafka", "dhcp"}
+    unknown = set(data) - {"agent", "ovs", "grpc", "kafka", "dhcp", "routing"}
     if unknown:
         raise ValueError(f"unknown section(s): {', '.join(sorted(unknown))}")
-    nested = set(agent) & {"ovs", "grpc", "kafka", "dhcp", "config_path"}
+    nested = set(agent) & {"ovs", "grpc", "kafka", "dhcp", "routing", "config_path"}
     if nested:
         raise ValueError(f"[agent] cannot set {', '.join(sorted(nested))}")
     return replace(
@@ -91,6 +107,7 @@ def load_file(path: str) -> AgentConfig:
         grpc=_section(GrpcSettings, grpc_section, "grpc"),
         kafka=_section(KafkaConfig, dict(data.get("kafka", {})), "kafka"),
         dhcp=_section(DhcpConfig, dict(data.get("dhcp", {})), "dhcp"),
+        routing=_section(RoutingConfig, dict(data.get("routing", {})), "routing"),
     )
 
 
@@ -113,6 +130,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kafka-topic")
     p.add_argument("--kafka-reply-topic")
     p.add_argument("--no-dhcp", action="store_true", help="do not answer DHCP (no responder port)")
+    p.add_argument("--routing-mode", choices=["proactive", "on_demand"])
+    p.add_argument("--no-route-fast-path", action="store_true", help="drop routed packets without a flow")
     return p
 
 
@@ -146,4 +165,9 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         grpc=replace(cfg.grpc, listen=args.grpc_listen) if args.grpc_listen else cfg.grpc,
         kafka=replace(cfg.kafka, **{k: v for k, v in kafka.items() if v is not None}),
         dhcp=replace(cfg.dhcp, enabled=False) if args.no_dhcp else cfg.dhcp,
+        routing=replace(
+            cfg.routing,
+            **({"mode": args.routing_mode} if args.routing_mode else {}),
+            **({"fast_path": False} if args.no_route_fast_path else {}),
+        ),
     )

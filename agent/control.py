@@ -46,6 +46,7 @@ def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
             "owners_failed": len(core.failed),
             "counters": dict(core.counters),
             "dhcp": core.dhcp.stats() if core.dhcp is not None else None,
+            "routing": core.routes.stats() if core.routes is not None else None,
         }
     if what == "dhcp":
         if core.dhcp is None:

@@ -28,6 +28,7 @@ from agent.reconciler.flows import ApplyResult, FlowReconciler
 
 if TYPE_CHECKING:
     from agent.dhcp.driver import DhcpDriver
+    from agent.routing.driver import RouteDriver
 
 log = logging.getLogger("aca.core")
 
@@ -69,6 +70,7 @@ class AgentCore:
         self.dataplane_ready = False
         self.failed: dict[Owner, str] = {}  # owners whose last programming failed, with the error
         self.dhcp: DhcpDriver | None = None  # the DHCP responder's tables, when it runs
+        self.routes: RouteDriver | None = None  # the route fast path's tables, when it runs
         self.counters: Counter[str] = Counter()
         self._queue: queue.Queue[Any] = queue.Queue()
         self._seq = itertools.count(1)
@@ -177,6 +179,7 @@ class AgentCore:
         if not owners:
             return ApplyResult()
         self._apply_dhcp(owners)  # the responder is not OVS: it takes changes even while OVS is away
+        self._apply_routes(owners)
         if not self.dataplane_ready:
             return ApplyResult()  # applied by the resync when the switch is back
         try:
@@ -259,6 +262,7 @@ class AgentCore:
         """Program everything from desired state against what the switch has (start, reconnect)."""
         owners = self.planner.rebuild()
         self._apply_dhcp(owners)
+        self._apply_routes(owners)
         result = self.reconciler.resync({o: self.planner.flows(o) for o in owners})
         self.dataplane_ready = True
         self.failed.clear()
@@ -289,6 +293,18 @@ class AgentCore:
 
     def set_dhcp_port(self, ofport: int | None) -> ApplyResult:
         return self._program(self.planner.set_dhcp_port(ofport))
+
+    def set_route_port(self, ofport: int | None) -> ApplyResult:
+        return self._program(self.planner.set_route_port(ofport))
+
+    def route_hit(self, tag: int, ip: str) -> None:
+        """The route fast path forwarded to (router tag, ip): on demand, cache its host route."""
+        if self.routes is not None and self.dataplane_ready:
+            self.routes.cache_hit(tag, ip)
+
+    def _apply_routes(self, owners: set[Owner]) -> None:
+        if self.routes is not None:
+            self.routes.apply(owners, self.dataplane_ready)
 
     def _apply_dhcp(self, owners: set[Owner]) -> None:
         if self.dhcp is not None:

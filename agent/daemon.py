@@ -20,7 +20,7 @@ from agent.config import AgentConfig
 from agent.control import ControlServer
 from agent.core import AgentCore
 from agent.dataplane.host import HostDataplane
-from agent.intake.controller_client import request_resync
+from agent.intake.controller_client import OnDemandClient, request_resync
 from agent.intake.grpc_server import GoalStateService, start_server
 from agent.intake.kafka_consumer import KafkaIntake, KafkaSettings
 from agent.intake.replies import to_reply
@@ -32,6 +32,8 @@ from agent.reconciler.flows import FlowReconciler
 
 if TYPE_CHECKING:
     from agent.dhcp.driver import DhcpDriver
+    from agent.routing.driver import RouteDriver
+    from agent.routing.punts import PuntConsumer
 
 log = logging.getLogger("aca.agent")
 
@@ -43,11 +45,16 @@ class Agent:
         self.store = Store(cfg.state_dir)
         self.state = DesiredState(self.store.load())
         self.dhcp = _dhcp_driver(cfg, self.state)
-        self.dataplane = HostDataplane(cfg.ovs, cfg.underlay_ip, self.dhcp, cfg.dhcp.port)
-        self.core = AgentCore(
-            self.state, self.store, Planner(self.state, cfg.underlay_ip), FlowReconciler(self.dataplane.flows)
+        planner = Planner(self.state, cfg.underlay_ip, cfg.routing.mode)
+        self.routes = _route_driver(cfg, planner)
+        self.dataplane = HostDataplane(
+            cfg.ovs, cfg.underlay_ip, self.dhcp, cfg.dhcp.port, self.routes, cfg.routing.port
         )
+        self.core = AgentCore(self.state, self.store, planner, FlowReconciler(self.dataplane.flows))
         self.core.dhcp = self.dhcp
+        self.core.routes = self.routes
+        self.punts: PuntConsumer | None = None
+        self.on_demand: OnDemandClient | None = None
         self.grpc_server: grpc.Server | None = None
         self.kafka: KafkaIntake | None = None
         self.control = ControlServer(
@@ -69,6 +76,8 @@ class Agent:
         self.core.start()
         # Dataplane first: the persisted desired state is programmed (by diff) before any intake.
         self.dataplane.start(self.core)
+        if self.routes is not None:
+            self._start_punts(self.routes)
         self.grpc_server = start_server(GoalStateService(self.core, self.cfg.underlay_ip), self.cfg.grpc)
         if self.cfg.kafka.bootstrap_servers:
             self._start_kafka()
@@ -84,6 +93,24 @@ class Agent:
         log.info(
             "event=ready grpc=%s kafka=%s", self.cfg.grpc.listen, self.cfg.kafka.bootstrap_servers or "off"
         )
+
+    def _start_punts(self, routes: RouteDriver) -> None:
+        from agent.routing.punts import PuntConsumer
+
+        routes.cache = self.dataplane.flows
+        if self.cfg.controller:
+            self.on_demand = OnDemandClient(self.cfg.controller)
+        core = self.core
+        self.punts = PuntConsumer(
+            routes.engine,
+            routes.knows,
+            self.on_demand.request if self.on_demand is not None else None,
+            on_hit=(lambda tag, ip: core.call(lambda: core.route_hit(tag, ip))) if routes.on_demand else None,
+            hold=self.cfg.routing.hold,
+            hold_seconds=self.cfg.routing.hold_seconds,
+        )
+        routes.punts = self.punts
+        self.punts.start()
 
     def _start_kafka(self) -> None:
         def apply(message: pb.GoalState | pb.GoalStateV2) -> pb.GoalStateOperationReply:
@@ -131,6 +158,10 @@ class Agent:
         if self.kafka is not None:
             self.kafka.stop(5)
         self.control.stop()
+        if self.punts is not None:
+            self.punts.stop()
+        if self.on_demand is not None:
+            self.on_demand.close()
         self.core.stop()
         # Flows stay installed: the dataplane keeps forwarding while the agent is down.
         self.dataplane.stop()
@@ -153,6 +184,20 @@ def _dhcp_driver(cfg: AgentConfig, state: DesiredState) -> DhcpDriver | None:
     driver = DhcpDriver(state, Settings(cfg.dhcp.mtu, cfg.dhcp.lease_time, cfg.dhcp.domain))
     driver.engine.set_rate_limit(cfg.dhcp.rate, cfg.dhcp.burst)
     return driver
+
+
+def _route_driver(cfg: AgentConfig, planner: Planner) -> RouteDriver | None:
+    """The route fast path's driver, or None when it is off or the C engine is not built."""
+    if not cfg.routing.fast_path:
+        return None
+    try:
+        from agent.routing.driver import RouteDriver
+        from agent.routing.engine import RouteEngine
+    except ImportError as exc:
+        log.error("event=route_fast_path_unavailable error=%r", str(exc))
+        return None
+    engine = RouteEngine(cfg.routing.queue)
+    return RouteDriver(planner, engine, cfg.routing.cache_idle_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""cffi (API mode) build of the DHCP engine into ``agent._native``.
+"""cffi (API mode) build of the native engines (DHCP responder, route fast path) into ``agent._native``.
 
 setup.py names ``native/build_ffi.py:ffibuilder`` in ``cffi_modules``; ``scripts/sanitize.sh``
 runs this file directly with ``ACA_NATIVE_CFLAGS`` in a copy of the tree to get an instrumented
@@ -15,14 +15,15 @@ import shlex
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-HEADER = (HERE / "dhcp.h").read_text()
+HEADERS = ("dhcp.h", "route.h")  # the Python-facing API; table.h and pktio.h stay internal
+HEADER = "\n".join((HERE / name).read_text() for name in HEADERS)
 
 
 def _cdef() -> str:
     """The header's declarations without preprocessor lines or comments (cffi parses plain C)."""
     text = re.sub(r"/\*.*?\*/", "", HEADER, flags=re.S)
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    defines = re.findall(r"^#define (DHCP_\w+) (\w+)", HEADER, flags=re.M)
+    defines = re.findall(r"^#define ((?:DHCP|ROUTE)_\w+) (\w+)", HEADER, flags=re.M)
     return "\n".join(lines) + "".join(f"\n#define {name} {value}" for name, value in defines)
 
 
@@ -32,9 +33,9 @@ ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "agent._native",
-    '#include "dhcp.h"',
+    "".join(f'#include "{name}"\n' for name in HEADERS),
     # Relative to the project root: setuptools wants relative sources (setup.py runs from there).
-    sources=["native/dhcp.c"],
+    sources=["native/dhcp.c", "native/route.c", "native/table.c", "native/pktio.c"],
     include_dirs=["native"],
     extra_compile_args=CFLAGS,
     extra_link_args=["-pthread", *shlex.split(os.environ.get("ACA_NATIVE_LDFLAGS", ""))],

@@ -11,17 +11,11 @@
 #include <time.h>
 
 #ifdef __linux__
-#include <arpa/inet.h>
 #include <linux/filter.h>
-#include <linux/if_ether.h>
-#include <linux/if_packet.h>
-#include <net/if.h>
-#include <poll.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <unistd.h>
-#define DHCP_HAVE_IO 1
 #endif
+
+#include "pktio.h"
+#include "table.h"
 
 /* ------------------------------------------------------------------ option codes and constants */
 enum {
@@ -61,124 +55,6 @@ static const char *const COUNTER_NAMES[DHCP_C_COUNT] = {
     "drop_mac_not_allowed", "drop_no_lease", "drop_other_server", "drop_rate_limited", "tx_errors",
 };
 
-/* ------------------------------------------------------------------ hash table */
-/* Open addressing, linear probing, backward-shift deletion; keys are two 64-bit words and
- * values are owned heap objects (NULL marks an empty slot). */
-struct slot {
-    uint64_t a, b;
-    void *v;
-};
-
-struct table {
-    struct slot *slots;
-    size_t cap; /* power of two or 0 */
-    size_t n;
-};
-
-static uint64_t mix(uint64_t a, uint64_t b)
-{
-    uint64_t x = a * 0x9e3779b97f4a7c15ULL ^ (b + 0x632be59bd9b4e019ULL);
-    x ^= x >> 31;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 29;
-    return x;
-}
-
-static struct slot *tbl_find(const struct table *t, uint64_t a, uint64_t b)
-{
-    if (t->cap == 0)
-        return NULL;
-    size_t mask = t->cap - 1;
-    for (size_t i = mix(a, b) & mask;; i = (i + 1) & mask) {
-        struct slot *s = &t->slots[i];
-        if (s->v == NULL)
-            return NULL;
-        if (s->a == a && s->b == b)
-            return s;
-    }
-}
-
-static void *tbl_get(const struct table *t, uint64_t a, uint64_t b)
-{
-    struct slot *s = tbl_find(t, a, b);
-    return s ? s->v : NULL;
-}
-
-static void tbl_insert_raw(struct slot *slots, size_t cap, uint64_t a, uint64_t b, void *v)
-{
-    size_t mask = cap - 1;
-    size_t i = mix(a, b) & mask;
-    while (slots[i].v != NULL)
-        i = (i + 1) & mask;
-    slots[i].a = a;
-    slots[i].b = b;
-    slots[i].v = v;
-}
-
-static int tbl_grow(struct table *t)
-{
-    size_t cap = t->cap ? t->cap * 2 : 64;
-    struct slot *slots = calloc(cap, sizeof(*slots));
-    if (slots == NULL)
-        return -1;
-    for (size_t i = 0; i < t->cap; i++)
-        if (t->slots[i].v != NULL)
-            tbl_insert_raw(slots, cap, t->slots[i].a, t->slots[i].b, t->slots[i].v);
-    free(t->slots);
-    t->slots = slots;
-    t->cap = cap;
-    return 0;
-}
-
-/* Insert or replace; the previous value (if any) is freed. */
-static int tbl_put(struct table *t, uint64_t a, uint64_t b, void *v)
-{
-    struct slot *s = tbl_find(t, a, b);
-    if (s != NULL) {
-        free(s->v);
-        s->v = v;
-        return 0;
-    }
-    if ((t->n + 1) * 4 > t->cap * 3 && tbl_grow(t) != 0)
-        return -1;
-    tbl_insert_raw(t->slots, t->cap, a, b, v);
-    t->n++;
-    return 0;
-}
-
-static int tbl_del(struct table *t, uint64_t a, uint64_t b)
-{
-    struct slot *s = tbl_find(t, a, b);
-    if (s == NULL)
-        return 0;
-    size_t mask = t->cap - 1;
-    size_t hole = (size_t)(s - t->slots);
-    free(s->v);
-    s->v = NULL;
-    t->n--;
-    /* Shift later members of the probe run back so lookups never stop at the hole. */
-    for (size_t j = (hole + 1) & mask; t->slots[j].v != NULL; j = (j + 1) & mask) {
-        size_t home = mix(t->slots[j].a, t->slots[j].b) & mask;
-        size_t dist_j = (j - home) & mask, dist_hole = (hole - home) & mask;
-        if (dist_hole < dist_j) {
-            t->slots[hole] = t->slots[j];
-            t->slots[j].v = NULL;
-            hole = j;
-        }
-    }
-    return 1;
-}
-
-static void tbl_clear(struct table *t)
-{
-    for (size_t i = 0; i < t->cap; i++)
-        free(t->slots[i].v);
-    free(t->slots);
-    t->slots = NULL;
-    t->cap = 0;
-    t->n = 0;
-}
-
 /* ------------------------------------------------------------------ engine */
 struct subnet {
     uint32_t server_ip;
@@ -198,27 +74,17 @@ struct lease {
 struct port {
     uint32_t net_id;
     uint32_t n_macs;
-    uint8_t macs[DHCP_MAX_PORT_MACS][6];
     double tokens;
     uint64_t last_ns;
-};
-
-#define IO_BATCH 64
-#define IO_BUF 2048
-
-struct io {
-    int fd;
-    int stop_fd;
-    int running;
-    pthread_t thread;
+    uint8_t macs[][6]; /* n_macs of them: allocated with the port */
 };
 
 struct dhcp_engine {
     pthread_mutex_t lock;
-    struct table subnets, leases, ports;
+    struct aca_table subnets, leases, ports;
     uint64_t counters[DHCP_C_COUNT];
     uint32_t rate, burst;
-    struct io io;
+    struct pktio io;
 };
 
 static uint64_t mac_key(const uint8_t *mac)
@@ -240,16 +106,15 @@ dhcp_engine *dhcp_engine_new(void)
     }
     e->rate = 100;
     e->burst = 200;
-    e->io.fd = -1;
-    e->io.stop_fd = -1;
+    pktio_init(&e->io);
     return e;
 }
 
 static void clear_locked(dhcp_engine *e)
 {
-    tbl_clear(&e->subnets);
-    tbl_clear(&e->leases);
-    tbl_clear(&e->ports);
+    aca_tbl_clear(&e->subnets);
+    aca_tbl_clear(&e->leases);
+    aca_tbl_clear(&e->ports);
     memset(e->counters, 0, sizeof(e->counters));
 }
 
@@ -294,7 +159,7 @@ int dhcp_subnet_set(dhcp_engine *e, uint32_t handle, uint32_t server_ip, uint32_
         memcpy(s->opts, options, options_len);
     s->opt_len = (uint16_t)options_len;
     pthread_mutex_lock(&e->lock);
-    int rc = tbl_put(&e->subnets, handle, 0, s);
+    int rc = aca_tbl_put(&e->subnets, handle, 0, s);
     pthread_mutex_unlock(&e->lock);
     if (rc != 0)
         free(s);
@@ -304,7 +169,7 @@ int dhcp_subnet_set(dhcp_engine *e, uint32_t handle, uint32_t server_ip, uint32_
 int dhcp_subnet_del(dhcp_engine *e, uint32_t handle)
 {
     pthread_mutex_lock(&e->lock);
-    int rc = tbl_del(&e->subnets, handle, 0);
+    int rc = aca_tbl_del(&e->subnets, handle, 0);
     pthread_mutex_unlock(&e->lock);
     return rc;
 }
@@ -329,7 +194,7 @@ int dhcp_lease_set(dhcp_engine *e, uint32_t net_id, const uint8_t *mac, uint32_t
         l->hostname_len = (uint16_t)n;
     }
     pthread_mutex_lock(&e->lock);
-    int rc = tbl_put(&e->leases, net_id, mac_key(mac), l);
+    int rc = aca_tbl_put(&e->leases, net_id, mac_key(mac), l);
     pthread_mutex_unlock(&e->lock);
     if (rc != 0)
         free(l);
@@ -341,7 +206,7 @@ int dhcp_lease_del(dhcp_engine *e, uint32_t net_id, const uint8_t *mac)
     if (mac == NULL)
         return -1;
     pthread_mutex_lock(&e->lock);
-    int rc = tbl_del(&e->leases, net_id, mac_key(mac));
+    int rc = aca_tbl_del(&e->leases, net_id, mac_key(mac));
     pthread_mutex_unlock(&e->lock);
     return rc;
 }
@@ -350,7 +215,7 @@ int dhcp_port_set(dhcp_engine *e, uint32_t ofport, uint32_t net_id, const uint8_
 {
     if (n_macs > DHCP_MAX_PORT_MACS || (n_macs && macs == NULL))
         return -1;
-    struct port *p = calloc(1, sizeof(*p));
+    struct port *p = calloc(1, sizeof(*p) + n_macs * 6);
     if (p == NULL)
         return -1;
     p->net_id = net_id;
@@ -358,14 +223,14 @@ int dhcp_port_set(dhcp_engine *e, uint32_t ofport, uint32_t net_id, const uint8_
     if (n_macs)
         memcpy(p->macs, macs, n_macs * 6);
     pthread_mutex_lock(&e->lock);
-    struct port *old = tbl_get(&e->ports, ofport, 0);
+    struct port *old = aca_tbl_get(&e->ports, ofport, 0);
     if (old != NULL) { /* keep the bucket: re-declaring a port must not refill it */
         p->tokens = old->tokens;
         p->last_ns = old->last_ns;
     } else {
         p->tokens = e->burst;
     }
-    int rc = tbl_put(&e->ports, ofport, 0, p);
+    int rc = aca_tbl_put(&e->ports, ofport, 0, p);
     pthread_mutex_unlock(&e->lock);
     if (rc != 0)
         free(p);
@@ -375,7 +240,7 @@ int dhcp_port_set(dhcp_engine *e, uint32_t ofport, uint32_t net_id, const uint8_
 int dhcp_port_del(dhcp_engine *e, uint32_t ofport)
 {
     pthread_mutex_lock(&e->lock);
-    int rc = tbl_del(&e->ports, ofport, 0);
+    int rc = aca_tbl_del(&e->ports, ofport, 0);
     pthread_mutex_unlock(&e->lock);
     return rc;
 }
@@ -411,29 +276,11 @@ void dhcp_sizes(dhcp_engine *e, uint64_t *leases, uint64_t *ports, uint64_t *sub
     pthread_mutex_unlock(&e->lock);
 }
 
-/* ------------------------------------------------------------------ byte helpers */
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static void wr16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-static void wr32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
+/* ------------------------------------------------------------------ checksums */
 static uint32_t csum_add(uint32_t sum, const uint8_t *p, size_t n)
 {
     for (; n > 1; p += 2, n -= 2)
-        sum += rd16(p);
+        sum += aca_rd16(p);
     if (n)
         sum += (uint32_t)p[0] << 8;
     return sum;
@@ -469,14 +316,14 @@ static int parse(const uint8_t *f, size_t len, struct request *r)
         return DHCP_C_DROP_OVERLONG;
     if (f[6] != DHCP_TAG_0 || f[7] != DHCP_TAG_1)
         return DHCP_C_DROP_UNKNOWN_PORT;
-    r->ofport = rd32(f + 8);
+    r->ofport = aca_rd32(f + 8);
     size_t off = 12;
-    uint16_t type = rd16(f + off);
+    uint16_t type = aca_rd16(f + off);
     if (type == 0x8100) { /* an in-band 802.1Q tag is skipped; nothing here relies on it */
         if (len < ETH_HDR + 4)
             return DHCP_C_DROP_TRUNCATED;
         off += 4;
-        type = rd16(f + off);
+        type = aca_rd16(f + off);
     }
     off += 2;
     if (type != 0x0800)
@@ -488,16 +335,16 @@ static int parse(const uint8_t *f, size_t len, struct request *r)
     size_t ihl = (size_t)(ip[0] & 0x0f) * 4;
     if (ip[0] >> 4 != 4 || ihl < IP_HDR)
         return DHCP_C_DROP_BAD_LENGTH;
-    size_t total = rd16(ip + 2);
+    size_t total = aca_rd16(ip + 2);
     if (total < ihl + UDP_HDR)
         return DHCP_C_DROP_BAD_LENGTH;
     if (total > avail)
         return DHCP_C_DROP_TRUNCATED;
-    if (ip[9] != 17 || (rd16(ip + 6) & 0x3fff) != 0) /* UDP, not a fragment */
+    if (ip[9] != 17 || (aca_rd16(ip + 6) & 0x3fff) != 0) /* UDP, not a fragment */
         return DHCP_C_DROP_NOT_DHCP;
     const uint8_t *udp = ip + ihl;
-    size_t udp_len = rd16(udp + 4);
-    if (rd16(udp + 2) != 67)
+    size_t udp_len = aca_rd16(udp + 4);
+    if (aca_rd16(udp + 2) != 67)
         return DHCP_C_DROP_NOT_DHCP;
     if (udp_len < UDP_HDR || udp_len > total - ihl)
         return DHCP_C_DROP_BAD_LENGTH;
@@ -538,13 +385,13 @@ static int parse(const uint8_t *f, size_t len, struct request *r)
             if (olen != 4)
                 return DHCP_C_DROP_BAD_OPTION;
             r->has_requested = 1;
-            r->requested_ip = rd32(v);
+            r->requested_ip = aca_rd32(v);
             break;
         case OPT_SERVER_ID:
             if (olen != 4)
                 return DHCP_C_DROP_BAD_OPTION;
             r->has_server_id = 1;
-            r->server_id = rd32(v);
+            r->server_id = aca_rd32(v);
             break;
         case OPT_PRL:
             if (olen == 0)
@@ -555,7 +402,7 @@ static int parse(const uint8_t *f, size_t len, struct request *r)
         case OPT_MAX_SIZE:
             if (olen != 2)
                 return DHCP_C_DROP_BAD_OPTION;
-            r->max_size = rd16(v);
+            r->max_size = aca_rd16(v);
             break;
         case OPT_LEASE_TIME:
             if (olen != 4)
@@ -607,7 +454,7 @@ static int opt_put(struct builder *b, uint8_t code, const uint8_t *val, size_t n
 static void opt_u32(struct builder *b, uint8_t code, uint32_t v)
 {
     uint8_t raw[4];
-    wr32(raw, v);
+    aca_wr32(raw, v);
     opt_put(b, code, raw, 4);
 }
 
@@ -654,8 +501,8 @@ static size_t build_reply(const struct request *r, const struct port *port, cons
                           const struct lease *l, uint8_t type, uint8_t *out, size_t out_cap)
 {
     const uint8_t *q = r->bootp;
-    uint32_t ciaddr = rd32(q + 12), giaddr = rd32(q + 24);
-    uint16_t flags = rd16(q + 10);
+    uint32_t ciaddr = aca_rd32(q + 12), giaddr = aca_rd32(q + 24);
+    uint16_t flags = aca_rd16(q + 10);
     size_t limit = 576; /* IP datagram size every client accepts (RFC 2131 2) */
     if (r->max_size > limit)
         limit = r->max_size;
@@ -673,14 +520,14 @@ static size_t build_reply(const struct request *r, const struct port *port, cons
     m[1] = 1;
     m[2] = 6;
     memcpy(m + 4, q + 4, 4); /* xid */
-    wr16(m + 10, flags);
+    aca_wr16(m + 10, flags);
     if (type != NAK) {
         if (r->msg_type == INFORM || r->msg_type == REQUEST)
-            wr32(m + 12, ciaddr);
+            aca_wr32(m + 12, ciaddr);
         if (r->msg_type != INFORM)
-            wr32(m + 16, l->ip);
+            aca_wr32(m + 16, l->ip);
     }
-    wr32(m + 24, giaddr);
+    aca_wr32(m + 24, giaddr);
     memcpy(m + 28, q + 28, 16); /* chaddr */
     memcpy(m + BOOTP_FIXED, MAGIC, 4);
 
@@ -733,24 +580,24 @@ static size_t build_reply(const struct request *r, const struct port *port, cons
     memcpy(out, dst_mac, 6);
     out[6] = DHCP_TAG_0;
     out[7] = DHCP_TAG_1;
-    wr32(out + 8, r->ofport);
-    wr16(out + 12, 0x0800);
+    aca_wr32(out + 8, r->ofport);
+    aca_wr16(out + 12, 0x0800);
 
     size_t ip_total = IP_HDR + UDP_HDR + mlen;
     ip[0] = 0x45;
-    wr16(ip + 2, (uint16_t)ip_total);
+    aca_wr16(ip + 2, (uint16_t)ip_total);
     ip[8] = 64;
     ip[9] = 17;
-    wr32(ip + 12, s->server_ip);
-    wr32(ip + 16, dst_ip);
-    wr16(ip + 10, csum_fold(csum_add(0, ip, IP_HDR)));
+    aca_wr32(ip + 12, s->server_ip);
+    aca_wr32(ip + 16, dst_ip);
+    aca_wr16(ip + 10, csum_fold(csum_add(0, ip, IP_HDR)));
 
-    wr16(udp, 67);
-    wr16(udp + 2, dst_port);
-    wr16(udp + 4, (uint16_t)(UDP_HDR + mlen));
+    aca_wr16(udp, 67);
+    aca_wr16(udp + 2, dst_port);
+    aca_wr16(udp + 4, (uint16_t)(UDP_HDR + mlen));
     uint32_t sum = csum_add(0, ip + 12, 8) + 17 + (uint32_t)(UDP_HDR + mlen);
     uint16_t c = csum_fold(csum_add(sum, udp, UDP_HDR + mlen));
-    wr16(udp + 6, c ? c : 0xffff);
+    aca_wr16(udp + 6, c ? c : 0xffff);
     return ETH_HDR + ip_total;
 }
 
@@ -761,7 +608,7 @@ static size_t handle_locked(dhcp_engine *e, const uint8_t *f, size_t len, uint8_
     e->counters[DHCP_C_RX_FRAMES]++;
     /* The port and its bucket first: a flooding port costs one lookup per frame. */
     if (len >= ETH_HDR && f[6] == DHCP_TAG_0 && f[7] == DHCP_TAG_1) {
-        struct port *p = tbl_get(&e->ports, rd32(f + 8), 0);
+        struct port *p = aca_tbl_get(&e->ports, aca_rd32(f + 8), 0);
         if (p == NULL) {
             e->counters[DHCP_C_DROP_UNKNOWN_PORT]++;
             return 0;
@@ -776,7 +623,7 @@ static size_t handle_locked(dhcp_engine *e, const uint8_t *f, size_t len, uint8_
         e->counters[drop]++;
         return 0;
     }
-    struct port *port = tbl_get(&e->ports, r.ofport, 0);
+    struct port *port = aca_tbl_get(&e->ports, r.ofport, 0);
     if (port == NULL) {
         e->counters[DHCP_C_DROP_UNKNOWN_PORT]++;
         return 0;
@@ -794,8 +641,8 @@ static size_t handle_locked(dhcp_engine *e, const uint8_t *f, size_t len, uint8_
         e->counters[DHCP_C_DROP_MAC_NOT_ALLOWED]++;
         return 0;
     }
-    struct lease *l = tbl_get(&e->leases, port->net_id, mac_key(chaddr));
-    struct subnet *s = l ? tbl_get(&e->subnets, l->handle, 0) : NULL;
+    struct lease *l = aca_tbl_get(&e->leases, port->net_id, mac_key(chaddr));
+    struct subnet *s = l ? aca_tbl_get(&e->subnets, l->handle, 0) : NULL;
     if (s == NULL) {
         e->counters[DHCP_C_DROP_NO_LEASE]++;
         return 0;
@@ -810,7 +657,7 @@ static size_t handle_locked(dhcp_engine *e, const uint8_t *f, size_t len, uint8_
             e->counters[DHCP_C_DROP_OTHER_SERVER]++;
             return 0;
         }
-        uint32_t wanted = r.has_requested ? r.requested_ip : rd32(r.bootp + 12);
+        uint32_t wanted = r.has_requested ? r.requested_ip : aca_rd32(r.bootp + 12);
         type = wanted == l->ip ? ACK : NAK;
     }
     size_t n = build_reply(&r, port, s, l, type, out, out_cap);
@@ -830,8 +677,7 @@ size_t dhcp_handle_frame(dhcp_engine *e, const uint8_t *frame, size_t len, uint8
     return n;
 }
 
-/* ------------------------------------------------------------------ I/O thread */
-#ifdef DHCP_HAVE_IO
+/* ------------------------------------------------------------------ I/O thread (pktio.c) */
 static uint64_t now_monotonic_ns(void)
 {
     struct timespec ts;
@@ -839,80 +685,34 @@ static uint64_t now_monotonic_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-struct io_buffers {
-    struct mmsghdr rx[IO_BATCH], tx[IO_BATCH];
-    struct iovec rx_iov[IO_BATCH], tx_iov[IO_BATCH];
-    struct sockaddr_ll from[IO_BATCH];
-    uint8_t rx_buf[IO_BATCH][IO_BUF];
-    uint8_t tx_buf[IO_BATCH][IO_BUF];
-};
-
-static void *io_main(void *arg)
+/* One received batch under one lock: a reply per answered request. */
+static unsigned io_batch(void *ctx, const struct pktio_frame *rx, unsigned n, struct pktio_frame *tx)
 {
-    dhcp_engine *e = arg;
-    struct io_buffers *b = calloc(1, sizeof(*b));
-    if (b == NULL)
-        return NULL;
-    for (int i = 0; i < IO_BATCH; i++) {
-        b->rx_iov[i].iov_base = b->rx_buf[i];
-        b->rx_iov[i].iov_len = IO_BUF;
-        b->tx_iov[i].iov_base = b->tx_buf[i];
+    dhcp_engine *e = ctx;
+    uint64_t now = now_monotonic_ns();
+    unsigned m = 0;
+    pthread_mutex_lock(&e->lock);
+    for (unsigned i = 0; i < n; i++) {
+        size_t len = handle_locked(e, rx[i].data, rx[i].len, tx[m].data, PKTIO_BUF, now);
+        if (len)
+            tx[m++].len = len;
     }
-    struct pollfd fds[2] = {{.fd = e->io.fd, .events = POLLIN}, {.fd = e->io.stop_fd, .events = POLLIN}};
-    for (;;) {
-        if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (fds[1].revents)
-            break;
-        for (int i = 0; i < IO_BATCH; i++) {
-            memset(&b->rx[i].msg_hdr, 0, sizeof(b->rx[i].msg_hdr));
-            b->rx[i].msg_hdr.msg_iov = &b->rx_iov[i];
-            b->rx[i].msg_hdr.msg_iovlen = 1;
-            b->rx[i].msg_hdr.msg_name = &b->from[i];
-            b->rx[i].msg_hdr.msg_namelen = sizeof(b->from[i]);
-        }
-        int n = recvmmsg(e->io.fd, b->rx, IO_BATCH, MSG_DONTWAIT, NULL);
-        if (n <= 0)
-            continue;
-        uint64_t now = now_monotonic_ns();
-        int m = 0;
-        pthread_mutex_lock(&e->lock);
-        for (int i = 0; i < n; i++) {
-            if (b->from[i].sll_pkttype == PACKET_OUTGOING || (b->rx[i].msg_hdr.msg_flags & MSG_TRUNC))
-                continue;
-            size_t len = handle_locked(e, b->rx_buf[i], b->rx[i].msg_len, b->tx_buf[m], IO_BUF, now);
-            if (len) {
-                b->tx_iov[m].iov_len = len;
-                memset(&b->tx[m].msg_hdr, 0, sizeof(b->tx[m].msg_hdr));
-                b->tx[m].msg_hdr.msg_iov = &b->tx_iov[m];
-                b->tx[m].msg_hdr.msg_iovlen = 1;
-                m++;
-            }
-        }
-        pthread_mutex_unlock(&e->lock);
-        for (int sent = 0; sent < m;) {
-            int k = sendmmsg(e->io.fd, b->tx + sent, (unsigned)(m - sent), 0);
-            if (k <= 0) {
-                if (k < 0 && errno == EINTR)
-                    continue;
-                pthread_mutex_lock(&e->lock);
-                e->counters[DHCP_C_TX_ERRORS] += (uint64_t)(m - sent);
-                pthread_mutex_unlock(&e->lock);
-                break;
-            }
-            sent += k;
-        }
-    }
-    free(b);
-    return NULL;
+    pthread_mutex_unlock(&e->lock);
+    return m;
 }
 
-/* Accept only unfragmented IPv4/UDP to port 67, so the thread never wakes for other traffic. */
-static int attach_filter(int fd)
+static void io_tx_error(void *ctx, unsigned n)
 {
+    dhcp_engine *e = ctx;
+    pthread_mutex_lock(&e->lock);
+    e->counters[DHCP_C_TX_ERRORS] += n;
+    pthread_mutex_unlock(&e->lock);
+}
+
+int dhcp_io_start(dhcp_engine *e, const char *ifname)
+{
+#ifdef __linux__
+    /* Accept only unfragmented IPv4/UDP to port 67, so the thread never wakes for other traffic. */
     struct sock_filter code[] = {
         BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 12),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x0800, 0, 8),
@@ -927,67 +727,10 @@ static int attach_filter(int fd)
         BPF_STMT(BPF_RET | BPF_K, 0),
     };
     struct sock_fprog prog = {.len = sizeof(code) / sizeof(code[0]), .filter = code};
-    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog));
-}
-
-int dhcp_io_start(dhcp_engine *e, const char *ifname)
-{
-    if (e->io.running)
-        return -EBUSY;
-    unsigned ifindex = if_nametoindex(ifname);
-    if (ifindex == 0)
-        return -ENODEV;
-    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
-    if (fd < 0)
-        return -errno;
-    int one = 1, rcvbuf = 4 << 20;
-    setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)); /* best effort: also checked */
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = (int)ifindex};
-    if (attach_filter(fd) != 0 || bind(fd, (struct sockaddr *)&sll, sizeof(sll)) != 0) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
-    int stop_fd = eventfd(0, EFD_CLOEXEC);
-    if (stop_fd < 0) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
-    e->io.fd = fd;
-    e->io.stop_fd = stop_fd;
-    int rc = pthread_create(&e->io.thread, NULL, io_main, e);
-    if (rc != 0) {
-        close(fd);
-        close(stop_fd);
-        e->io.fd = e->io.stop_fd = -1;
-        return -rc;
-    }
-    e->io.running = 1;
-    return 0;
-}
-
-void dhcp_io_stop(dhcp_engine *e)
-{
-    if (!e->io.running)
-        return;
-    uint64_t one = 1;
-    if (write(e->io.stop_fd, &one, sizeof(one)) != sizeof(one))
-        return; /* cannot wake the thread: leave it rather than join forever */
-    pthread_join(e->io.thread, NULL);
-    close(e->io.fd);
-    close(e->io.stop_fd);
-    e->io.fd = e->io.stop_fd = -1;
-    e->io.running = 0;
-}
+    return pktio_start(&e->io, ifname, &prog, io_batch, io_tx_error, e);
 #else
-int dhcp_io_start(dhcp_engine *e, const char *ifname)
-{
-    (void)e;
-    (void)ifname;
-    return -ENOSYS;
+    return pktio_start(&e->io, ifname, NULL, io_batch, io_tx_error, e);
+#endif
 }
 
-void dhcp_io_stop(dhcp_engine *e) { (void)e; }
-#endif
+void dhcp_io_stop(dhcp_engine *e) { pktio_stop(&e->io); }

@@ -24,7 +24,7 @@ typedef struct dhcp_engine dhcp_engine;
 #define DHCP_MAX_HOSTNAME 255
 #define DHCP_MAX_PROFILE_OPTIONS 1200 /* bytes of encoded options per subnet profile */
 #define DHCP_MAX_FRAME 1518
-#define DHCP_MAX_PORT_MACS 16
+#define DHCP_MAX_PORT_MACS 1024 /* the port's own MAC and its allowed address pairs' */
 
 enum dhcp_counter {
     DHCP_C_RX_FRAMES,    /* every frame handed to the engine */

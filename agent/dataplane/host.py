@@ -23,6 +23,7 @@ from agent.reconciler.flows import BundleRejected
 
 if TYPE_CHECKING:
     from agent.dhcp.driver import DhcpDriver
+    from agent.routing.driver import RouteDriver
 
 log = logging.getLogger("aca.dataplane")
 
@@ -40,11 +41,15 @@ class OpenFlowDriver:
             raise BundleRejected(str(exc)) from exc
 
     def dump(self) -> dict[FlowKey, DecodedFlow]:
-        """Only this agent's flows (by cookie tag); anything else on the bridge is left alone."""
+        """Only this agent's flows (by cookie tag); anything else on the bridge is left alone, and
+        so are its on-demand route cache flows (they live outside the desired state)."""
         flows = self.conn.dump_flows(
             cookie=cookies.LAYOUT_TAG << cookies.TAG_SHIFT, cookie_mask=cookies.AGENT_MASK
         )
-        return {f.key: f for f in flows}
+        return {f.key: f for f in flows if cookies.kind_of(f.cookie) is not cookies.Kind.ROUTE_CACHE}
+
+    def delete_flows(self, cookie: int, cookie_mask: int) -> None:
+        self.conn.delete_flows(cookie, cookie_mask)
 
     def same(self, flow: Flow, installed: Any) -> bool:
         return (
@@ -61,12 +66,20 @@ def _interfaces(infos: list[InterfaceInfo]) -> list[tuple[str, str | None, int]]
 
 class HostDataplane:
     def __init__(
-        self, settings: OvsSettings, underlay_ip: str, dhcp: DhcpDriver | None = None, dhcp_port: str = ""
+        self,
+        settings: OvsSettings,
+        underlay_ip: str,
+        dhcp: DhcpDriver | None = None,
+        dhcp_port: str = "",
+        routes: RouteDriver | None = None,
+        route_port: str = "",
     ) -> None:
         self.settings = settings
         self.underlay_ip = underlay_ip
         self.dhcp = dhcp
         self.dhcp_port = dhcp_port
+        self.routes = routes
+        self.route_port = route_port
         self.core: AgentCore | None = None
         self.ovsdb = Ovsdb(settings.db, self._on_interfaces, integration_bridge=settings.bridge)
         self.conn = OpenFlowConnection(
@@ -98,26 +111,43 @@ class HostDataplane:
         if self.dhcp is not None:
             dhcp_ofport = self._start_dhcp(timeout)
             core.call(lambda: core.set_dhcp_port(dhcp_ofport)).result(timeout)
+        if self.routes is not None:
+            route_ofport = self._start_routes(timeout)
+            core.call(lambda: core.set_route_port(route_ofport)).result(timeout)
         interfaces = _interfaces(self.ovsdb.interfaces(self.settings.bridge))
         core.call(lambda: core.set_interfaces(interfaces)).result(timeout)
         self.conn.connect(timeout)
         self._datapath_id = self.conn.datapath_id
         core.call(core.resync).result(timeout * 4)
 
-    def _start_dhcp(self, timeout: float) -> int:
-        """The responder's internal port on the bridge, up, served by the engine's C thread."""
-        assert self.dhcp is not None
-        name = self.dhcp_port
+    def _internal_port(self, name: str, timeout: float) -> int:
+        """An agent-owned internal port on the bridge, up; returns its ofport."""
         ofport = self.ovsdb.ensure_internal_port(self.settings.bridge, name, timeout)
-        # No addresses, no IPv6 chatter: the port only carries frames to and from the responder.
+        # No addresses, no IPv6 chatter: the port only carries frames to and from a C engine.
         with contextlib.suppress(OSError):
             pathlib.Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")
         netlink.set_link(name, up=True)
-        self.dhcp.start(name)
-        log.info("event=dhcp_port port=%s ofport=%d", name, ofport)
+        return ofport
+
+    def _start_dhcp(self, timeout: float) -> int:
+        """The responder's internal port on the bridge, up, served by the engine's C thread."""
+        assert self.dhcp is not None
+        ofport = self._internal_port(self.dhcp_port, timeout)
+        self.dhcp.start(self.dhcp_port)
+        log.info("event=dhcp_port port=%s ofport=%d", self.dhcp_port, ofport)
+        return ofport
+
+    def _start_routes(self, timeout: float) -> int:
+        """The route fast path's internal port, served by the route engine's C thread."""
+        assert self.routes is not None
+        ofport = self._internal_port(self.route_port, timeout)
+        self.routes.start(self.route_port)
+        log.info("event=route_port port=%s ofport=%d", self.route_port, ofport)
         return ofport
 
     def stop(self) -> None:
+        if self.routes is not None:
+            self.routes.stop()
         if self.dhcp is not None:
             self.dhcp.stop()
         self.conn.close()
@@ -153,6 +183,9 @@ class HostDataplane:
                 # (and take its ofport again) before the flows that steer DHCP to it come back.
                 self.dhcp.stop()
                 self.core.set_dhcp_port(self._start_dhcp(10.0))
+            if self.routes is not None:
+                self.routes.stop()
+                self.core.set_route_port(self._start_routes(10.0))
             self.core.resync()
         finally:
             self.ovsdb.set_flow_restore_wait(False)

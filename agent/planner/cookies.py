@@ -30,6 +30,8 @@ class Kind(enum.IntEnum):
     SEGMENT = 4  # per-VNI flooding
     ROUTER = 5  # gateways, router entry, DVR restore, static routes
     DHCP = 6  # a port's DHCP steering to the responder (leases carry no flows)
+    ROUTE = 7  # a segment's re-entry from the route fast path (802.1Q index → VNI)
+    ROUTE_CACHE = 8  # on-demand host routes with an idle timeout: never reconciled, never swept
 
 
 def object_id(owner_id: str) -> int:

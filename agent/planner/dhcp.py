@@ -33,6 +33,7 @@ TAG_PREFIX = 0x0ACA << 32  # locally administered, unicast; the low 32 bits are 
 RESPONDER_MAC = "02:ac:a0:00:00:43"  # source of replies when the subnet has no gateway MAC
 PORT_PREFIX = "port:"
 LEASE_PREFIX = "lease:"
+BOOTPS, BOOTPC = 67, 68  # server (and relay agent) port, client port
 
 
 def tag_mac(ofport: int) -> int:
@@ -113,24 +114,26 @@ def port_flows(port: Port, ofport: int, dhcp_ofport: int, responder_mac: str) ->
             cookie=ck,
         ),
     ]
-    # Any source IP (0.0.0.0 before a lease, the leased address when renewing or rebinding).
+    # Any source IP (0.0.0.0 before a lease, the leased address when renewing or rebinding), from
+    # a client (port 68) or from a relay agent in the VM (port 67; the reply goes to its giaddr).
     for mac in port_macs(port):
-        flows.append(
-            Flow(
-                Table.PORT_SECURITY,
-                Priority.DHCP,
-                match(
-                    in_port,
-                    (Field.ETH_SRC, mac_to_int(mac)),
-                    (Field.ETH_TYPE, ETH_TYPE_IPV4),
-                    (Field.IP_PROTO, IP_PROTO_UDP),
-                    (Field.UDP_SRC, 68),
-                    (Field.UDP_DST, 67),
-                ),
-                goto=Table.DHCP,
-                cookie=ck,
+        for src_port in (BOOTPC, BOOTPS):
+            flows.append(
+                Flow(
+                    Table.PORT_SECURITY,
+                    Priority.DHCP,
+                    match(
+                        in_port,
+                        (Field.ETH_SRC, mac_to_int(mac)),
+                        (Field.ETH_TYPE, ETH_TYPE_IPV4),
+                        (Field.IP_PROTO, IP_PROTO_UDP),
+                        (Field.UDP_SRC, src_port),
+                        (Field.UDP_DST, BOOTPS),
+                    ),
+                    goto=Table.DHCP,
+                    cookie=ck,
+                )
             )
-        )
     return flows
 
 

@@ -31,6 +31,7 @@ class Field(enum.Enum):
     METADATA = ("metadata", 64)
     ETH_DST = ("dl_dst", 48)
     ETH_SRC = ("dl_src", 48)
+    VLAN_VID = ("vlan_vid", 16)  # OpenFlow 1.3+ form: the VID | OFPVID_PRESENT (0x1000)
     ETH_TYPE = ("dl_type", 16)
     IP_PROTO = ("nw_proto", 8)
     IPV4_SRC = ("nw_src", 32)
@@ -71,6 +72,7 @@ _IP_FIELDS = frozenset(
 )
 
 # Reserved OpenFlow port numbers used by the planner.
+OFPVID_PRESENT = 0x1000  # VLAN_VID values of tagged frames carry this bit
 OFPP_IN_PORT = 0xFFFFFFF8
 OFPP_CONTROLLER = 0xFFFFFFFD
 _PORT_NAMES = {OFPP_IN_PORT: "IN_PORT", OFPP_CONTROLLER: "CONTROLLER"}
@@ -105,7 +107,7 @@ def format_value(fld: Field, value: int) -> str:
         return str(ipaddress.IPv4Address(value))
     if fld is Field.IN_PORT:
         return _PORT_NAMES.get(value, str(value))
-    if fld in (Field.ETH_TYPE, Field.TUNNEL_ID, Field.METADATA) or fld.name.startswith("REG"):
+    if fld in (Field.ETH_TYPE, Field.TUNNEL_ID, Field.METADATA, Field.VLAN_VID) or fld.name.startswith("REG"):
         return hex(value)
     return str(value)
 
@@ -193,6 +195,14 @@ class DecTtl:
 
 
 @dataclass(frozen=True, slots=True)
+class PopVlan:
+    """Remove the outermost 802.1Q tag."""
+
+    def text(self) -> str:
+        return "pop_vlan"
+
+
+@dataclass(frozen=True, slots=True)
 class Controller:
     """Send to the agent as a packet-in; ``userdata`` tells the agent why."""
 
@@ -205,7 +215,7 @@ class Controller:
         return f"controller(max_len={self.max_len})"
 
 
-Action = Output | SetField | Move | DecTtl | Controller
+Action = Output | SetField | Move | DecTtl | PopVlan | Controller
 
 
 # ------------------------------------------------------------------ flows

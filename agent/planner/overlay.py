@@ -34,8 +34,9 @@ from agent.planner.pipeline import VNI_BITS, Flag, Priority, Reg, Table
 BROADCAST_BIT = 0x010000000000  # the group bit of a MAC's first octet
 
 
-def base_flows(tunnel_ofport: int | None) -> list[Flow]:
-    """Pipeline skeleton: table misses drop (ARP responder falls through to L2), tunnel intake."""
+def base_flows(tunnel_ofport: int | None, route_miss: tuple[Action, ...] = ()) -> list[Flow]:
+    """Pipeline skeleton: table misses drop (ARP responder falls through to L2), tunnel intake.
+    ``route_miss``: what L3_ROUTING does without a route (drop, or punt to the fast path)."""
     ck = cookies.cookie(Kind.BASE, "base")
     flows = [
         Flow(Table.CLASSIFY, Priority.DEFAULT, (), cookie=ck),
@@ -43,7 +44,7 @@ def base_flows(tunnel_ofport: int | None) -> list[Flow]:
         Flow(Table.DHCP, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
         Flow(Table.ARP_RESPONDER, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
         Flow(Table.L3_GATEWAY, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
-        Flow(Table.L3_ROUTING, Priority.DEFAULT, (), cookie=ck),
+        Flow(Table.L3_ROUTING, Priority.DEFAULT, (), route_miss, cookie=ck),
         Flow(Table.DVR_RESTORE, Priority.DEFAULT, (), goto=Table.L2_LOOKUP, cookie=ck),
         Flow(Table.L2_LOOKUP, Priority.DEFAULT, (), cookie=ck),
     ]

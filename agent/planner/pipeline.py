@@ -64,3 +64,10 @@ DVR_MAC_RANGE = ("fe:16:11:00:00:00", "ff:ff:ff:00:00:00")
 
 
 VNI_BITS = 24
+
+# The route fast path (native/route.c) on the agent's internal port. A packet L3_ROUTING has no
+# flow for goes there with the router (reg2) in the low 32 bits of its Ethernet source and its
+# segment (reg0) in the low 24 bits of its destination, both behind this marker (0a:cb); it
+# comes back rewritten, with an 802.1Q tag whose VID is the destination segment's index here.
+PUNT_MAC = 0x0ACB00000000
+ROUTE_VLAN_MAX = 4094  # segment indexes 1..4094: the VNIs one host can route into on demand

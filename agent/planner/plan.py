@@ -14,7 +14,8 @@ from agent.model.state import DesiredState
 from agent.planner import cookies, dhcp, overlay, routing
 from agent.planner.cookies import Kind
 from agent.planner.flows import Flow
-from agent.planner.routing import Destination, RouterSubnet, StaticRoute
+from agent.planner.pipeline import ROUTE_VLAN_MAX
+from agent.planner.routing import Destination, RouterSubnet, RouteTarget, StaticRoute
 
 Owner = tuple[Kind, str]
 BASE_OWNER: Owner = (Kind.BASE, "base")
@@ -36,10 +37,18 @@ def router_owner(router_id: str) -> Owner:
     return (Kind.ROUTER, router_id)
 
 
+def route_segment_owner(vni: int) -> Owner:
+    return (Kind.ROUTE, str(vni))
+
+
+PROACTIVE, ON_DEMAND = "proactive", "on_demand"  # routing modes: neighbour host routes ahead or on use
+
+
 class Planner:
-    def __init__(self, state: DesiredState, local_ip: str) -> None:
+    def __init__(self, state: DesiredState, local_ip: str, routing_mode: str = PROACTIVE) -> None:
         self.state = state
         self.local_ip = local_ip
+        self.routing_mode = routing_mode
         self.tunnel_ofport: int | None = None
         self.bindings: dict[str, int] = {}  # port id → ofport it is programmed with
         self._by_iface_id: dict[str, int] = {}  # external_ids:iface-id → ofport
@@ -52,6 +61,8 @@ class Planner:
         self._router_subnets: dict[str, set[str]] = {}  # router → its subnets, as last planned
         self._next_hop_routers: dict[str, set[str]] = defaultdict(set)  # next-hop IP → routers
         self.dhcp_ofport: int | None = None  # the DHCP responder's internal port
+        self.route_ofport: int | None = None  # the route fast path's internal port
+        self.route_vlans: dict[int, int] = {}  # VNI routed into → its 802.1Q index on this host
 
     # ------------------------------------------------------------------ what a change touches
     def touch(self, rtype: ResourceType, rid: str) -> set[Owner]:
@@ -97,8 +108,16 @@ class Planner:
         self.dhcp_ofport = ofport
         return {dhcp.port_owner(p) for p in self.state.ports}
 
+    def set_route_port(self, ofport: int | None) -> set[Owner]:
+        """The fast path's port appeared (or went): L3_ROUTING's miss and every segment's re-entry."""
+        if ofport == self.route_ofport:
+            return set()
+        self.route_ofport = ofport
+        return {BASE_OWNER} | {route_segment_owner(v) for v in self.route_vlans}
+
     def all_owners(self) -> set[Owner]:
         owners = {BASE_OWNER}
+        owners |= {route_segment_owner(v) for v in self.route_vlans}
         owners |= dhcp.all_owners(self.state)
         owners |= {port_owner(p) for p in self.state.ports}
         owners |= {neighbor_owner(n) for n in self.state.neighbors}
@@ -115,6 +134,7 @@ class Planner:
         self._subnet_routers.clear()
         self._router_subnets.clear()
         self._next_hop_routers.clear()
+        self.route_vlans.clear()
         for router_id in self.state.resources[ResourceType.ROUTER]:
             self._touch_router(router_id)
         for port_id in self.state.ports:
@@ -192,7 +212,7 @@ class Planner:
                 for rule in table.rules:
                     if rule.next_hop_ip:
                         self._next_hop_routers[rule.next_hop_ip].add(router_id)
-        owners = {router_owner(router_id)}
+        owners = {router_owner(router_id)} | self._refresh_route_vlans()
         touched = old | new
         owners |= {
             port_owner(p.id)
@@ -206,8 +226,29 @@ class Planner:
         }
         return owners
 
+    def _refresh_route_vlans(self) -> set[Owner]:
+        """Give every VNI of a routed subnet an 802.1Q index (smallest free), free the unused."""
+        wanted = set()
+        for sid, routers in self._subnet_routers.items():
+            sn = self.state.subnets.get(sid)
+            if routers and sn is not None and sn.tunnel_id:
+                wanted.add(sn.tunnel_id)
+        changed = {route_segment_owner(v) for v in set(self.route_vlans) - wanted}
+        for vni in set(self.route_vlans) - wanted:
+            del self.route_vlans[vni]
+        used = set(self.route_vlans.values())
+        free = (i for i in range(1, ROUTE_VLAN_MAX + 1) if i not in used)
+        for vni in sorted(wanted - set(self.route_vlans)):
+            index = next(free, None)
+            if index is None:
+                break  # more routed segments than 802.1Q can name: the rest is never punted back
+            self.route_vlans[vni] = index
+            changed.add(route_segment_owner(vni))
+        return changed
+
     def _touch_subnet(self, subnet_id: str) -> set[Owner]:
         owners: set[Owner] = {router_owner(r) for r in self._subnet_routers.get(subnet_id, ())}
+        owners |= self._refresh_route_vlans()
         owners |= dhcp.lease_owners(self.state, subnet_id)
         for port in self.state.ports.values():
             if any(f.subnet_id == subnet_id for f in port.fixed_ips):
@@ -221,7 +262,13 @@ class Planner:
     def flows(self, owner: Owner) -> list[Flow]:
         kind, oid = owner
         if kind is Kind.BASE:
-            return overlay.base_flows(self.tunnel_ofport)
+            miss = routing.punt_actions(self.route_ofport) if self.route_ofport is not None else ()
+            return overlay.base_flows(self.tunnel_ofport, miss)
+        if kind is Kind.ROUTE:
+            vlan = self.route_vlans.get(int(oid))
+            if vlan is None or self.route_ofport is None:
+                return []
+            return [routing.reinject_flow(int(oid), vlan, self.route_ofport)]
         if kind is Kind.PORT:
             port = self.state.ports.get(oid)
             ofport = self.bindings.get(oid)
@@ -262,34 +309,56 @@ class Planner:
         router = self.state.resources[ResourceType.ROUTER].get(router_id)
         return getattr(router, "dvr_mac", "")
 
-    def _routes(self, subnet_id: str, dest: Destination, ck: int) -> list[Flow]:
+    def _targets(self, subnet_id: str, dest: Destination) -> list[RouteTarget]:
         dest_subnet = self._router_subnet(subnet_id)
         if dest_subnet is None:
             return []
         return [
-            routing.destination_flow(rid, self._dvr_mac(rid), dest, dest_subnet.gateway_mac, ck)
+            routing.route_target(rid, self._dvr_mac(rid), dest, dest_subnet.gateway_mac)
             for rid in sorted(self._subnet_routers.get(subnet_id, ()))
         ]
 
-    def _routes_to_port(self, port: Port) -> list[Flow]:
+    def _port_targets(self, port: Port) -> list[RouteTarget]:
         if not port.admin_up:
             return []
-        ck = cookies.cookie(Kind.PORT, port.id)
-        flows: list[Flow] = []
+        targets: list[RouteTarget] = []
         for fip in port.fixed_ips:
             subnet = self.state.subnets.get(fip.subnet_id)
             if subnet is not None:
-                flows += self._routes(
-                    fip.subnet_id, Destination(fip.ip, port.mac, subnet.tunnel_id, True), ck
-                )
-        return flows
+                targets += self._targets(fip.subnet_id, Destination(fip.ip, port.mac, subnet.tunnel_id, True))
+        return targets
+
+    def _neighbor_targets(self, nb: Neighbor) -> list[RouteTarget]:
+        targets: list[RouteTarget] = []
+        for nip, (vni, _ip) in zip(nb.fixed_ips, self.state.neighbor_segments(nb), strict=False):
+            targets += self._targets(nip.subnet_id, Destination(nip.ip, nb.mac, vni, False))
+        return targets
+
+    def route_targets(self, owner: Owner) -> list[RouteTarget]:
+        """The host routes the planner makes for a port or neighbour owner, whatever the routing
+        mode (the fast path's destination table); [] for other owners or when it has none."""
+        kind, oid = owner
+        if kind is Kind.PORT:
+            port = self.state.ports.get(oid)
+            if port is None or oid not in self.bindings or not self.state.segment_of_port(port):
+                return []
+            return self._port_targets(port)
+        if kind is Kind.NEIGHBOR:
+            nb = self.state.neighbors.get(oid)
+            if nb is None or self.tunnel_ofport is None or nb.host_ip == self.local_ip:
+                return []
+            return self._neighbor_targets(nb)
+        return []
+
+    def _routes_to_port(self, port: Port) -> list[Flow]:
+        ck = cookies.cookie(Kind.PORT, port.id)
+        return [routing.cache_flow(t, ck, 0) for t in self._port_targets(port)]
 
     def _routes_to_neighbor(self, nb: Neighbor) -> list[Flow]:
+        if self.routing_mode == ON_DEMAND:
+            return []  # installed with an idle timeout when the fast path first forwards to it
         ck = cookies.cookie(Kind.NEIGHBOR, nb.id)
-        flows: list[Flow] = []
-        for nip, (vni, _ip) in zip(nb.fixed_ips, self.state.neighbor_segments(nb), strict=False):
-            flows += self._routes(nip.subnet_id, Destination(nip.ip, nb.mac, vni, False), ck)
-        return flows
+        return [routing.cache_flow(t, ck, 0) for t in self._neighbor_targets(nb)]
 
     def _resolve(self, ip: str) -> tuple[Destination, str] | None:
         """A next-hop IP → the port or neighbour holding it, and its subnet's gateway MAC."""

@@ -19,12 +19,14 @@ from agent.planner.flows import (
     ETH_TYPE_IPV4,
     IP_PROTO_ICMP,
     OFPP_IN_PORT,
+    OFPVID_PRESENT,
     DecTtl,
     Field,
     Flow,
     MatchField,
     Move,
     Output,
+    PopVlan,
     SetField,
     cidr_match,
     ip_to_int,
@@ -32,7 +34,15 @@ from agent.planner.flows import (
     match,
 )
 from agent.planner.overlay import arp_responder
-from agent.planner.pipeline import DVR_MAC_RANGE, Priority, Reg, Table, route_priority
+from agent.planner.pipeline import (
+    DVR_MAC_RANGE,
+    PUNT_MAC,
+    VNI_BITS,
+    Priority,
+    Reg,
+    Table,
+    route_priority,
+)
 
 _IS_IP = MatchField(Field.ETH_TYPE, ETH_TYPE_IPV4)
 _IS_ICMP = MatchField(Field.IP_PROTO, IP_PROTO_ICMP)
@@ -150,10 +160,15 @@ def gateway_flows(
     return flows
 
 
+def rewrite_source(dest: Destination, dest_gateway_mac: str, dvr_mac: str) -> str:
+    """The source MAC of a routed packet: a local destination sees its gateway MAC at once; a
+    remote one gets this host's DVR MAC (and its gateway MAC back from the receiving host)."""
+    return dest_gateway_mac if dest.local or not dvr_mac else dvr_mac
+
+
 def _rewrite(dest: Destination, dest_gateway_mac: str, dvr_mac: str) -> tuple:
-    """TTL-1 and the DVR MAC rewrite into the destination's segment. A local destination sees
-    its gateway MAC as source at once; a remote one gets it back from the receiving host."""
-    source = dest_gateway_mac if dest.local or not dvr_mac else dvr_mac
+    """TTL-1 and the DVR MAC rewrite into the destination's segment."""
+    source = rewrite_source(dest, dest_gateway_mac, dvr_mac)
     return (
         DecTtl(),
         SetField(Field.ETH_SRC, mac_to_int(source)),
@@ -162,8 +177,11 @@ def _rewrite(dest: Destination, dest_gateway_mac: str, dvr_mac: str) -> tuple:
     )
 
 
-def destination_flow(router_id: str, dvr_mac: str, dest: Destination, dest_gateway_mac: str, ck: int) -> Flow:
-    """Host route to one port or neighbour through one router; owned by the destination."""
+def destination_flow(
+    router_id: str, dvr_mac: str, dest: Destination, dest_gateway_mac: str, ck: int, idle_timeout: int = 0
+) -> Flow:
+    """Host route to one port or neighbour through one router; owned by the destination (or, with
+    an idle timeout, an on-demand cache entry of kind ROUTE_CACHE)."""
     return Flow(
         Table.L3_ROUTING,
         route_priority(32),
@@ -175,4 +193,64 @@ def destination_flow(router_id: str, dvr_mac: str, dest: Destination, dest_gatew
         _rewrite(dest, dest_gateway_mac, dvr_mac),
         goto=Table.L2_LOOKUP,
         cookie=ck,
+        idle_timeout=idle_timeout,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    """One host route as the C fast path holds it: (router tag, destination IP) → rewrite."""
+
+    router_id: str
+    tag: int
+    ip: str
+    dst_mac: str
+    src_mac: str  # rewrite_source(): the DVR MAC, or the destination subnet's gateway MAC
+    vni: int
+    dvr_mac: str
+    gateway_mac: str
+    local: bool
+
+
+def route_target(router_id: str, dvr_mac: str, dest: Destination, dest_gateway_mac: str) -> RouteTarget:
+    return RouteTarget(
+        router_id,
+        router_tag(router_id),
+        dest.ip,
+        dest.mac,
+        rewrite_source(dest, dest_gateway_mac, dvr_mac),
+        dest.vni,
+        dvr_mac,
+        dest_gateway_mac,
+        dest.local,
+    )
+
+
+def cache_flow(target: RouteTarget, ck: int, idle_timeout: int) -> Flow:
+    """The host route installed on demand when the fast path forwarded to ``target``."""
+    dest = Destination(target.ip, target.dst_mac, target.vni, target.local)
+    return destination_flow(target.router_id, target.dvr_mac, dest, target.gateway_mac, ck, idle_timeout)
+
+
+# L3_ROUTING's miss toward the fast path: the router and source segment ride in the addresses.
+def punt_actions(route_ofport: int) -> tuple:
+    return (
+        SetField(Field.ETH_SRC, PUNT_MAC),
+        Move(Reg.ROUTER, Field.ETH_SRC, 32),
+        SetField(Field.ETH_DST, PUNT_MAC),
+        Move(Reg.SEGMENT, Field.ETH_DST, VNI_BITS),
+        Output(route_ofport),
+    )
+
+
+def reinject_flow(vni: int, vlan: int, route_ofport: int) -> Flow:
+    """A frame the fast path rewrote comes back tagged with its segment's index: untag, set the
+    segment, deliver."""
+    return Flow(
+        Table.CLASSIFY,
+        Priority.LOCAL,
+        (MatchField(Field.IN_PORT, route_ofport), MatchField(Field.VLAN_VID, OFPVID_PRESENT | vlan)),
+        (PopVlan(), SetField(Reg.SEGMENT, vni), SetField(Reg.FLAGS, 0)),
+        goto=Table.L2_LOOKUP,
+        cookie=cookies.cookie(Kind.ROUTE, str(vni)),
     )

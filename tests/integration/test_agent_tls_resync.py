@@ -6,9 +6,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
@@ -18,6 +16,7 @@ from agent._pb import goalstate_pb2_grpc as pb_grpc
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
 from tests.support.agent_host import scratch_sandbox, wait_for
+from tests.support.controller import TestController, serve
 from tests.support.parts import missing, require_ovs
 
 pytestmark = pytest.mark.integration
@@ -44,47 +43,19 @@ def _make_pki(d: pathlib.Path) -> None:
                  "-days", "2", "-extfile", f"{who}.ext", "-out", f"{who}.crt", cwd=d)  # fmt: skip
 
 
-class _Controller(pb_grpc.GoalStateProvisionerServicer):
-    """A controller that records RequestGoalStates calls."""
-
-    def __init__(self) -> None:
-        self.requests: list[pb.HostRequest] = []
-        self.seen = threading.Event()
-
-    def RequestGoalStates(
-        self, request: pb.HostRequest, context: grpc.ServicerContext
-    ) -> pb.HostRequestReply:
-        self.requests.append(request)
-        self.seen.set()
-        reply = pb.HostRequestReply(format_version=1)
-        for r in request.state_requests:
-            reply.operation_statuses.add(request_id=r.request_id, operation_status=pb.SUCCESS)
-        return reply
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandbox, pathlib.Path, _Controller]]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sandbox, pathlib.Path, TestController]]:
     pki = tmp_path_factory.mktemp("pki")
     _make_pki(pki)
-    controller = _Controller()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_GoalStateProvisionerServicer_to_server(controller, server)
-    server.add_insecure_port(f"unix:{pki / 'controller.sock'}")
-    server.start()
+    controller = TestController()
     config = pki / "agent.toml"
     config.write_text(
         f'[grpc]\ntls_cert = "{pki / "server.crt"}"\ntls_key = "{pki / "server.key"}"\n'
         f'tls_client_ca = "{pki / "ca.crt"}"\n'
     )
-    try:
-        with scratch_sandbox() as box:
-            box.host_up(
-                "host1",
-                agent_args=("--config", str(config), "--controller", f"unix:{pki / 'controller.sock'}"),
-            )
-            yield box, pki, controller
-    finally:
-        server.stop(0)
+    with serve(controller, str(pki / "controller.sock")) as address, scratch_sandbox() as box:
+        box.host_up("host1", agent_args=("--config", str(config), "--controller", address))
+        yield box, pki, controller
 
 
 def _channel(box: Sandbox, pki: pathlib.Path, client_cert: bool) -> grpc.Channel:
@@ -99,7 +70,7 @@ def _channel(box: Sandbox, pki: pathlib.Path, client_cert: bool) -> grpc.Channel
 
 
 def test_agent_asks_the_controller_for_a_resync_at_start(
-    setup: tuple[Sandbox, pathlib.Path, _Controller],
+    setup: tuple[Sandbox, pathlib.Path, TestController],
 ) -> None:
     _box, _pki, controller = setup
     wait_for(controller.seen.is_set, 20, "RequestGoalStates from the agent")
@@ -107,7 +78,7 @@ def test_agent_asks_the_controller_for_a_resync_at_start(
     assert request.request_type == pb.AGENT_RESTARTED and request.request_id
 
 
-def test_mutual_tls_accepts_a_client_certificate(setup: tuple[Sandbox, pathlib.Path, _Controller]) -> None:
+def test_mutual_tls_accepts_a_client_certificate(setup: tuple[Sandbox, pathlib.Path, TestController]) -> None:
     box, pki, _controller = setup
     with _channel(box, pki, client_cert=True) as channel:
         stub = pb_grpc.GoalStateProvisionerStub(channel)
@@ -117,7 +88,7 @@ def test_mutual_tls_accepts_a_client_certificate(setup: tuple[Sandbox, pathlib.P
 
 @pytest.mark.parametrize("how", ["no client certificate", "plaintext"])
 def test_clients_without_a_certificate_are_refused(
-    setup: tuple[Sandbox, pathlib.Path, _Controller], how: str
+    setup: tuple[Sandbox, pathlib.Path, TestController], how: str
 ) -> None:
     box, pki, _controller = setup
     channel = (

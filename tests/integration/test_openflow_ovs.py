@@ -344,3 +344,46 @@ def test_packet_out_through_tables_comes_back_as_packet_in(
     assert packet_in.cookie == 0x99
     assert packet_in.data == frame
     assert packet_in.match == match((Field.IN_PORT, OFPP_CONTROLLER), (Field.REG3, 0x77))
+
+
+def test_route_fast_path_flows_are_accepted_and_dump_back_byte_equal(
+    bridge: Bridge, conn: OpenFlowConnection
+) -> None:
+    """The re-entry flow (802.1Q VID match, pop_vlan) and the L3_ROUTING punt (moves into the
+    addresses) as OVS 3.x takes them, compared with ovs-ofctl and with the dump."""
+    from agent.planner import routing
+
+    flows = [
+        routing.reinject_flow(0x66, 5, 7),
+        Flow(35, 0, match(), routing.punt_actions(7), cookie=0xA7),
+        routing.cache_flow(
+            routing.RouteTarget("r1", 0x1234, "10.1.2.20", "fa:16:3e:00:00:0b", "fe:16:11:00:00:01", 0x66,
+                                "fe:16:11:00:00:01", "fa:16:3e:aa:00:02", False),
+            0xA8, 10,
+        ),
+    ]  # fmt: skip
+    conn.apply_bundle([], flows)
+    reference = Bridge(bridge.ovs, bridge.name + "ref")
+    _add_bridge(reference.ovs, reference.name)
+    try:
+        text = "\n".join(f"cookie={f.cookie:#x}, {f.text()}" for f in flows)
+        (bridge.ovs.rundir / "route.flows").write_text(text + "\n")
+        bridge.ovs.ofctl("add-flows", reference.name, str(bridge.ovs.rundir / "route.flows"))
+        assert bridge.ofctl_flows() == reference.ofctl_flows()
+    finally:
+        reference.ovs.vsctl("del-br", reference.name)
+    dumped = {f.key: f for f in conn.dump_flows()}
+    assert set(dumped) == {f.key for f in flows}
+    for flow in flows:
+        assert dumped[flow.key].instructions == codec.encode_instructions(flow), flow.text()
+        assert dumped[flow.key].idle_timeout == flow.idle_timeout
+
+
+def test_delete_flows_by_cookie_mask(conn: OpenFlowConnection) -> None:
+    keep = Flow(0, 10, match((Field.REG0, 1)), actions=(Output(1),), cookie=0xA000000000000001)
+    gone = [
+        Flow(0, 10, match((Field.REG0, i)), actions=(Output(1),), cookie=0xA080000000000002) for i in (2, 3)
+    ]
+    conn.apply_bundle([], [keep, *gone])
+    conn.delete_flows(0xA080000000000002, 0xFFF00000000000FF)
+    assert [f.key for f in conn.dump_flows()] == [keep.key]

@@ -114,4 +114,9 @@ def assert_flow_table_clean(sb: Sandbox, host: str, routers: tuple[str, ...] = (
     live |= {cookie(Kind.NEIGHBOR, n["id"]) for n in control(sb, host, "neighbours")}
     live |= {cookie(Kind.SEGMENT, str(p["segment"])) for p in ports if p["ofport"]}
     live |= {cookie(Kind.ROUTER, r) for r in routers}
+    if routers:  # the route fast path's re-entry flow of each routed segment
+        segments = {p["segment"] for p in ports} | {
+            s for n in control(sb, host, "neighbours") for s in n["segments"]
+        }
+        live |= {cookie(Kind.ROUTE, str(s)) for s in segments}
     assert set(on_switch) <= live, {f"{c:#x}" for c in set(on_switch) - live}

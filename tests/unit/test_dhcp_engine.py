@@ -341,3 +341,25 @@ def test_profile_rejects_malformed_tlvs() -> None:
     with pytest.raises(Exception, match="options rejected"):
         eng.set_subnet(1, GW, 60, bytes([1, 10, 0]))
     eng.close()
+
+
+def test_relay_agent_port_with_many_pair_macs_is_answered_at_its_giaddr(engine: Engine) -> None:
+    """A VM relaying for 200 clients (their MACs are its allowed address pairs): the reply goes to
+    giaddr:67 and to the port's own MAC, as perfdhcp (bench/dhcp_rate.py) needs."""
+    clients = [f"fa:16:3e:c0:00:{i:02x}" for i in range(200)]
+    for i, mac in enumerate(clients):
+        engine.set_lease(VNI_A, mac, f"10.1.0.{50 + i}", 1)
+    engine.set_port(PORT_A, VNI_A, [MAC, *clients])
+    relayed = bytes(
+        Ether(src=tag(PORT_A), dst="ff:ff:ff:ff:ff:ff")
+        / IP(src="10.1.0.10", dst=GW)
+        / UDP(sport=67, dport=67)
+        / BOOTP(chaddr=mac2str(clients[-1]), xid=9, giaddr="10.1.0.10", hops=1)
+        / DHCP(options=[("message-type", DISCOVER), "end"])
+    )
+    reply = Ether(engine.handle(relayed))
+    assert (reply.dst, reply[IP].dst, reply[UDP].dport) == (MAC, "10.1.0.10", 67)
+    assert (reply[BOOTP].yiaddr, reply[BOOTP].giaddr) == ("10.1.0.249", "10.1.0.10")
+    assert msg_type(bytes(reply)) == OFFER
+    with pytest.raises(Exception, match="rejected"):
+        engine.set_port(PORT_A, VNI_A, [MAC] * 1025)

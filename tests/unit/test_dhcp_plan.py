@@ -47,6 +47,8 @@ def test_steering_flows_golden() -> None:
         "actions=set_field:fa:16:3e:00:00:01->dl_src,output:3",
         "table=DHCP, priority=100, in_port=3 actions=set_field:0a:ca:00:00:00:03->dl_src,output:7",
         "table=PORT_SECURITY, priority=105, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
+        "nw_proto=17, udp_src=67, udp_dst=67 actions=goto_table:DHCP",
+        "table=PORT_SECURITY, priority=105, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
         "nw_proto=17, udp_src=68, udp_dst=67 actions=goto_table:DHCP",
     ]
 

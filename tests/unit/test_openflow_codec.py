@@ -11,6 +11,7 @@ from agent.dataplane.openflow import codec
 from agent.dataplane.openflow.codec import BundleCtrl, FlowModCommand, RawOxm
 from agent.planner.flows import (
     OFPP_CONTROLLER,
+    OFPVID_PRESENT,
     Controller,
     DecTtl,
     Field,
@@ -18,6 +19,7 @@ from agent.planner.flows import (
     MatchField,
     Move,
     Output,
+    PopVlan,
     SetField,
     cidr_match,
     ip_to_int,
@@ -150,13 +152,31 @@ def test_decode_normalises_full_mask_and_sorts_like_the_planner() -> None:
 
 
 def test_unknown_oxm_kept_raw_so_the_key_differs() -> None:
-    vlan_vid = h("80000c02 1001")
+    ip_dscp = h("80001001 2e")
     known = codec.encode_oxm(MatchField(Field.ETH_TYPE, 0x800))
-    decoded = codec.decode_oxms(known + vlan_vid)
-    assert decoded == (MatchField(Field.ETH_TYPE, 0x800), RawOxm(vlan_vid))
+    decoded = codec.decode_oxms(known + ip_dscp)
+    assert decoded == (MatchField(Field.ETH_TYPE, 0x800), RawOxm(ip_dscp))
     assert decoded != match((Field.ETH_TYPE, 0x800))
     # A raw TLV re-encodes verbatim, so a foreign flow can still be deleted by its key.
-    assert codec.encode_match(decoded)[4:] == known + vlan_vid
+    assert codec.encode_match(decoded)[4 : 4 + len(known + ip_dscp)] == known + ip_dscp
+
+
+def test_vlan_vid_match_and_pop_vlan_encode_as_openflow_1_4() -> None:
+    tlv = codec.encode_oxm(MatchField(Field.VLAN_VID, OFPVID_PRESENT | 5))
+    assert tlv == h("80000c02 1005")  # OXM_OF_VLAN_VID, the VID with OFPVID_PRESENT
+    assert codec.decode_oxms(tlv) == (MatchField(Field.VLAN_VID, 0x1005),)
+    assert codec.encode_action(PopVlan()) == h("0012 0008 00000000")  # OFPAT_POP_VLAN
+    flow = Flow(0, 100, match((Field.IN_PORT, 3), (Field.VLAN_VID, 0x1005)), (PopVlan(),), goto=40)
+    assert flow.text() == "table=0, priority=100, in_port=3, vlan_vid=0x1005 actions=pop_vlan,goto_table:40"
+
+
+def test_flow_delete_by_cookie_is_a_non_strict_delete_with_the_mask() -> None:
+    msg = codec.encode_flow_delete(9, 0xA080000000000001, 0xFFF00000000000FF, 35)
+    version, msg_type, length, xid = codec.parse_header(msg)
+    assert (version, msg_type, length, xid) == (5, codec.MsgType.FLOW_MOD, len(msg), 9)
+    cookie, mask, table, command = struct.unpack_from("!QQBB", msg, 8)
+    assert (cookie, mask, table, command) == (0xA080000000000001, 0xFFF00000000000FF, 35, 3)
+    assert msg[48:] == codec.encode_match(())
 
 
 def _flow_stats_entry(flow: Flow, packets: int, nbytes: int) -> bytes:

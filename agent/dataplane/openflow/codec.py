@@ -28,6 +28,7 @@ from agent.planner.flows import (
     MatchField,
     Move,
     Output,
+    PopVlan,
     SetField,
 )
 
@@ -63,6 +64,7 @@ class MsgType(enum.IntEnum):
 
 class FlowModCommand(enum.IntEnum):
     ADD = 0
+    DELETE = 3
     DELETE_STRICT = 4
 
 
@@ -89,6 +91,7 @@ NXT_PACKET_IN2 = 30
 NXPIF_NXT_PACKET_IN2 = 2
 
 _OFPAT_OUTPUT = 0
+_OFPAT_POP_VLAN = 18
 _OFPAT_DEC_NW_TTL = 24
 _OFPAT_SET_FIELD = 25
 _OFPAT_EXPERIMENTER = 0xFFFF
@@ -144,6 +147,7 @@ _OXM_IDS: dict[Field, tuple[int, int]] = {
     Field.METADATA: (_OXM_BASIC, 2),
     Field.ETH_DST: (_OXM_BASIC, 3),
     Field.ETH_SRC: (_OXM_BASIC, 4),
+    Field.VLAN_VID: (_OXM_BASIC, 6),
     Field.ETH_TYPE: (_OXM_BASIC, 5),
     Field.IP_PROTO: (_OXM_BASIC, 10),
     Field.IPV4_SRC: (_OXM_BASIC, 11),
@@ -322,6 +326,7 @@ def _encode_move(action: Move) -> bytes:
 
 
 _DEC_TTL = _ACT_DEC_TTL.pack(_OFPAT_DEC_NW_TTL, 8)
+_POP_VLAN = _ACT_DEC_TTL.pack(_OFPAT_POP_VLAN, 8)  # the same bare 8-byte action header
 
 
 def _encode_controller(action: Controller) -> bytes:
@@ -343,6 +348,7 @@ _ACTION_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     SetField: _encode_set_field,
     Move: _encode_move,
     DecTtl: lambda _: _DEC_TTL,
+    PopVlan: lambda _: _POP_VLAN,
     Controller: _encode_controller,
 }
 
@@ -393,6 +399,15 @@ def encode_flow_mod(flow: Flow, command: FlowModCommand, xid: int) -> bytes:
             instructions,
         )
     )  # fmt: skip
+
+
+def encode_flow_delete(xid: int, cookie: int, cookie_mask: int, table: int = OFPTT_ALL) -> bytes:
+    """OFPT_FLOW_MOD DELETE (non-strict, any match) of the flows whose cookie matches under the mask."""
+    match_bytes = encode_match(())
+    return _FLOW_MOD.pack(
+        OFP_VERSION, _T_FLOW_MOD, 48 + len(match_bytes), xid, cookie, cookie_mask, table,
+        FlowModCommand.DELETE, 0, 0, 0, NO_BUFFER, OFPP_ANY, OFPG_ANY, 0, 0,
+    ) + match_bytes  # fmt: skip
 
 
 def encode_bundle_add(bundle_id: int, flags: int, flow: Flow, command: FlowModCommand, xid: int) -> bytes:

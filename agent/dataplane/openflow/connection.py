@@ -375,6 +375,13 @@ class OpenFlowConnection:
         parts = self._request(codec.encode_flow_stats_request(xid, cookie, cookie_mask), xid, timeout)
         return [f for part in parts for f in codec.decode_flow_stats_reply(part)]
 
+    def delete_flows(self, cookie: int, cookie_mask: int, timeout: float = 10.0) -> None:
+        """Delete every flow whose cookie matches under the mask (outside any bundle); returns
+        once the switch has processed it (barrier)."""
+        xid = self._alloc_xids(1)
+        self._write([codec.encode_flow_delete(xid, cookie, cookie_mask)])
+        self.barrier(timeout)
+
     def send_packet_out(self, in_port: int, actions: Sequence[Action], data: bytes) -> None:
         """Fire and forget; a rejection arrives as an unsolicited error message."""
         self._write([codec.encode_packet_out(self._alloc_xids(1), in_port, actions, data)])

@@ -1,0 +1,48 @@
+/* AF_PACKET I/O thread shared by the native engines: one socket bound to an agent-owned OVS
+ * internal port, batched receive (recvmmsg) and send (sendmmsg), stopped through an eventfd.
+ *
+ * The thread hands each received batch to the engine's ``batch`` callback, which writes the
+ * frames to send back into ``tx`` and returns how many; frames the kernel reports as our own
+ * (PACKET_OUTGOING) or truncated never reach the callback.
+ */
+#ifndef ACA_PKTIO_H
+#define ACA_PKTIO_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PKTIO_BATCH 64
+#define PKTIO_BUF 2048
+
+struct sock_fprog; /* <linux/filter.h>: a classic BPF program attached to the socket */
+
+struct pktio_frame {
+    uint8_t *data; /* PKTIO_BUF bytes */
+    size_t len;
+};
+
+/* Handle ``n`` received frames; fill tx[0..m) (data is preallocated, set len); return m <= n. */
+typedef unsigned (*pktio_batch_fn)(void *ctx, const struct pktio_frame *rx, unsigned n, struct pktio_frame *tx);
+/* ``n`` frames of a batch could not be sent. */
+typedef void (*pktio_error_fn)(void *ctx, unsigned n);
+
+struct pktio {
+    int fd;
+    int stop_fd;
+    int running;
+    pthread_t thread;
+    pktio_batch_fn batch;
+    pktio_error_fn tx_error;
+    void *ctx;
+};
+
+void pktio_init(struct pktio *io);
+/* Open the socket on ``ifname`` (with ``filter`` when not NULL) and start the thread; 0 or -errno. */
+int pktio_start(struct pktio *io, const char *ifname, const struct sock_fprog *filter, pktio_batch_fn batch,
+                pktio_error_fn tx_error, void *ctx);
+void pktio_stop(struct pktio *io);
+/* Send one frame on the running socket from any thread; 0 or -errno. */
+int pktio_send(struct pktio *io, const uint8_t *frame, size_t len);
+
+#endif
