@@ -21,30 +21,17 @@ from agent.model.resources import RESOURCE_CLASSES, Resource, ResourceType
 SCHEMA_VERSION = 1
 
 
-@cache
-def _layout(cls: type) -> tuple[tuple[str, bool], ...]:
-    """(field name, holds dataclasses) per field: scalars are copied as they are, no recursion."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        args = typing.get_args(tp) if typing.get_origin(tp) is tuple else (tp,)
-        out.append((f.name, any(dataclasses.is_dataclass(a) for a in args)))
-    return tuple(out)
+def _fields(value: Any) -> dict[str, Any]:
+    """json's C encoder calls this for each dataclass it meets and walks the rest itself (tuples
+    become lists, IntEnums ints): one Python call per object, no deep copies."""
+    return {name: getattr(value, name) for name in value.__slots__}
 
 
-def _plain(value: Any) -> Any:
-    """A resource as JSON-ready dicts/lists (dataclasses.asdict deep-copies; this does not)."""
-    if type(value) is tuple:
-        return [_plain(v) for v in value]
-    return {
-        name: (_plain(getattr(value, name)) if nested else getattr(value, name))
-        for name, nested in _layout(type(value))
-    }
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_fields)
 
 
 def to_json(resource: Resource) -> str:
-    return json.dumps(_plain(resource), separators=(",", ":"))
+    return _ENCODER.encode(resource)
 
 
 @cache

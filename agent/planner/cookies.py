@@ -13,6 +13,7 @@ would force a rewrite of every flow at each restart).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 
 LAYOUT_TAG = 0xA
@@ -34,6 +35,7 @@ class Kind(enum.IntEnum):
     ROUTE_CACHE = 8  # on-demand host routes with an idle timeout: never reconciled, never swept
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def object_id(owner_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(owner_id.encode(), digest_size=5).digest(), "big")
 

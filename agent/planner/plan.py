@@ -310,6 +310,8 @@ class Planner:
         return getattr(router, "dvr_mac", "")
 
     def _targets(self, subnet_id: str, dest: Destination) -> list[RouteTarget]:
+        if not self._subnet_routers.get(subnet_id):
+            return []  # the common case at scale: a subnet no router of this host serves
         dest_subnet = self._router_subnet(subnet_id)
         if dest_subnet is None:
             return []
@@ -329,6 +331,8 @@ class Planner:
         return targets
 
     def _neighbor_targets(self, nb: Neighbor) -> list[RouteTarget]:
+        if not self._subnet_routers:
+            return []
         targets: list[RouteTarget] = []
         for nip, (vni, _ip) in zip(nb.fixed_ips, self.state.neighbor_segments(nb), strict=False):
             targets += self._targets(nip.subnet_id, Destination(nip.ip, nb.mac, vni, False))
