@@ -29,23 +29,6 @@ def underlay_address_present(ip: str) -> bool:
         )
 
 
-def route_to(ip: str) -> tuple[str, str | None] | None:
-    """(output interface, preferred source) the kernel would use for ``ip``; None if unroutable."""
-    with IPRoute() as ipr:
-        try:
-            routes = ipr.route("get", dst=str(ipaddress.ip_address(ip)))
-        except NetlinkError:
-            return None
-        if not routes:
-            return None
-        oif = routes[0].get("RTA_OIF")
-        src = routes[0].get("RTA_PREFSRC")
-        links = ipr.get_links(oif) if oif else []
-        if not links:
-            return None
-        return links[0].get("IFLA_IFNAME"), src
-
-
 def set_link(ifname: str, up: bool = True, mtu: int | None = None) -> None:
     """Set admin state (and MTU) of ``ifname``; raises NetlinkOpError if it does not exist."""
     with IPRoute() as ipr:

@@ -142,7 +142,3 @@ class FlowReconciler:
         self.desired = {o: fs for o, fs in owners.items() if fs}
         result.elapsed_us = int((time.perf_counter() - start) * 1e6)
         return result
-
-    def forget_installed(self) -> None:
-        """The switch lost its flows (ovs-vswitchd restarted): the next resync re-adds from desired."""
-        self.installed.clear()

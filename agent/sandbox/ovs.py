@@ -154,6 +154,3 @@ class OvsInstance:
 
     def ofctl(self, *args: str) -> str:
         return self._run("ovs-ofctl", "-O", "OpenFlow14", *args)
-
-    def appctl(self, target: str, *args: str) -> str:
-        return self._run("ovs-appctl", "-t", str(self.rundir / f"{target}.ctl"), *args)

@@ -60,11 +60,10 @@ def test_hosts_reach_each_other_over_the_underlay(sandbox: Sandbox) -> None:
 def test_netlink_helpers_see_the_host_underlay(sandbox: Sandbox) -> None:
     script = (
         "from agent.dataplane import netlink as n; "
-        "print(n.underlay_address_present('172.31.0.11'), n.underlay_address_present('172.31.0.99'), "
-        "n.route_to('172.31.0.12'), n.route_to('8.8.8.8'))"
+        "print(n.underlay_address_present('172.31.0.11'), n.underlay_address_present('172.31.0.99'))"
     )
     proc = sandbox.exec("host1", [sys.executable, "-c", script])
-    assert proc.stdout.strip() == "True False ('br-phy', '172.31.0.11') None"
+    assert proc.stdout.strip() == "True False"
 
 
 def test_vm_add_and_remove(sandbox: Sandbox) -> None:
