@@ -21,13 +21,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from agent._pb import goalstate_pb2 as pb
 from agent.sandbox import goalstates as g
 from agent.sandbox.hosts import HostInfo, Sandbox
+from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker, running_broker
 from tests.support.agent_host import control, scratch_sandbox, statuses, wait_for
-from tests.support.kafka_broker import KafkaBroker, running_broker
-from tests.support.parts import require_ovs
+from tests.support.parts import require_ovs, require_tansu
 
 pytestmark = pytest.mark.integration
 
 require_ovs()
+require_tansu()
 
 HOST = "host1"
 TOPIC = f"host-{HOST}"  # the agent's default topic for --host-id host1
@@ -35,12 +36,6 @@ GROUP = f"aca-agent-{HOST}"  # and its default group
 REPLIES = f"{TOPIC}-replies"
 VPC, VNI, SUBNET, CIDR = "vpc-1", 100, "sn-1", "10.0.0.0/24"
 REMOTE_HOST = "172.31.0.99"
-# tansu holds a group's first join for half the session timeout; keep both short (test-only).
-KAFKA_OPTIONS = {
-    "session.timeout.ms": "1000",
-    "heartbeat.interval.ms": "100",
-    "topic.metadata.refresh.interval.ms": "500",
-}
 
 
 @dataclass
@@ -96,7 +91,7 @@ class KafkaHost:
 
 def _write_config(host: HostInfo, broker: KafkaBroker) -> pathlib.Path:
     """The agent's TOML: the broker on the host namespace's loopback, replies on, fast group timings."""
-    options = "\n".join(f'"{key}" = "{value}"' for key, value in KAFKA_OPTIONS.items())
+    options = "\n".join(f'"{key}" = "{value}"' for key, value in FAST_GROUP_OPTIONS.items())
     path = pathlib.Path(host.dir) / "agent.toml"
     path.write_text(
         f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\nreply_topic = "{REPLIES}"\n\n'

