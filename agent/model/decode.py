@@ -179,7 +179,8 @@ def _router(c: Any) -> Router:
             for r in t.routing_rules
             if r.operation_type != Op.DELETE
         )
-        tables.append(SubnetRoutes(v.required(t.subnet_id, "routing table subnet_id"), rules))
+        removed = tuple(r.id for r in t.routing_rules if r.operation_type == Op.DELETE)
+        tables.append(SubnetRoutes(v.required(t.subnet_id, "routing table subnet_id"), rules, removed))
     return Router(
         id=c.id,
         revision=c.revision_number,

@@ -178,6 +178,7 @@ class RoutingRule:
 class SubnetRoutes:
     subnet_id: str
     rules: tuple[RoutingRule, ...] = ()
+    removed_rule_ids: tuple[str, ...] = ()  # rules a DELTA update deletes; empty once applied
 
 
 @dataclass(frozen=True, slots=True)

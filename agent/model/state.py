@@ -22,6 +22,7 @@ from agent.model.resources import (
     Router,
     Status,
     Subnet,
+    SubnetRoutes,
     UpdateType,
 )
 
@@ -94,7 +95,9 @@ class DesiredState:
                 reason=f"revision {new.revision} is older than held {held.revision}",
             )  # fmt: skip
         if held is not None and req.op is Op.UPDATE and req.update_type is UpdateType.DELTA:
-            new = _merge(held, new)
+            new = _merge_router(held, new) if isinstance(new, Router) else _merge(held, new)  # type: ignore[arg-type]
+        elif isinstance(new, Router):
+            new = replace(new, subnets=tuple(replace(t, removed_rule_ids=()) for t in new.subnets))
         try:
             self._check_references(new)
         except v.Invalid as exc:
@@ -160,3 +163,22 @@ def _merge(held: Resource, update: Resource) -> Resource:
         if isinstance(value, bool) or value not in ("", 0, (), None):
             changes[f.name] = value
     return replace(held, **changes)  # type: ignore[type-var]
+
+
+def _merge_router(held: Router, update: Router) -> Router:
+    """DELTA router: per subnet, and inside a subnet per rule (each rule has its own operation).
+
+    Subnets the update names are merged into (new ones added), rules are upserted by id or
+    removed when the update deletes them; subnets it does not name stay as they are.
+    """
+    tables = {t.subnet_id: t for t in held.subnets}
+    for table in update.subnets:
+        old = tables.get(table.subnet_id)
+        rules = {r.id: r for r in (old.rules if old else ())}
+        for rule_id in table.removed_rule_ids:
+            rules.pop(rule_id, None)
+        rules.update({r.id: r for r in table.rules})
+        tables[table.subnet_id] = SubnetRoutes(table.subnet_id, tuple(rules.values()))
+    return replace(
+        held, revision=update.revision, dvr_mac=update.dvr_mac or held.dvr_mac, subnets=tuple(tables.values())
+    )

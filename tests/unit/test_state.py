@@ -118,3 +118,34 @@ def test_store_round_trip(tmp_path) -> None:
     assert loaded[ResourceType.NEIGHBOR] == state.neighbors
     assert loaded[ResourceType.VPC] == {}
     store.close()
+
+
+def _router_update(routes: list, delta: bool, deletes: tuple[str, ...] = (), revision: int = 2):
+    subnets = sorted({r[0] for r in routes} | {"s1"})
+    state = gs.router("r1", "fe:16:11:00:00:01", subnets, routes, op=gs.UPDATE, revision=revision)
+    state.configuration.update_type = 0 if delta else 1
+    for rule_id in deletes:
+        table = next(t for t in state.configuration.subnet_routing_tables if t.subnet_id == "s1")
+        table.routing_rules.add(operation_type=gs.DELETE, id=rule_id)
+    return state
+
+
+def test_router_delta_merges_per_subnet_and_rule_full_replaces() -> None:
+    state = DesiredState()
+    s2 = gs.subnet("s2", "v1", "10.0.2.0/24", 100)
+    routes = [("s1", "10.9.0.0/16", "10.0.1.5", 0), ("s1", "10.8.0.0/16", "10.0.1.5", 0)]
+    _apply(state, *_base(), s2, gs.router("r1", "fe:16:11:00:00:01", ["s1", "s2"], routes))
+    # DELTA: delete rule 0, add a rule on s1; s2 (not named) stays.
+    delta = _router_update([("s1", "10.7.0.0/16", "10.0.1.5", 0)], delta=True, deletes=("r1-rule-0",))
+    delta.configuration.subnet_routing_tables[0].routing_rules[0].id = "r1-rule-new"
+    assert _apply(state, delta)["r1"] is Status.SUCCESS
+    router = state.resources[ResourceType.ROUTER]["r1"]
+    tables = {t.subnet_id: t for t in router.subnets}
+    assert set(tables) == {"s1", "s2"}
+    assert sorted(r.destination for r in tables["s1"].rules) == ["10.7.0.0/16", "10.8.0.0/16"]
+    assert all(t.removed_rule_ids == () for t in router.subnets)
+    # FULL: exactly what it says.
+    full = _router_update([], delta=False, revision=3)
+    _apply(state, full)
+    router = state.resources[ResourceType.ROUTER]["r1"]
+    assert [(t.subnet_id, t.rules) for t in router.subnets] == [("s1", ())]
