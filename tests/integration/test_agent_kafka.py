@@ -11,6 +11,7 @@ import contextlib
 import pathlib
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,6 +143,25 @@ def test_v2_goal_state_applied_then_committed(kafka_host: KafkaHost) -> None:
         (VPC, "VPC", "CREATE", "SUCCESS"),
         ("nb-k-v2", "NEIGHBOR", "CREATE", "SUCCESS"),
     ]
+
+
+def test_grpc_and_kafka_feeding_at_once_lose_nothing(kafka_host: KafkaHost) -> None:
+    """Both intakes feed the one worker queue: everything applies, each resource once."""
+    ids = [f"nb-mix-{n}" for n in range(40)]
+
+    def over_grpc() -> None:
+        for n in range(0, 40, 2):
+            (reply,) = kafka_host.sandbox.push_message(HOST, goal_state(kafka_host.host, ids[n], 150 + n))
+            assert [s.operation_status for s in reply.operation_statuses] == [pb.SUCCESS, pb.SUCCESS]
+
+    sender = threading.Thread(target=over_grpc)
+    sender.start()
+    offsets = [kafka_host.produce(goal_state(kafka_host.host, ids[n], 150 + n)) for n in range(1, 40, 2)]
+    sender.join(60)
+    assert not sender.is_alive()
+    kafka_host.wait_committed(offsets[-1])
+    held = kafka_host.neighbours()
+    assert all(held[i]["state"] == "programmed" and held[i]["flows"] > 0 for i in ids)
 
 
 def test_v1_selected_by_header(kafka_host: KafkaHost) -> None:
