@@ -26,18 +26,13 @@ from tests.support.traffic import (
     capture,
     dump_cookies,
 )
+from tests.support.two_subnets import DVR, GW1, GW2, SUBNETS
 
 pytestmark = pytest.mark.integration
 require_ovs()
 if shutil.which("tcpdump") is None:
     missing("tcpdump is not installed")
 
-DVR = {"host1": "fe:16:11:00:00:01", "host2": "fe:16:11:00:00:02"}
-GW1, GW2 = ("10.1.1.1", "fa:16:3e:aa:00:01"), ("10.1.2.1", "fa:16:3e:aa:00:02")
-SUBNETS = (
-    gs.subnet("s1", "v1", "10.1.1.0/24", 101, *GW1, op=gs.CREATE),
-    gs.subnet("s2", "v1", "10.1.2.0/24", 102, *GW2, op=gs.CREATE),
-)
 # vm → (host, subnet, ip, mac, gateway ip)
 VMS = {
     "a": ("host1", "s1", "10.1.1.10", "fa:16:3e:00:00:0a", GW1[0]),
