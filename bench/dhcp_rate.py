@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from agent.sandbox.poll import wait_for
 from bench.common import percentile
 
 RATES = (250, 500, 1000, 2000, 4000, 8000, 16000)
@@ -486,7 +487,7 @@ def ovn_server(lab: Lab) -> Iterator[tuple[Target, list[Mode]]]:
             env,
         )
     for db in ("nb", "sb"):
-        _wait_path(d / f"{db}.sock")
+        wait_for((d / f"{db}.sock").exists, 10.0, f"{db}.sock to appear")
     nb, sb = f"unix:{d / 'nb.sock'}", f"unix:{d / 'sb.sock'}"
     lab.spawn(
         _ns(
@@ -565,14 +566,6 @@ def ovn_server(lab: Lab) -> Iterator[tuple[Target, list[Mode]]]:
     pids = {"ovn-controller": controller, "ovs-vswitchd": _pidfile(ovs.rundir)}  # type: ignore[attr-defined]
     # From the lease address and port 68, unicast to the server id: what OVN's flows accept.
     yield Target("ovn", vm_ns, OVN_GW, pids, local_port=68), [Mode("1 client", 1, OVN_VM_MAC)]
-
-
-def _wait_path(path: pathlib.Path, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise BenchError(f"{path} did not appear")
-        time.sleep(0.02)
 
 
 PEER_NET, PEER_SERVER_IP, PEER_RELAY_IP = "10.203.0.0/24", "10.203.0.1", "10.203.0.2"

@@ -23,48 +23,16 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
 from agent._pb import goalstate_pb2 as pb
-from agent.cli import acactl
 from agent.planner.cookies import Kind, cookie
 from agent.planner.routing import router_tag
 from agent.routing.engine import RouteEngine
-from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
+from agent.sandbox.poll import wait_for
+from agent.sandbox.two_subnets import DVR, GW1, GW2, goal_state
 from bench.common import percentile
 
-
-def control(box: Sandbox, host: str, what: str) -> dict:
-    return acactl.request(box.host(host).control_socket, what, timeout=10)
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} after {timeout}s")
-        time.sleep(0.05)
-
-
-DVR = {"host1": "fe:16:11:00:00:01", "host2": "fe:16:11:00:00:02"}
-GW1, GW2 = ("10.1.1.1", "fa:16:3e:aa:00:01"), ("10.1.2.1", "fa:16:3e:aa:00:02")
 VMS = {"a": ("host1", "s1", "10.1.1.10", "fa:16:3e:00:00:0a", GW1[0]),
        "b": ("host2", "s2", "10.1.2.20", "fa:16:3e:00:00:0b", GW2[0])}  # fmt: skip
-
-
-def _goal_state(box: Sandbox, host: str) -> pb.GoalStateV2:
-    states: list = [
-        gs.vpc("v1", 100, "10.1.0.0/16"),
-        gs.subnet("s1", "v1", "10.1.1.0/24", 101, *GW1, op=gs.CREATE),
-        gs.subnet("s2", "v1", "10.1.2.0/24", 102, *GW2, op=gs.CREATE),
-        gs.router("r1", DVR[host], ["s1", "s2"]),
-    ]
-    for vm, (vm_host, sn, ip, mac, _gw) in VMS.items():
-        if vm_host == host:
-            states.append(gs.port(f"port-{vm}", "v1", sn, ip, mac))
-        else:
-            states.append(
-                gs.neighbor(f"port-{vm}", "v1", sn, ip, mac, box.host(vm_host).underlay_ip, kind=pb.L3)
-            )
-    return gs.goal_state_v2(*states, host_ip=box.host(host).underlay_ip)
 
 
 def _rtts(text: str) -> list[float]:
@@ -72,7 +40,7 @@ def _rtts(text: str) -> list[float]:
 
 
 def _forwarded(box: Sandbox) -> int:
-    return control(box, "host1", "status")["routing"]["counters"]["forwarded"]
+    return box.control("host1", "status")["routing"]["counters"]["forwarded"]
 
 
 def measure_latency(trials: int) -> tuple[list[float], list[float]]:
@@ -84,7 +52,7 @@ def measure_latency(trials: int) -> tuple[list[float], list[float]]:
             for vm, (host, _sn, ip, mac, gw) in VMS.items():
                 box.vm_add(host, vm, mac, f"{ip}/24", gw=gw, iface_id=f"port-{vm}")
             for host in DVR:
-                (reply,) = box.push_message(host, _goal_state(box, host))
+                (reply,) = box.push_message(host, goal_state(box, host, VMS))
                 assert {s.operation_status for s in reply.operation_statuses} == {pb.SUCCESS}, reply
             target = VMS["b"][2]
             box.vm_exec(
@@ -101,9 +69,7 @@ def measure_latency(trials: int) -> tuple[list[float], list[float]]:
                 out = box.vm_exec("a", ["ping", "-c", "1", "-W", "2", target], check=True).stdout
                 assert _forwarded(box) == before + 1, "the first packet did not take the C path"
                 first.extend(_rtts(out))
-            wait_for(
-                lambda: control(box, "host1", "status")["routing"]["cache_installs"] > 0, 5, "cache flow"
-            )
+            wait_for(lambda: box.control("host1", "status")["routing"]["cache_installs"] > 0, 5, "cache flow")
             time.sleep(0.6)
             before = _forwarded(box)
             out = box.vm_exec(

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.cli import acactl
 from agent.sandbox.ovs import OvsInstance, process_gone
 
 DEFAULT_DIR = pathlib.Path("/run/aca-sandbox")
@@ -495,6 +496,10 @@ class Sandbox:
         return subprocess.run(
             ["ip", "netns", "exec", v.netns, *cmd], capture_output=True, text=True, check=check
         )
+
+    def control(self, host: str, what: str) -> Any:
+        """What the host's agent reports on its control socket (status, ports, neighbours, ...)."""
+        return acactl.request(self.host(host).control_socket, what, timeout=10)
 
     def ping(self, vm: str, ip: str, count: int = 3) -> subprocess.CompletedProcess[str]:
         return self.vm_exec(vm, ["ping", "-c", str(count), "-W", "2", str(ipaddress.ip_address(ip))])

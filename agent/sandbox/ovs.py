@@ -14,15 +14,9 @@ import signal
 import subprocess
 import time
 
+from agent.sandbox.poll import wait_for
+
 SCHEMA = pathlib.Path("/usr/share/openvswitch/vswitch.ovsschema")
-
-
-def _wait_for(path: pathlib.Path, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout}s")
-        time.sleep(0.02)
 
 
 def process_gone(pid: int) -> bool:
@@ -93,7 +87,7 @@ class OvsInstance:
             f"--log-file={self.rundir / 'ovsdb-server.log'}",
             "--detach",
         )  # fmt: skip
-        _wait_for(self.db_sock)
+        wait_for(self.db_sock.exists, 10.0, f"{self.db_sock} to appear")
 
     def start_vswitchd(self) -> None:
         self._run(
@@ -103,7 +97,7 @@ class OvsInstance:
             f"--log-file={self.rundir / 'ovs-vswitchd.log'}",
             "--detach",
         )  # fmt: skip
-        _wait_for(self.rundir / "ovs-vswitchd.ctl")
+        wait_for((self.rundir / "ovs-vswitchd.ctl").exists, 10.0, "ovs-vswitchd's control socket")
 
     def _pid(self, name: str) -> int | None:
         try:

@@ -21,7 +21,8 @@ from agent._pb import goalstate_pb2_grpc as pb_grpc
 from agent.sandbox import goalstates as g
 from agent.sandbox.hosts import HostInfo, Sandbox
 from agent.sandbox.ovs import process_gone
-from tests.support.agent_host import control, scratch_sandbox, status_by_id, statuses, wait_for
+from agent.sandbox.poll import wait_for
+from tests.support.agent_host import scratch_sandbox, status_by_id, statuses
 from tests.support.parts import require_ovs
 
 pytestmark = pytest.mark.integration
@@ -93,7 +94,7 @@ def neighbour(nid: str, last_octet: int, revision: int = 1, mac: str | None = No
 
 
 def snapshot(sandbox: Sandbox) -> dict[str, Any]:
-    return {what: control(sandbox, HOST, what) for what in ("ports", "neighbours", "flows")}
+    return {what: sandbox.control(HOST, what) for what in ("ports", "neighbours", "flows")}
 
 
 def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -118,9 +119,9 @@ def test_v1_unary_push(sandbox: Sandbox, host: HostInfo, stub: pb_grpc.GoalState
     assert reply.format_version == 1
     assert reply.message_total_operation_time > 0
     assert all(s.state_elapse_time > 0 for s in reply.operation_statuses)
-    port = by_id(control(sandbox, HOST, "ports"))["port-v1"]
+    port = by_id(sandbox.control(HOST, "ports"))["port-v1"]
     assert (port["state"], port["ofport"], port["segment"]) == ("pending", None, VNI)
-    nb = by_id(control(sandbox, HOST, "neighbours"))["nb-v1"]
+    nb = by_id(sandbox.control(HOST, "neighbours"))["nb-v1"]
     assert (nb["state"], nb["host_ip"], nb["segments"]) == ("programmed", REMOTE_HOST, [VNI])
     assert nb["flows"] > 0
 
@@ -167,7 +168,7 @@ def test_ten_mib_goal_state(sandbox: Sandbox, host: HostInfo, stub: pb_grpc.Goal
         (reply,) = push_v2(stub, msg)
         assert len(reply.operation_statuses) == count
         assert set(status_by_id(reply).values()) == {"SUCCESS"}
-        held = {n["id"] for n in control(sandbox, HOST, "neighbours")}
+        held = {n["id"] for n in sandbox.control(HOST, "neighbours")}
         assert {f"nb-big-{i}" for i in range(count)} <= held
     finally:  # keep the module's state small for the other tests (restart reloads all of it)
         delete = pb.GoalStateV2(format_version=1)
@@ -176,7 +177,7 @@ def test_ten_mib_goal_state(sandbox: Sandbox, host: HostInfo, stub: pb_grpc.Goal
             delete.neighbor_states[f"L2/nb-big-{i}"].configuration.id = f"nb-big-{i}"
         (gone,) = push_v2(stub, delete)
     assert set(status_by_id(gone).values()) == {"SUCCESS"}
-    assert not any(n["id"].startswith("nb-big-") for n in control(sandbox, HOST, "neighbours"))
+    assert not any(n["id"].startswith("nb-big-") for n in sandbox.control(HOST, "neighbours"))
 
 
 # ---------------------------------------------------------------- 5. bytes that are no goal state
@@ -184,7 +185,7 @@ def test_garbage_is_invalid_argument_and_the_agent_goes_on(
     sandbox: Sandbox, channel: grpc.Channel, stub: pb_grpc.GoalStateProvisionerStub
 ) -> None:
     garbage = b"\xff\xff\xff\xff\x07garbage"
-    before = control(sandbox, HOST, "status")["counters"].get("grpc_undecodable", 0)
+    before = sandbox.control(HOST, "status")["counters"].get("grpc_undecodable", 0)
     unary = channel.unary_unary(V1_PATH)  # no serializers: bytes in, bytes out
     with pytest.raises(grpc.RpcError) as err:
         unary(garbage, timeout=TIMEOUT, wait_for_ready=True)
@@ -202,7 +203,7 @@ def test_garbage_is_invalid_argument_and_the_agent_goes_on(
         [(VPC, "VPC", "CREATE", "SUCCESS")]
     ]
     assert len(push_v2(stub, pb.GoalStateV2())) == 1
-    assert control(sandbox, HOST, "status")["counters"]["grpc_undecodable"] == before + 2
+    assert sandbox.control(HOST, "status")["counters"]["grpc_undecodable"] == before + 2
 
 
 # ---------------------------------------------------------------- 6. idempotence and revisions
@@ -224,7 +225,7 @@ def test_same_create_twice_and_out_of_order(
     current = message(2, mac, "02:00:00:00:06:02")
     push_v2(stub, current)
     wait_for(
-        lambda: by_id(control(sandbox, HOST, "ports"))[port_id]["state"] == "programmed",
+        lambda: by_id(sandbox.control(HOST, "ports"))[port_id]["state"] == "programmed",
         what="the plugged port to be programmed",
     )
     before = snapshot(sandbox)
@@ -263,8 +264,8 @@ def test_invalid_resource_rejected_alone(
         "port-no-subnet": "INVALID_ARG",
         "port-outside": "INVALID_ARG",
     }
-    held_nbs = set(by_id(control(sandbox, HOST, "neighbours")))
-    held_ports = set(by_id(control(sandbox, HOST, "ports")))
+    held_nbs = set(by_id(sandbox.control(HOST, "neighbours")))
+    held_ports = set(by_id(sandbox.control(HOST, "ports")))
     assert "nb-good" in held_nbs
     assert not {"nb-bad-mac", "nb-multicast"} & held_nbs
     assert not {"port-no-subnet", "port-outside"} & held_ports
@@ -294,7 +295,7 @@ def test_state_survives_sigkill(
     assert process_gone(old_pid) and restarted.agent_pid != old_pid
     # No push: the held state comes back from disk and the switch is resynced from it.
     wait_for(lambda: snapshot(sandbox) == before, timeout=15, what="the held state after the restart")
-    status = control(sandbox, HOST, "status")
+    status = sandbox.control(HOST, "status")
     assert status["counters"].get("goal_states", 0) == 0
     assert status["dataplane_ready"] is True
     # The flows outlived the agent: the start-up resync found every one in place.
@@ -462,7 +463,7 @@ def test_hand_encoded_wire_messages(sandbox: Sandbox, host: HostInfo, channel: g
         ("port-wire-bad", PORT_T, INVALID_ARG),
         ("nb-wire-v1", NEIGHBOR_T, SUCCESS),
     ]
-    held = by_id(control(sandbox, HOST, "neighbours"))
+    held = by_id(sandbox.control(HOST, "neighbours"))
     assert held["nb-wire-v2"]["mac"] == "02:00:00:00:09:01"
     assert held["nb-wire-v1"]["ips"] == ["10.0.0.93"]
-    assert "port-wire-bad" not in by_id(control(sandbox, HOST, "ports"))
+    assert "port-wire-bad" not in by_id(sandbox.control(HOST, "ports"))

@@ -23,7 +23,8 @@ from agent._pb import goalstate_pb2 as pb
 from agent.sandbox import goalstates as g
 from agent.sandbox.hosts import HostInfo, Sandbox
 from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker, running_broker
-from tests.support.agent_host import control, scratch_sandbox, statuses, wait_for
+from agent.sandbox.poll import wait_for
+from tests.support.agent_host import scratch_sandbox, statuses
 from tests.support.parts import require_ovs, require_tansu
 
 pytestmark = pytest.mark.integration
@@ -87,7 +88,7 @@ class KafkaHost:
         return reply
 
     def neighbours(self) -> dict[str, dict[str, object]]:
-        return {n["id"]: n for n in control(self.sandbox, HOST, "neighbours")}
+        return {n["id"]: n for n in self.sandbox.control(HOST, "neighbours")}
 
 
 def _write_config(host: HostInfo, broker: KafkaBroker) -> pathlib.Path:
@@ -195,12 +196,12 @@ def test_produced_while_down_applies_after_restart_and_redelivery_is_a_no_op(kaf
     kafka_host.wait_committed(offset)
     first = statuses(kafka_host.reply_for(offset))
     assert first == [(VPC, "VPC", "CREATE", "SUCCESS"), ("nb-k-down", "NEIGHBOR", "CREATE", "SUCCESS")]
-    before = {what: control(kafka_host.sandbox, HOST, what) for what in ("neighbours", "flows")}
+    before = {what: kafka_host.sandbox.control(HOST, what) for what in ("neighbours", "flows")}
 
     again = kafka_host.produce(msg)  # the same record once more, as a redelivery looks to the agent
     kafka_host.wait_committed(again)
     assert statuses(kafka_host.reply_for(again)) == first
-    assert {what: control(kafka_host.sandbox, HOST, what) for what in ("neighbours", "flows")} == before
+    assert {what: kafka_host.sandbox.control(HOST, what) for what in ("neighbours", "flows")} == before
 
 
 def test_consumes_again_after_broker_restart(kafka_host: KafkaHost) -> None:

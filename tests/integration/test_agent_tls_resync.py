@@ -15,7 +15,8 @@ from agent._pb import goalstate_pb2 as pb
 from agent._pb import goalstate_pb2_grpc as pb_grpc
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
-from tests.support.agent_host import scratch_sandbox, wait_for
+from agent.sandbox.poll import wait_for
+from tests.support.agent_host import scratch_sandbox
 from tests.support.controller import TestController, serve
 from tests.support.parts import missing, require_ovs
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import pytest
 
 from agent._pb import goalstate_pb2 as pb
-from agent.cli.acactl import request
 from agent.planner.dhcp import RESPONDER_MAC
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
@@ -180,7 +179,7 @@ def vpcs(sandbox: Sandbox, tmp_path: pathlib.Path) -> Iterator[list[Vpc]]:
 
 
 def counters(sb: Sandbox) -> dict[str, int]:
-    return request(sb.host(HOST).control_socket, "dhcp", timeout=10)["counters"]
+    return sb.control(HOST, "dhcp")["counters"]
 
 
 def test_dhclient_gets_its_lease_and_reaches_a_neighbour(

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import NoReturn
 
 import pytest
@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, Consumer, TopicPar
 from agent._pb import goalstate_pb2 as pb
 from agent.intake.kafka_consumer import ApplyFn, DecodedGoalState, IntakeState, KafkaIntake, KafkaSettings
 from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker, running_broker
+from agent.sandbox.poll import wait_for
 from tests.support.parts import require_tansu
 
 pytestmark = pytest.mark.integration
@@ -91,14 +92,6 @@ def goal_state_v2(port_id: str) -> pb.GoalStateV2:
 def goal_state_v1(port_id: str) -> pb.GoalState:
     port = pb.PortState(operation_type=pb.CREATE, configuration=pb.PortConfiguration(id=port_id))
     return pb.GoalState(format_version=1, port_states=[port])
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def committed(settings: KafkaSettings) -> int:

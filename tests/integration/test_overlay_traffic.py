@@ -23,7 +23,7 @@ from agent._pb import goalstate_pb2 as pb
 from agent.planner.cookies import Kind, cookie
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
-from tests.support.agent_host import control, wait_for
+from agent.sandbox.poll import wait_for
 from tests.support.parts import missing, require_ovs
 from tests.support.traffic import (
     assert_flow_table_clean,
@@ -223,7 +223,7 @@ def test_port_delete_leaves_no_flows(sandbox: Sandbox, nets: Any) -> None:
     before = dump_cookies(sandbox, "host1")
     owned = cookie(Kind.PORT, a.port_id)
     assert before[owned] > 0
-    ofport_a = next(p["ofport"] for p in control(sandbox, "host1", "ports") if p["id"] == a.port_id)
+    ofport_a = next(p["ofport"] for p in sandbox.control("host1", "ports") if p["id"] == a.port_id)
 
     net.revision += 1
     statuses = net.push("host1", net.port_state(a, gs.DELETE))
@@ -233,9 +233,9 @@ def test_port_delete_leaves_no_flows(sandbox: Sandbox, nets: Any) -> None:
     # Only the port's own flows (and its DHCP steering) went; the flood list no longer outputs to it.
     gone = {owned, cookie(Kind.DHCP, f"port:{a.port_id}")}
     assert {c: n for c, n in before.items() if c not in gone} == dict(after)
-    segment_flows = [f for f in control(sandbox, "host1", "flows") if f["owner"] == f"segment:{net.vni}"]
+    segment_flows = [f for f in sandbox.control("host1", "flows") if f["owner"] == f"segment:{net.vni}"]
     assert segment_flows and all(f"output:{ofport_a}," not in f["flow"] + "," for f in segment_flows)
-    assert a.port_id not in {p["id"] for p in control(sandbox, "host1", "ports")}
+    assert a.port_id not in {p["id"] for p in sandbox.control("host1", "ports")}
     assert_unreachable(sandbox, "t3a", b.ip)
     assert_flow_table_clean(sandbox, "host1")
 

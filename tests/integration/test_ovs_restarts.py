@@ -13,7 +13,8 @@ import pytest
 
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
-from tests.support.agent_host import control, scratch_sandbox, wait_for
+from agent.sandbox.poll import wait_for
+from tests.support.agent_host import scratch_sandbox
 from tests.support.parts import require_ovs
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ def test_vswitchd_restart_is_replayed_from_memory(box: Sandbox) -> None:
         lambda: "flow-restore-wait" not in _flow_restore_wait(box, "host1"), 10, "flow-restore-wait cleared"
     )
     assert box.ping("r1", "10.42.0.2", count=2).returncode == 0
-    status = control(box, "host1", "status")
+    status = box.control("host1", "status")
     assert status["dataplane_ready"] is True
     log = pathlib.Path(box.host("host1").log_file).read_text()
     assert "event=openflow_reconnected" in log
@@ -74,7 +75,7 @@ def test_ovsdb_server_restart_is_survived(box: Sandbox) -> None:
     assert reply[0].operation_statuses[0].operation_status in (gs.pb.SUCCESS, gs.pb.PENDING)
     wait_for(
         lambda: (
-            next(p for p in control(box, "host1", "ports") if p["id"] == "port-r3")["state"] == "programmed"
+            next(p for p in box.control("host1", "ports") if p["id"] == "port-r3")["state"] == "programmed"
         ),
         20,
         "port-r3 programmed after ovsdb-server restart",

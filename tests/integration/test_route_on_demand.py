@@ -22,11 +22,12 @@ from agent._pb import goalstate_pb2 as pb
 from agent.planner.cookies import Kind, cookie
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
-from tests.support.agent_host import control, scratch_sandbox, wait_for
+from agent.sandbox.poll import wait_for
+from agent.sandbox.two_subnets import DVR, GW1, GW2, goal_state, neighbour
+from tests.support.agent_host import scratch_sandbox
 from tests.support.controller import Handler, TestController, serve
 from tests.support.parts import missing, require_ovs
 from tests.support.traffic import assert_reaches, assert_unreachable, capture
-from tests.support.two_subnets import DVR, GW1, GW2, SUBNETS
 
 pytestmark = pytest.mark.integration
 require_ovs()
@@ -40,11 +41,6 @@ VMS = {
     "d": ("host2", "s2", "10.1.2.40", "fa:16:3e:00:00:0d", GW2[0]),  # the controller refuses it
 }
 REFUSED = {VMS["d"][2]}
-
-
-def _neighbour(box: Sandbox, vm: str) -> pb.NeighborState:
-    host, sn, ip, mac, _gw = VMS[vm]
-    return gs.neighbor(f"port-{vm}", "v1", sn, ip, mac, box.host(host).underlay_ip, kind=pb.L3)
 
 
 class _Controllers:
@@ -62,20 +58,12 @@ class _Controllers:
             vm = next((v for v, spec in VMS.items() if spec[2] == req.destination_ip), None)
             if vm is None or req.destination_ip in REFUSED:
                 return pb.FAILURE
-            msg = gs.goal_state_v2(_neighbour(self.box, vm), host_ip=self.box.host(host).underlay_ip)
+            msg = gs.goal_state_v2(neighbour(self.box, VMS, vm), host_ip=self.box.host(host).underlay_ip)
             (reply,) = self.box.push_message(host, msg)
             assert {s.operation_status for s in reply.operation_statuses} == {pb.SUCCESS}, reply
             return pb.SUCCESS
 
         return handle
-
-
-def _ports_only(box: Sandbox, host: str) -> pb.GoalStateV2:
-    states: list = [gs.vpc("v1", 100, "10.1.0.0/16"), *SUBNETS, gs.router("r1", DVR[host], ["s1", "s2"])]
-    states += [
-        gs.port(f"port-{vm}", "v1", sn, ip, mac) for vm, (h, sn, ip, mac, _gw) in VMS.items() if h == host
-    ]
-    return gs.goal_state_v2(*states, host_ip=box.host(host).underlay_ip)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +79,7 @@ def setup() -> Iterator[tuple[Sandbox, _Controllers]]:
             for vm, (host, _sn, ip, mac, gw) in VMS.items():
                 box.vm_add(host, vm, mac, f"{ip}/24", gw=gw, iface_id=f"port-{vm}")
             for host in DVR:
-                (reply,) = box.push_message(host, _ports_only(box, host))
+                (reply,) = box.push_message(host, goal_state(box, host, VMS, neighbours=False))
                 assert {s.operation_status for s in reply.operation_statuses} == {pb.SUCCESS}, reply
             yield box, controllers
             for host in DVR:  # agents first: their controllers go away with the stack
@@ -99,7 +87,7 @@ def setup() -> Iterator[tuple[Sandbox, _Controllers]]:
 
 
 def _routing(box: Sandbox, host: str) -> dict:
-    return control(box, host, "status")["routing"]
+    return box.control(host, "status")["routing"]
 
 
 def _table(box: Sandbox, host: str, table: int) -> list[str]:
@@ -111,7 +99,7 @@ def test_unknown_destination_asks_the_controller_and_the_ping_then_succeeds(
     setup: tuple[Sandbox, _Controllers],
 ) -> None:
     box, controllers = setup
-    assert control(box, "host1", "neighbours") == []  # only ports were pushed
+    assert box.control("host1", "neighbours") == []  # only ports were pushed
     # --immediate-mode: the packet comes within ms of the end of the capture, before libpcap's
     # buffer timeout would hand it over.
     echo = "icmp[icmptype] = icmp-echo"
@@ -151,7 +139,7 @@ def test_failure_reply_drops_the_packet_and_installs_nothing(setup: tuple[Sandbo
     assert asked, "no RequestGoalStates for the refused destination"
     assert len(asked) <= 2  # one request per destination in flight, not one per packet
     wait_for(lambda: _routing(box, "host1")["punts"].get("dropped_failure", 0) >= 1, 5, "a dropped packet")
-    assert all(n["id"] != "port-d" for n in control(box, "host1", "neighbours"))
+    assert all(n["id"] != "port-d" for n in box.control("host1", "neighbours"))
     assert not any(VMS["d"][2] in line for line in _table(box, "host1", 35))
     assert _routing(box, "host1")["punts"]["holding"] == 0
 
@@ -162,8 +150,8 @@ def test_on_demand_mode_rewrites_the_first_packet_in_c_and_caches_the_route(
     box, _controllers = setup
     address = f"unix:{box.root}/host1-controller.sock"
     box.restart_agent("host1", agent_args=("--controller", address, "--routing-mode", "on_demand"))
-    wait_for(lambda: control(box, "host1", "status")["dataplane_ready"], 20, "host1 agent ready")
-    assert [n["id"] for n in control(box, "host1", "neighbours")] == ["port-b"]  # persisted
+    wait_for(lambda: box.control("host1", "status")["dataplane_ready"], 20, "host1 agent ready")
+    assert [n["id"] for n in box.control("host1", "neighbours")] == ["port-b"]  # persisted
     # No host route for the neighbour: on_demand installs none ahead.
     assert not any("nw_dst=10.1.2.20" in line for line in _table(box, "host1", 35))
     before = _routing(box, "host1")["counters"]["forwarded"]

@@ -17,6 +17,7 @@ from agent._pb import goalstate_pb2 as pb
 from agent.planner.cookies import Kind, cookie
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
+from agent.sandbox.two_subnets import DVR, GW1, GW2, goal_state
 from tests.support.agent_host import scratch_sandbox
 from tests.support.parts import missing, require_ovs
 from tests.support.traffic import (
@@ -26,7 +27,6 @@ from tests.support.traffic import (
     capture,
     dump_cookies,
 )
-from tests.support.two_subnets import DVR, GW1, GW2, SUBNETS
 
 pytestmark = pytest.mark.integration
 require_ovs()
@@ -42,17 +42,8 @@ VMS = {
 STATIC = [("s1", "10.9.0.0/16", "10.1.2.20", 0)]  # 10.9/16 from subnet 1 goes through VM b
 
 
-def _goal_state(box: Sandbox, host: str, router_op: int = gs.CREATE, revision: int = 1) -> pb.GoalStateV2:
-    states: list = [gs.vpc("v1", 100, "10.1.0.0/16"), *SUBNETS]
-    states.append(gs.router("r1", DVR[host], ["s1", "s2"], STATIC, op=router_op, revision=revision))
-    for vm, (vm_host, sn, ip, mac, _gw) in VMS.items():
-        if vm_host == host:
-            states.append(gs.port(f"port-{vm}", "v1", sn, ip, mac))
-        else:
-            states.append(
-                gs.neighbor(f"port-{vm}", "v1", sn, ip, mac, box.host(vm_host).underlay_ip, kind=pb.L3)
-            )
-    return gs.goal_state_v2(*states, host_ip=box.host(host).underlay_ip)
+def _goal_state(box: Sandbox, host: str) -> pb.GoalStateV2:
+    return goal_state(box, host, VMS, gs.router("r1", DVR[host], ["s1", "s2"], STATIC))
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,10 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from agent._pb import goalstate_pb2 as pb
-from agent.cli import acactl
 from agent.sandbox.hosts import Sandbox
 
 
@@ -26,19 +23,6 @@ def scratch_sandbox() -> Iterator[Sandbox]:
     finally:
         sandbox.down()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def control(sandbox: Sandbox, host: str, what: str) -> Any:
-    """What the agent reports on its control socket (status, ports, neighbours, flows)."""
-    return acactl.request(sandbox.host(host).control_socket, what, timeout=10)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def statuses(reply: pb.GoalStateOperationReply) -> list[tuple[str, str, str, str]]:

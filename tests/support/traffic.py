@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 from agent.planner.cookies import Kind, cookie, is_ours
 from agent.sandbox.hosts import Sandbox
-from tests.support.agent_host import control
 
 
 def received(out: str) -> tuple[int, int]:
@@ -98,25 +97,25 @@ def dump_flows(sb: Sandbox, host: str) -> list[str]:
 
 
 def port_state(sb: Sandbox, host: str, port_id: str) -> str | None:
-    return next((p["state"] for p in control(sb, host, "ports") if p["id"] == port_id), None)
+    return next((p["state"] for p in sb.control(host, "ports") if p["id"] == port_id), None)
 
 
 def assert_flow_table_clean(sb: Sandbox, host: str, routers: tuple[str, ...] = ()) -> None:
     """The switch holds exactly the agent's flows, and every cookie belongs to a live owner."""
     on_switch = dump_cookies(sb, host)
-    agent_flows = control(sb, host, "flows")
+    agent_flows = sb.control(host, "flows")
     assert on_switch == Counter(int(f["cookie"], 16) for f in agent_flows)
     assert all(is_ours(c) for c in on_switch)
-    ports = control(sb, host, "ports")
+    ports = sb.control(host, "ports")
     live = {cookie(Kind.BASE, "base")}
     live |= {cookie(Kind.PORT, p["id"]) for p in ports}
     live |= {cookie(Kind.DHCP, f"port:{p['id']}") for p in ports}  # a port's DHCP steering
-    live |= {cookie(Kind.NEIGHBOR, n["id"]) for n in control(sb, host, "neighbours")}
+    live |= {cookie(Kind.NEIGHBOR, n["id"]) for n in sb.control(host, "neighbours")}
     live |= {cookie(Kind.SEGMENT, str(p["segment"])) for p in ports if p["ofport"]}
     live |= {cookie(Kind.ROUTER, r) for r in routers}
     if routers:  # the route fast path's re-entry flow of each routed segment
         segments = {p["segment"] for p in ports} | {
-            s for n in control(sb, host, "neighbours") for s in n["segments"]
+            s for n in sb.control(host, "neighbours") for s in n["segments"]
         }
         live |= {cookie(Kind.ROUTE, str(s)) for s in segments}
     assert set(on_switch) <= live, {f"{c:#x}" for c in set(on_switch) - live}
