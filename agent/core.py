@@ -3,7 +3,8 @@
 Intake threads (gRPC, Kafka) and dataplane events (OVSDB interface changes, OpenFlow
 reconnects) only enqueue work here, so goal states apply strictly in arrival order and no
 two threads ever touch the state. Each goal state runs:
-state.apply → store.write → planner.touch → planner.flows → reconciler.update → statuses.
+state.apply → planner.touch_all → planner.flows streamed into reconciler.update (the store is
+written while the switch commits) → statuses.
 """
 
 from __future__ import annotations
@@ -57,6 +58,45 @@ class _GoalStateWork:
     source: str
     received: float
     future: Future
+
+
+class _Persist:
+    """Writes a goal state's changed resources to the store once, however often it is called,
+    and remembers how long that took (it counts as configuration time, not dataplane time)."""
+
+    def __init__(self, store: Store, state: DesiredState, changed: list[Outcome]) -> None:
+        self._store, self._state, self._changed = store, state, changed
+        self._done = False
+        self.seconds = 0.0
+        self.error: Exception | None = None
+
+    def __call__(self) -> None:
+        """Never raises: it may run inside the switch's commit window, whose outcome must still
+        reach the flow mirror. ``check()`` raises what went wrong."""
+        if self._done:
+            return
+        self._done = True
+        start = time.perf_counter()
+        try:
+            self._write()
+        except Exception as exc:
+            self.error = exc
+        self.seconds = time.perf_counter() - start
+
+    def _write(self) -> None:
+        changed, state = self._changed, self._state
+        self._store.write(
+            (
+                (o.request.type, state.get(o.request.type, o.request.id))
+                for o in changed
+                if o.request.op is not Op.DELETE
+            ),
+            ((o.request.type, o.request.id) for o in changed if o.request.op is Op.DELETE),
+        )
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 class AgentCore:
@@ -148,22 +188,19 @@ class AgentCore:
         t0 = time.perf_counter()
         outcomes = self.state.apply(work.requests)
         changed = [o for o in outcomes if o.changed]
-        self.store.write(
-            (
-                (o.request.type, self.state.get(o.request.type, o.request.id))
-                for o in changed
-                if o.request.op is not Op.DELETE
-            ),
-            ((o.request.type, o.request.id) for o in changed if o.request.op is Op.DELETE),
-        )
-        t_config = time.perf_counter()
+        t_state = time.perf_counter()
+        persist = _Persist(self.store, self.state, changed)
         touched: dict[tuple[ResourceType, str], set[Owner]] = {}
-        for o in changed:
-            touched[(o.request.type, o.request.id)] = self.planner.touch(o.request.type, o.request.id)
-        result = self._program(set().union(*touched.values()) if touched else set())
+        try:
+            touched = self.planner.touch_all((o.request.type, o.request.id) for o in changed)
+            # The store is written while the switch commits; before the reply in every case.
+            result = self._program(set().union(*touched.values()) if touched else set(), persist)
+        finally:
+            persist()
+        persist.check()  # an unwritable store fails the goal state (the flow mirror is consistent)
         t_done = time.perf_counter()
-        config_us = int((t_config - t0) * 1e6)
-        dataplane_us = int((t_done - t_config) * 1e6)
+        config_us = int((t_state - t0 + persist.seconds) * 1e6)
+        dataplane_us = int((t_done - t_state - persist.seconds) * 1e6)
         statuses = [
             self._status(
                 o, touched.get((o.request.type, o.request.id), set()), result, config_us, dataplane_us, work
@@ -175,15 +212,18 @@ class AgentCore:
         self._log_goal_state(seq, work, outcomes, statuses, result, config_us, dataplane_us, total_us)
         return MessageResult(statuses, total_us)
 
-    def _program(self, owners: set[Owner]) -> ApplyResult:
+    def _program(self, owners: set[Owner], meanwhile: Callable[[], None] | None = None) -> ApplyResult:
+        """Program ``owners``; ``meanwhile`` may run while the switch commits (callers that need
+        it done run it again afterwards: it must be idempotent)."""
         if not owners:
             return ApplyResult()
         self._apply_dhcp(owners)  # the responder is not OVS: it takes changes even while OVS is away
         self._apply_routes(owners)
         if not self.dataplane_ready:
             return ApplyResult()  # applied by the resync when the switch is back
+        planner = self.planner
         try:
-            result = self.reconciler.update({o: self.planner.flows(o) for o in owners})
+            result = self.reconciler.update(((o, planner.flows(o)) for o in owners), meanwhile)
         except ConnectionError as exc:
             log.warning(
                 "event=dataplane_unreachable error=%r owners=%d status=PENDING", str(exc), len(owners)

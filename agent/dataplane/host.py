@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from agent.config import OvsSettings
 from agent.core import AgentCore
 from agent.dataplane import netlink
 from agent.dataplane.openflow.codec import DecodedFlow, encode_instructions
-from agent.dataplane.openflow.connection import OpenFlowConnection, OpenFlowError, State
+from agent.dataplane.openflow.connection import Bundle, OpenFlowConnection, OpenFlowError, State
 from agent.dataplane.ovsdb import InterfaceInfo, Ovsdb
 from agent.planner import cookies
 from agent.planner.flows import Flow, FlowKey
@@ -34,11 +35,19 @@ class OpenFlowDriver:
     def __init__(self, conn: OpenFlowConnection) -> None:
         self.conn = conn
 
-    def apply_bundle(self, deletes: list[Flow], adds: list[Flow]) -> None:
+    @contextlib.contextmanager
+    def bundle(self) -> Iterator[Bundle]:
         try:
-            self.conn.apply_bundle(deletes, adds)
+            with self.conn.bundle() as bundle:
+                yield bundle
         except OpenFlowError as exc:
             raise BundleRejected(str(exc)) from exc
+
+    def apply_bundle(self, deletes: list[Flow], adds: list[Flow]) -> None:
+        with self.bundle() as bundle:
+            bundle.delete(deletes)
+            bundle.add(adds)
+            bundle.commit()
 
     def dump(self) -> dict[FlowKey, DecodedFlow]:
         """Only this agent's flows (by cookie tag); anything else on the bridge is left alone, and

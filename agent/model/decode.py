@@ -35,8 +35,13 @@ from agent.model.resources import (
     Vpc,
 )
 
+_OPS: dict[int, Op] = dict(Op._value2member_map_)  # type: ignore[arg-type]
+_NEIGHBOR_TYPES: dict[int, NeighborType] = dict(NeighborType._value2member_map_)  # type: ignore[arg-type]
+
 
 def _pairs(items: Iterable[Any]) -> tuple[AddressPair, ...]:
+    if not items:
+        return ()
     return tuple(
         AddressPair(
             ip=v.ipv4_or_cidr(p.ip_address, "allowed address pair ip"),
@@ -101,6 +106,13 @@ def _port(c: Any) -> Port:
     )
 
 
+def _neighbor_type(value: int) -> NeighborType:
+    kind = _NEIGHBOR_TYPES.get(value)
+    if kind is None:
+        raise v.Invalid(f"neighbor_type {value} is unknown")
+    return kind
+
+
 def _neighbor(c: Any) -> Neighbor:
     return Neighbor(
         id=c.id,
@@ -111,13 +123,15 @@ def _neighbor(c: Any) -> Neighbor:
         name=c.name,
         host_mac=v.mac(c.host_mac_address, "host_mac_address") if c.host_mac_address else "",
         fixed_ips=tuple(
-            NeighborIp(
-                kind=NeighborType(f.neighbor_type),
-                subnet_id=f.subnet_id,
-                ip=v.ipv4(f.ip_address, "fixed ip"),
-                tunnel_id=v.vni(f.tunnel_id) if f.tunnel_id else 0,
-            )
-            for f in c.fixed_ips
+            [
+                NeighborIp(
+                    kind=_neighbor_type(f.neighbor_type),
+                    subnet_id=f.subnet_id,
+                    ip=v.ipv4(f.ip_address, "fixed ip"),
+                    tunnel_id=v.vni(f.tunnel_id) if f.tunnel_id else 0,
+                )
+                for f in c.fixed_ips
+            ]
         ),
         address_pairs=_pairs(c.allow_address_pairs),
     )
@@ -235,12 +249,12 @@ def decode_state(rtype: ResourceType, state: Any, map_key: str = "", acted_on: b
     """Decode one ``XState``; never raises for bad content, returns a Request with ``error`` set."""
     config = state.configuration
     rid = config.id or _bare_id(map_key)
-    if state.operation_type not in Op._value2member_map_:
+    op = _OPS.get(state.operation_type)
+    if op is None:
         # An operation this agent does not know is an error the controller must see, not context.
         return Request(
             rtype, Op.INFO, rid, error=f"unknown operation_type {state.operation_type}", acted_on=acted_on
         )
-    op = Op(state.operation_type)
     update_type = UpdateType.FULL
     if rtype is not ResourceType.GATEWAY and config.update_type == UpdateType.DELTA and op is Op.UPDATE:
         update_type = UpdateType.DELTA

@@ -6,6 +6,7 @@ list, or the pipeline skeleton); the reconciler diffs it against that owner's pr
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from agent.model.resources import Neighbor, Port
@@ -183,27 +184,33 @@ def port_flows(port: Port, vni: int, ofport: int) -> list[Flow]:
     return flows
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _to_host(vni: int, host_ip: int, tunnel_ofport: int) -> tuple[Action, ...]:
+    """Into the tunnel to one remote host with one VNI: shared by every neighbour behind it."""
+    return (SetField(Field.TUNNEL_ID, vni), SetField(Field.TUN_IPV4_DST, host_ip), Output(tunnel_ofport))
+
+
 def neighbor_flows(nb: Neighbor, segments: list[tuple[int, str]], tunnel_ofport: int) -> list[Flow]:
-    """A port on another host: its MAC tunnels to that host with the segment's VNI; ARP answered here."""
+    """A port on another host: its MAC tunnels to that host with the segment's VNI; ARP answered here.
+    The hot path of big goal states (two flows per neighbour), so matches are built canonical."""
     ck = cookies.cookie(Kind.NEIGHBOR, nb.id)
-    tun_dst = ip_to_int(nb.host_ip)
-    flows: dict[tuple, Flow] = {}
+    host_ip = ip_to_int(nb.host_ip)
+    eth_dst = MatchField(Field.ETH_DST, mac_to_int(nb.mac))
+    flows: list[Flow] = []
     for vni, ip in segments:
-        l2 = Flow(
-            Table.L2_LOOKUP,
-            Priority.REMOTE,
-            match((Reg.SEGMENT, vni), (Field.ETH_DST, mac_to_int(nb.mac))),
-            (
-                SetField(Field.TUNNEL_ID, vni),
-                SetField(Field.TUN_IPV4_DST, tun_dst),
-                Output(tunnel_ofport),
-            ),
-            cookie=ck,
+        flows.append(
+            Flow(
+                Table.L2_LOOKUP,
+                Priority.REMOTE,
+                (MatchField(Reg.SEGMENT, vni), eth_dst),
+                _to_host(vni, host_ip, tunnel_ofport),
+                cookie=ck,
+            )
         )
-        flows[l2.key] = l2
-        arp = arp_responder(vni, ip, nb.mac, ck)
-        flows[arp.key] = arp
-    return list(flows.values())
+        flows.append(arp_responder(vni, ip, nb.mac, ck))
+    if len(segments) > 1:  # two addresses in one segment share its L2 flow
+        return list({f.key: f for f in flows}.values())
+    return flows
 
 
 def flood_flows(

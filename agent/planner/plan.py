@@ -7,7 +7,8 @@ changed, its segment's flood list — never the whole table.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Iterable
 
 from agent.model.resources import Neighbor, Port, ResourceType, Router
 from agent.model.state import DesiredState
@@ -56,20 +57,30 @@ class Planner:
         self._port_segment: dict[str, int] = {}  # programmed port → its VNI
         self._segment_ports: dict[int, dict[str, int]] = defaultdict(dict)
         self._neighbor_hosts: dict[str, set[tuple[int, str]]] = {}
-        self._segment_hosts: dict[int, Counter[str]] = defaultdict(Counter)
+        self._segment_hosts: dict[int, dict[str, int]] = defaultdict(dict)  # VNI → remote host → neighbours
         self._subnet_routers: dict[str, set[str]] = defaultdict(set)  # subnet → routers attached
         self._router_subnets: dict[str, set[str]] = {}  # router → its subnets, as last planned
         self._next_hop_routers: dict[str, set[str]] = defaultdict(set)  # next-hop IP → routers
         self.dhcp_ofport: int | None = None  # the DHCP responder's internal port
         self.route_ofport: int | None = None  # the route fast path's internal port
         self.route_vlans: dict[int, int] = {}  # VNI routed into → its 802.1Q index on this host
+        self._batch: dict[tuple[ResourceType, str], set[Owner]] | None = None  # see touch_all
 
     # ------------------------------------------------------------------ what a change touches
+    def touch_all(
+        self, changes: Iterable[tuple[ResourceType, str]]
+    ) -> dict[tuple[ResourceType, str], set[Owner]]:
+        """``touch`` for each change of one goal state, each port and neighbour indexed once: a
+        new subnet arrives with its ports and neighbours, which its own touch already covers."""
+        self._batch = {}
+        try:
+            return {key: self.touch(*key) for key in changes}
+        finally:
+            self._batch = None
+
     def touch(self, rtype: ResourceType, rid: str) -> set[Owner]:
-        if rtype is ResourceType.PORT:
-            return self._touch_port(rid)
-        if rtype is ResourceType.NEIGHBOR:
-            return self._touch_neighbor(rid)
+        if rtype is ResourceType.PORT or rtype is ResourceType.NEIGHBOR:
+            return self._touch_member(rtype, rid)
         if rtype is ResourceType.SUBNET:
             return self._touch_subnet(rid)
         if rtype is ResourceType.ROUTER:
@@ -143,6 +154,16 @@ class Planner:
             self._touch_neighbor(nb_id)
         return self.all_owners()
 
+    def _touch_member(self, rtype: ResourceType, rid: str) -> set[Owner]:
+        """A port or neighbour, re-indexed once per ``touch_all`` batch."""
+        batch = self._batch
+        owners = batch.get((rtype, rid)) if batch is not None else None
+        if owners is None:
+            owners = self._touch_port(rid) if rtype is ResourceType.PORT else self._touch_neighbor(rid)
+            if batch is not None:
+                batch[(rtype, rid)] = owners
+        return owners
+
     def _next_hop_dependents(self, ips: list[str]) -> set[Owner]:
         return {router_owner(r) for ip in ips for r in self._next_hop_routers.get(ip, ())}
 
@@ -172,26 +193,30 @@ class Planner:
 
     def _touch_neighbor(self, nb_id: str) -> set[Owner]:
         nb = self.state.neighbors.get(nb_id)
-        owners = {neighbor_owner(nb_id)} | self._next_hop_dependents(
-            [f.ip for f in nb.fixed_ips] if nb else []
-        )
+        owners = {neighbor_owner(nb_id)}
+        if nb is not None and self._next_hop_routers:
+            owners |= self._next_hop_dependents([f.ip for f in nb.fixed_ips])
         new: set[tuple[int, str]] = set()
         if nb is not None and nb.host_ip != self.local_ip:
             new = {(vni, nb.host_ip) for vni, _ip in self.state.neighbor_segments(nb)}
         old = self._neighbor_hosts.pop(nb_id, set())
         if new:
             self._neighbor_hosts[nb_id] = new
+        if old == new:
+            return owners
         for vni, host in old - new:
             counts = self._segment_hosts[vni]
-            counts[host] -= 1
-            if counts[host] <= 0:
+            if counts[host] > 1:
+                counts[host] -= 1
+            else:
                 del counts[host]
                 owners.add(segment_owner(vni))
         for vni, host in new - old:
             counts = self._segment_hosts[vni]
-            if not counts[host]:
+            held = counts.get(host, 0)
+            if not held:
                 owners.add(segment_owner(vni))
-            counts[host] += 1
+            counts[host] = held + 1
         return owners
 
     def _touch_router(self, router_id: str) -> set[Owner]:
@@ -252,10 +277,10 @@ class Planner:
         owners |= dhcp.lease_owners(self.state, subnet_id)
         for port in self.state.ports.values():
             if any(f.subnet_id == subnet_id for f in port.fixed_ips):
-                owners |= self._touch_port(port.id)
+                owners |= self._touch_member(ResourceType.PORT, port.id)
         for nb in self.state.neighbors.values():
             if any(f.subnet_id == subnet_id for f in nb.fixed_ips):
-                owners |= self._touch_neighbor(nb.id)
+                owners |= self._touch_member(ResourceType.NEIGHBOR, nb.id)
         return owners
 
     # ------------------------------------------------------------------ flows of one owner
@@ -361,8 +386,11 @@ class Planner:
     def _routes_to_neighbor(self, nb: Neighbor) -> list[Flow]:
         if self.routing_mode == ON_DEMAND:
             return []  # installed with an idle timeout when the fast path first forwards to it
+        targets = self._neighbor_targets(nb)
+        if not targets:
+            return []
         ck = cookies.cookie(Kind.NEIGHBOR, nb.id)
-        return [routing.cache_flow(t, ck, 0) for t in self._neighbor_targets(nb)]
+        return [routing.cache_flow(t, ck, 0) for t in targets]
 
     def _resolve(self, ip: str) -> tuple[Destination, str] | None:
         """A next-hop IP → the port or neighbour holding it, and its subnet's gateway MAC."""

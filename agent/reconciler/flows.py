@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,10 +19,21 @@ from agent.planner.plan import Owner
 log = logging.getLogger("aca.reconciler")
 
 
-class FlowDriver(Protocol):
-    """What the reconciler needs from a bridge (the OpenFlow driver, or a recorder in tests)."""
+class FlowBatch(Protocol):
+    """One atomic bundle being filled (flows may go to the switch as they are added)."""
 
-    def apply_bundle(self, deletes: list[Flow], adds: list[Flow]) -> None: ...
+    def add(self, flows: Sequence[Flow]) -> None: ...
+
+    def delete(self, flows: Sequence[Flow]) -> None: ...
+
+    def commit(self, meanwhile: Callable[[], None] | None = None) -> None: ...
+
+
+class FlowDriver(Protocol):
+    """What the reconciler needs from a bridge (the OpenFlow driver, or a recorder in tests).
+    ``bundle()`` discards the batch unless it was committed; refusals raise ``BundleRejected``."""
+
+    def bundle(self) -> AbstractContextManager[FlowBatch]: ...
 
     def dump(self) -> dict[FlowKey, Any]: ...
 
@@ -43,9 +55,9 @@ class ApplyResult:
 
 @dataclass
 class _Change:
-    owners: dict[Owner, FlowSet]
-    adds: dict[FlowKey, Flow]
-    deletes: dict[FlowKey, Flow]
+    owners: dict[Owner, FlowSet] = field(default_factory=dict)
+    adds: dict[FlowKey, Flow] = field(default_factory=dict)
+    deletes: dict[FlowKey, Flow] = field(default_factory=dict)
 
 
 class FlowReconciler:
@@ -58,20 +70,34 @@ class FlowReconciler:
     def owner_of(self, key: FlowKey) -> Owner | None:
         return self._claims.get(key)
 
-    def _diff(self, updates: Mapping[Owner, list[Flow]]) -> _Change:
-        owners = {o: flow_set(flows) for o, flows in updates.items()}
-        adds: dict[FlowKey, Flow] = {}
-        deletes: dict[FlowKey, Flow] = {}
-        for owner, new in owners.items():
-            for key, flw in self.desired.get(owner, {}).items():
-                if key not in new and self._claims.get(key) == owner:
-                    deletes[key] = flw
-            for key, flw in new.items():
-                if self.installed.get(key) != flw:
-                    adds[key] = flw
-        for key in adds:
-            deletes.pop(key, None)  # an ADD replaces the flow with the same key atomically
-        return _Change(owners, adds, deletes)
+    def _stream(
+        self,
+        updates: Iterable[tuple[Owner, list[Flow]]],
+        result: ApplyResult,
+        meanwhile: Callable[[], None] | None,
+    ) -> None:
+        """Diff owner by owner, sending each owner's adds at once; deletes go last, minus keys
+        that were re-added (an ADD replaces a flow with the same key atomically)."""
+        change = _Change()
+        with self.driver.bundle() as bundle:
+            for owner, flows in updates:
+                new = change.owners[owner] = flow_set(flows)
+                for key, flw in self.desired.get(owner, {}).items():
+                    if key not in new and self._claims.get(key) == owner:
+                        change.deletes[key] = flw
+                adds = [flw for key, flw in new.items() if self.installed.get(key) != flw]
+                if adds:
+                    change.adds.update((f.key, f) for f in adds)
+                    bundle.add(adds)
+            for key in change.adds:
+                change.deletes.pop(key, None)
+            bundle.delete(list(change.deletes.values()))
+            bundle.commit(meanwhile)
+        if change.adds or change.deletes:
+            result.bundles += 1
+        result.added += len(change.adds)
+        result.deleted += len(change.deletes)
+        self._commit(change)
 
     def _commit(self, change: _Change) -> None:
         for key in change.deletes:
@@ -86,32 +112,35 @@ class FlowReconciler:
             else:
                 self.desired.pop(owner, None)
 
-    def _send(self, change: _Change, result: ApplyResult) -> None:
-        if change.adds or change.deletes:
-            self.driver.apply_bundle(list(change.deletes.values()), list(change.adds.values()))
-            result.bundles += 1
-        result.added += len(change.adds)
-        result.deleted += len(change.deletes)
-        self._commit(change)
-
-    def update(self, updates: Mapping[Owner, list[Flow]]) -> ApplyResult:
-        """Replace the flows of the given owners. One bundle; if the switch rejects it, each owner
-        is retried alone so one bad resource fails alone and the rest is applied."""
+    def update(
+        self, updates: Iterable[tuple[Owner, list[Flow]]], meanwhile: Callable[[], None] | None = None
+    ) -> ApplyResult:
+        """Replace the flows of the given owners in one bundle, sent while ``updates`` is still
+        being produced (the switch checks the first flows while the rest is planned).
+        ``meanwhile`` runs at most once, while the switch commits. If the switch rejects the
+        bundle, each owner is retried alone so one bad resource fails alone and the rest is
+        applied."""
         start = time.perf_counter()
         result = ApplyResult()
-        change = self._diff(updates)
+        planned: dict[Owner, list[Flow]] = {}
+
+        def recorded() -> Iterator[tuple[Owner, list[Flow]]]:
+            for owner, flows in updates:
+                planned[owner] = flows
+                yield owner, flows
+
         try:
-            self._send(change, result)
+            self._stream(recorded(), result, meanwhile)
         except BundleRejected as exc:
-            if len(updates) == 1:
-                result.failed.update({o: str(exc) for o in updates})
+            if len(planned) == 1:
+                result.failed.update({o: str(exc) for o in planned})
             else:
                 log.warning(
-                    "event=bundle_rejected owners=%d error=%r retry=per_owner", len(updates), str(exc)
+                    "event=bundle_rejected owners=%d error=%r retry=per_owner", len(planned), str(exc)
                 )
-                for owner, flows in updates.items():
+                for owner, flows in planned.items():
                     try:
-                        self._send(self._diff({owner: flows}), result)
+                        self._stream([(owner, flows)], result, None)
                     except BundleRejected as one:
                         result.failed[owner] = str(one)
         result.elapsed_us = int((time.perf_counter() - start) * 1e6)
@@ -133,9 +162,11 @@ class FlowReconciler:
             if k not in on_switch or not self.driver.same(f, on_switch[k])
         }
         deletes = {k: Flow(k[0], k[1], k[2]) for k in on_switch if k not in wanted}
-        if adds or deletes:
-            self.driver.apply_bundle(list(deletes.values()), list(adds.values()))
-            result.bundles = 1
+        with self.driver.bundle() as bundle:
+            bundle.delete(list(deletes.values()))
+            bundle.add(list(adds.values()))
+            bundle.commit()
+        result.bundles = int(bool(adds or deletes))
         result.added, result.deleted = len(adds), len(deletes)
         self.installed = {k: f for k, (_o, f) in wanted.items()}
         self._claims = {k: o for k, (o, _f) in wanted.items()}

@@ -2,8 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
 from agent.planner.flows import Flow, FlowKey
 from agent.reconciler.flows import BundleRejected
+
+
+class RecordedBundle:
+    """Collects one bundle; the table changes only on commit, and only if no add is refused."""
+
+    def __init__(self, driver: RecordingDriver) -> None:
+        self.driver = driver
+        self.deletes: list[Flow] = []
+        self.adds: list[Flow] = []
+
+    def add(self, flows: Sequence[Flow]) -> None:
+        self.adds.extend(flows)
+
+    def delete(self, flows: Sequence[Flow]) -> None:
+        self.deletes.extend(flows)
+
+    def commit(self, meanwhile: Callable[[], None] | None = None) -> None:
+        bad = [f for f in self.adds if f.key in self.driver.reject]
+        if bad:
+            raise BundleRejected(f"OFPET_BAD_ACTION for {bad[0].text()}")
+        if meanwhile is not None:
+            meanwhile()
+        if not (self.deletes or self.adds):
+            return
+        self.driver.bundles.append((self.deletes, self.adds))
+        for f in self.deletes:
+            self.driver.table.pop(f.key, None)
+        for f in self.adds:
+            self.driver.table[f.key] = f
 
 
 class RecordingDriver:
@@ -12,15 +44,9 @@ class RecordingDriver:
         self.bundles: list[tuple[list[Flow], list[Flow]]] = []
         self.reject: set[FlowKey] = set()  # keys whose ADD the "switch" refuses
 
-    def apply_bundle(self, deletes: list[Flow], adds: list[Flow]) -> None:
-        bad = [f for f in adds if f.key in self.reject]
-        if bad:
-            raise BundleRejected(f"OFPET_BAD_ACTION for {bad[0].text()}")
-        self.bundles.append((deletes, adds))
-        for f in deletes:
-            self.table.pop(f.key, None)
-        for f in adds:
-            self.table[f.key] = f
+    @contextlib.contextmanager
+    def bundle(self) -> Iterator[RecordedBundle]:
+        yield RecordedBundle(self)
 
     def dump(self) -> dict[FlowKey, Flow]:
         return dict(self.table)

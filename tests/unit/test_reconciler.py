@@ -20,8 +20,8 @@ def test_apply_diff_of_a_to_b_gives_b() -> None:
     rec = FlowReconciler(driver)
     a = [_flow(1, 1), _flow(2, 2), _flow(3, 3)]
     b = [_flow(2, 2), _flow(3, 30), _flow(4, 4)]
-    rec.update({A: a})
-    result = rec.update({A: b})
+    rec.update({A: a}.items())
+    result = rec.update({A: b}.items())
     assert {f.key: f for f in b} == driver.table == rec.installed
     # Only the difference was sent: delete 1, replace 3, add 4; flow 2 untouched.
     deletes, adds = driver.bundles[-1]
@@ -33,8 +33,8 @@ def test_apply_diff_of_a_to_b_gives_b() -> None:
 def test_no_change_sends_nothing() -> None:
     driver = RecordingDriver()
     rec = FlowReconciler(driver)
-    rec.update({A: [_flow(1, 1)]})
-    rec.update({A: [_flow(1, 1)]})
+    rec.update({A: [_flow(1, 1)]}.items())
+    rec.update({A: [_flow(1, 1)]}.items())
     assert len(driver.bundles) == 1
 
 
@@ -43,7 +43,7 @@ def test_rejected_owner_fails_alone_and_mirror_stays_true() -> None:
     rec = FlowReconciler(driver)
     bad = _flow(9, 9)
     driver.reject.add(bad.key)
-    result = rec.update({A: [_flow(1, 1)], B: [bad]})
+    result = rec.update({A: [_flow(1, 1)], B: [bad]}.items())
     assert set(result.failed) == {B}
     assert driver.table == {_flow(1, 1).key: _flow(1, 1)} == rec.installed
     assert B not in rec.desired
@@ -53,9 +53,9 @@ def test_key_moving_between_owners_is_not_deleted_by_the_old_owner() -> None:
     driver = RecordingDriver()
     rec = FlowReconciler(driver)
     shared = _flow(5, 5)
-    rec.update({A: [shared]})
-    rec.update({B: [shared]})
-    rec.update({A: []})
+    rec.update({A: [shared]}.items())
+    rec.update({B: [shared]}.items())
+    rec.update({A: []}.items())
     assert shared.key in driver.table
     assert rec.owner_of(shared.key) == B
 

@@ -214,6 +214,9 @@ def nxm_move_header(fld: Field) -> int:
     return (nxm_class << 16) | (number << 9) | size
 
 
+_MOVE_HEADERS = {f._name_: nxm_move_header(f) for f in _OXM_IDS}  # by name: see _OXM_ENC
+
+
 # Header without hasmask/length bits -> (Field, payload size, planner sort rank, all-ones mask).
 _FIELD_INFO = {
     oxm_header(f) & 0xFFFFFE00: (f, f.width // 8, rank, (1 << f.width) - 1)
@@ -321,7 +324,7 @@ def _encode_move(action: Move) -> bytes:
     return _ACT_REG_MOVE.pack(
         _OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, _NXAST_REG_MOVE,
         action.n_bits, action.src_ofs, action.dst_ofs,
-        nxm_move_header(action.src), nxm_move_header(action.dst),
+        _MOVE_HEADERS[action.src._name_], _MOVE_HEADERS[action.dst._name_],
     )  # fmt: skip
 
 
@@ -374,7 +377,10 @@ def encode_instructions(flow: Flow) -> bytes:
     goto = b"" if flow.goto is None else _GOTO_BYTES[flow.goto]
     if not flow.actions:
         return goto
-    acts = b"".join([encode_action(a) for a in flow.actions])
+    try:  # encode_action inlined: this runs for every action of every flow
+        acts = b"".join([_ACTION_ENCODERS[type(a)](a) for a in flow.actions])
+    except KeyError:
+        acts = encode_actions(flow.actions)  # raises, naming what it cannot encode
     return _APPLY_HDR.pack(_OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts + goto
 
 

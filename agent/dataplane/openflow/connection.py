@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 2.0
 _HANDSHAKE_TIMEOUT = 5.0
-_CHUNK_MESSAGES = 2048
+_CHUNK_MESSAGES = 512
+_SEND_BUFFER = 16 << 20
+_SO_SNDBUFFORCE = 32  # Linux (asm-generic/socket.h); Python's socket module lacks it
 _BUNDLE_FLAGS = codec.OFPBF_ATOMIC | codec.OFPBF_ORDERED
 _REPLY_TYPES = frozenset(
     {MsgType.ECHO_REPLY, MsgType.FEATURES_REPLY, MsgType.BARRIER_REPLY, MsgType.BUNDLE_CONTROL}
@@ -79,19 +81,31 @@ class _Pending:
         self.parts: list[bytes] = []
 
 
-@dataclass(slots=True)
 class _BundleErrors:
-    """Collects errors for a bundle's add-messages, whose xids are ``first .. first+len(flows)-1``."""
+    """Errors for a bundle's add-messages; each chunk of flows went out with consecutive xids."""
 
-    first: int
-    flows: Sequence[Flow]
-    errors: list[ErrorInfo]
+    __slots__ = ("chunks", "errors")
 
-    def covers(self, xid: int) -> bool:
-        return self.first <= xid < self.first + len(self.flows)
+    def __init__(self) -> None:
+        self.chunks: list[tuple[int, Sequence[Flow]]] = []  # (first xid, its flows)
+        self.errors: list[ErrorInfo] = []
 
     def flow_of(self, xid: int) -> Flow | None:
-        return self.flows[xid - self.first] if self.covers(xid) else None
+        for first, flows in self.chunks:
+            if first <= xid < first + len(flows):
+                return flows[xid - first]
+        return None
+
+
+def _grow_send_buffer(sock: socket.socket) -> None:
+    """Room for a whole big bundle in the socket: the agent keeps planning and encoding while
+    ovs-vswitchd reads, instead of taking turns with it through a 200 KiB buffer."""
+    for option in (_SO_SNDBUFFORCE, socket.SO_SNDBUF):  # FORCE: root only, above wmem_max
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, _SEND_BUFFER)
+            return
+        except OSError:
+            continue
 
 
 def _frames(sock: socket.socket) -> Iterator[bytes]:
@@ -199,6 +213,7 @@ class OpenFlowConnection:
             was_connected = False
             try:
                 sock.settimeout(_HANDSHAKE_TIMEOUT)
+                _grow_send_buffer(sock)
                 sock.connect(self.path)
                 self._set_state(State.HANDSHAKE)
                 frames = _frames(sock)
@@ -263,7 +278,7 @@ class OpenFlowConnection:
             return
         with self._lock:
             pending = self._pending.get(xid)
-            bundle = next((b for b in self._bundles if b.covers(xid)), None)
+            bundle = next((b for b in self._bundles if b.flow_of(xid) is not None), None)
         if msg_type == MsgType.ERROR:
             error = codec.decode_error(msg)
             if bundle is not None:
@@ -386,85 +401,144 @@ class OpenFlowConnection:
         """Fire and forget; a rejection arrives as an unsolicited error message."""
         self._write([codec.encode_packet_out(self._alloc_xids(1), in_port, actions, data)])
 
-    def apply_bundle(self, deletes: Sequence[Flow], adds: Sequence[Flow], timeout: float = 30.0) -> None:
-        """Apply DELETE_STRICTs then ADDs as one atomic, ordered bundle; return once committed.
-
-        ADD of an existing key replaces it inside the same commit, so there is no forwarding gap.
-        The add-messages and a CLOSE are pipelined; add errors are reported before the CLOSE
-        reply (OVS handles one connection in order), so a bad bundle is discarded and never
-        committed. Commit-time failures roll back in OVS. Either way the table is unchanged
-        and ``OpenFlowError`` names the offending flow. After a ``TimeoutError`` or a lost
-        connection the outcome is unknown (OVS drops uncommitted bundles with the connection):
-        dump and resync.
-        """
+    @contextlib.contextmanager
+    def bundle(self, timeout: float = 30.0) -> Iterator[Bundle]:
+        """An atomic, ordered bundle to fill and ``commit()``; left without a commit (an
+        exception, or nothing to apply) it is discarded. One bundle at a time per connection."""
         self._check_caller()
         with self._bundle_lock:
-            self._apply_bundle(deletes, adds, time.monotonic() + timeout)
-
-    def _apply_bundle(self, deletes: Sequence[Flow], adds: Sequence[Flow], deadline: float) -> None:
-        flows = [*deletes, *adds]
-        n_del = len(deletes)
-        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        open_xid = self._alloc_xids(len(flows) + 3)
-        first, close_xid, commit_xid = open_xid + 1, open_xid + len(flows) + 1, open_xid + len(flows) + 2
-        tracker = _BundleErrors(first, flows, [])
-        opened, closed = self._register(open_xid), self._register(close_xid)
-        with self._lock:
-            self._bundles.append(tracker)
-        enc = codec.encode_bundle_add
-        add, delete = FlowModCommand.ADD, FlowModCommand.DELETE_STRICT
-
-        def chunks() -> Iterator[bytes]:
-            yield codec.encode_bundle_control(bundle_id, BundleCtrl.OPEN_REQUEST, _BUNDLE_FLAGS, open_xid)
-            for start in range(0, len(flows), _CHUNK_MESSAGES):
-                yield b"".join(
-                    [
-                        enc(bundle_id, _BUNDLE_FLAGS, flow, delete if i < n_del else add, first + i)
-                        for i, flow in enumerate(flows[start : start + _CHUNK_MESSAGES], start)
-                    ]
-                )
-            yield codec.encode_bundle_control(bundle_id, BundleCtrl.CLOSE_REQUEST, _BUNDLE_FLAGS, close_xid)
-
-        try:
-            self._write(chunks())
-            self._wait(opened, deadline)
+            bundle = Bundle(self, time.monotonic() + timeout)
             try:
-                self._wait(closed, deadline)
+                yield bundle
+            finally:
+                bundle.end()
+
+    def apply_bundle(self, deletes: Sequence[Flow], adds: Sequence[Flow], timeout: float = 30.0) -> None:
+        """DELETE_STRICTs then ADDs as one atomic bundle; returns once committed."""
+        with self.bundle(timeout) as bundle:
+            bundle.delete(deletes)
+            bundle.add(adds)
+            bundle.commit()
+
+
+class Bundle:
+    """One atomic, ordered bundle, sent while it is filled: flow-mods go out in chunks as they
+    are added, so the switch checks them while the caller is still planning the rest.
+
+    ``commit()`` closes it; the switch reports refused messages before the CLOSE reply (one
+    connection is handled in order), so a bundle with any refused message is discarded, never
+    committed, and ``OpenFlowError`` names the offending flow. Commit-time failures roll back in
+    OVS. Either way the table is unchanged. After a ``TimeoutError`` or a lost connection the
+    outcome is unknown (OVS drops uncommitted bundles with the connection): dump and resync.
+    Made by ``OpenFlowConnection.bundle()``; used by one thread.
+    """
+
+    def __init__(self, conn: OpenFlowConnection, deadline: float) -> None:
+        self._conn = conn
+        self._deadline = deadline
+        self._id = next(conn._bundle_ids) & 0xFFFFFFFF
+        self._errors = _BundleErrors()
+        self._opened: _Pending | None = None
+        self._open_xid = 0
+        self._queued: list[Flow] = []
+        self._command = FlowModCommand.ADD
+        self._done = False
+
+    def add(self, flows: Sequence[Flow]) -> None:
+        self._queue(flows, FlowModCommand.ADD)
+
+    def delete(self, flows: Sequence[Flow]) -> None:
+        self._queue(flows, FlowModCommand.DELETE_STRICT)
+
+    def _queue(self, flows: Sequence[Flow], command: FlowModCommand) -> None:
+        if command is not self._command:
+            self._flush()
+            self._command = command
+        self._queued.extend(flows)
+        if len(self._queued) >= _CHUNK_MESSAGES:
+            self._flush()
+
+    def _control(self, ctrl: BundleCtrl, xid: int) -> bytes:
+        return codec.encode_bundle_control(self._id, ctrl, _BUNDLE_FLAGS, xid)
+
+    def _flush(self) -> None:
+        flows, self._queued = self._queued, []
+        if not flows:
+            return
+        conn = self._conn
+        head = b""
+        if self._opened is None:
+            self._open_xid = conn._alloc_xids(1)
+            self._opened = conn._register(self._open_xid)
+            with conn._lock:
+                conn._bundles.append(self._errors)
+            head = self._control(BundleCtrl.OPEN_REQUEST, self._open_xid)
+        first = conn._alloc_xids(len(flows))
+        self._errors.chunks.append((first, flows))
+        enc, bid, cmd = codec.encode_bundle_add, self._id, self._command
+        conn._write(
+            [head, b"".join([enc(bid, _BUNDLE_FLAGS, f, cmd, first + i) for i, f in enumerate(flows)])]
+        )
+
+    def commit(self, meanwhile: Callable[[], None] | None = None) -> None:
+        """Close and commit; ``meanwhile`` runs while the switch commits (not at all when the
+        bundle is refused at close, and at once when nothing was added)."""
+        self._flush()
+        if self._opened is None:
+            self._done = True
+            if meanwhile is not None:
+                meanwhile()
+            return
+        conn = self._conn
+        close_xid = conn._alloc_xids(1)
+        closed = conn._register(close_xid)
+        try:
+            conn._write([self._control(BundleCtrl.CLOSE_REQUEST, close_xid)])
+            conn._wait(self._opened, self._deadline)
+            try:
+                conn._wait(closed, self._deadline)
             except OpenFlowError:
-                if not tracker.errors:
+                if not self._errors.errors:
                     raise
-            if tracker.errors:
-                self._discard(bundle_id, deadline)
-                self._raise_first(tracker)
-            try:
-                self._request(
-                    codec.encode_bundle_control(
-                        bundle_id, BundleCtrl.COMMIT_REQUEST, _BUNDLE_FLAGS, commit_xid
-                    ),
-                    commit_xid,
-                    max(0.0, deadline - time.monotonic()),
-                )
-            except OpenFlowError:
-                if tracker.errors:
-                    self._raise_first(tracker)
-                raise
+            self._raise_refused()
         finally:
-            self._unregister(open_xid, close_xid)
-            with self._lock:
-                self._bundles.remove(tracker)
-
-    def _discard(self, bundle_id: int, deadline: float) -> None:
-        xid = self._alloc_xids(1)
+            conn._unregister(close_xid)
+        commit_xid = conn._alloc_xids(1)
+        committed = conn._register(commit_xid)
+        self._done = True  # from here on OVS either commits or rolls back: nothing to discard
         try:
-            self._request(
-                codec.encode_bundle_control(bundle_id, BundleCtrl.DISCARD_REQUEST, _BUNDLE_FLAGS, xid),
-                xid,
-                max(0.0, deadline - time.monotonic()),
-            )
-        except OpenFlowError as exc:
-            log.warning("discarding bundle %d: %s", bundle_id, exc)
+            conn._write([self._control(BundleCtrl.COMMIT_REQUEST, commit_xid)])
+            if meanwhile is not None:
+                meanwhile()
+            conn._wait(committed, self._deadline)
+        except OpenFlowError:
+            self._raise_refused()
+            raise
+        finally:
+            conn._unregister(commit_xid)
 
-    @staticmethod
-    def _raise_first(tracker: _BundleErrors) -> None:
-        error = min(tracker.errors, key=lambda e: e.xid)
-        raise OpenFlowError(error, tracker.flow_of(error.xid))
+    def _raise_refused(self) -> None:
+        if self._errors.errors:
+            error = min(self._errors.errors, key=lambda e: e.xid)
+            raise OpenFlowError(error, self._errors.flow_of(error.xid))
+
+    def end(self) -> None:
+        """Stop tracking its replies; discard it on the switch unless it was committed."""
+        conn = self._conn
+        if self._opened is not None:
+            conn._unregister(self._open_xid)
+            with conn._lock:
+                conn._bundles.remove(self._errors)
+            if not self._done:
+                self._discard()
+
+    def _discard(self) -> None:
+        xid = self._conn._alloc_xids(1)
+        try:
+            self._conn._request(
+                self._control(BundleCtrl.DISCARD_REQUEST, xid),
+                xid,
+                max(0.1, self._deadline - time.monotonic()),
+            )
+        except (OpenFlowError, ConnectionError, TimeoutError) as exc:
+            log.warning("discarding bundle %d: %s", self._id, exc)
