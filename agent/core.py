@@ -3,8 +3,8 @@
 Intake threads (gRPC, Kafka) and dataplane events (OVSDB interface changes, OpenFlow
 reconnects) only enqueue work here, so goal states apply strictly in arrival order and no
 two threads ever touch the state. Each goal state runs:
-state.apply → planner.touch_all → planner.flows streamed into reconciler.update (the store is
-written while the switch commits) → statuses.
+state.apply → store.journal → planner.touch_all → planner.flows streamed into
+reconciler.update → statuses. The journaled messages become store rows when the worker is idle.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agent.model.decode import Wire
 from agent.model.resources import Op, Request, ResourceType, Status
 from agent.model.state import DesiredState, Outcome
 from agent.model.store import Store
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from agent.routing.driver import RouteDriver
 
 log = logging.getLogger("aca.core")
+
+_FOLD_AFTER = 64  # journaled goal states folded into rows at the latest after this many
 
 
 @dataclass(slots=True)
@@ -58,45 +61,7 @@ class _GoalStateWork:
     source: str
     received: float
     future: Future
-
-
-class _Persist:
-    """Writes a goal state's changed resources to the store once, however often it is called,
-    and remembers how long that took (it counts as configuration time, not dataplane time)."""
-
-    def __init__(self, store: Store, state: DesiredState, changed: list[Outcome]) -> None:
-        self._store, self._state, self._changed = store, state, changed
-        self._done = False
-        self.seconds = 0.0
-        self.error: Exception | None = None
-
-    def __call__(self) -> None:
-        """Never raises: it may run inside the switch's commit window, whose outcome must still
-        reach the flow mirror. ``check()`` raises what went wrong."""
-        if self._done:
-            return
-        self._done = True
-        start = time.perf_counter()
-        try:
-            self._write()
-        except Exception as exc:
-            self.error = exc
-        self.seconds = time.perf_counter() - start
-
-    def _write(self) -> None:
-        changed, state = self._changed, self._state
-        self._store.write(
-            (
-                (o.request.type, state.get(o.request.type, o.request.id))
-                for o in changed
-                if o.request.op is not Op.DELETE
-            ),
-            ((o.request.type, o.request.id) for o in changed if o.request.op is Op.DELETE),
-        )
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
+    wire: Wire  # the message as received, journaled before the reply
 
 
 class AgentCore:
@@ -117,6 +82,9 @@ class AgentCore:
         self._thread = threading.Thread(target=self._run, name="aca-core", daemon=True)
         self._stopping = False
         self.last_loop = time.monotonic()  # for the watchdog: the worker is alive
+        self._unfolded: set[tuple[ResourceType, str]] = set()  # changed by journaled goal states
+        self._journal_seq = 0  # the last journaled goal state
+        self._journal_backlog = 0  # journaled goal states not folded into rows yet
 
     # ------------------------------------------------------------------ public, any thread
     def start(self) -> None:
@@ -127,13 +95,16 @@ class AgentCore:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def submit(self, requests: list[Request], source: str) -> Future:
+    def submit(self, requests: list[Request], source: str, wire: Wire) -> Future:
+        """Queue a decoded goal state; ``wire`` is the message it was decoded from (journaled)."""
         fut: Future = Future()
-        self._queue.put(_GoalStateWork(requests, source, time.perf_counter(), fut))
+        self._queue.put(_GoalStateWork(requests, source, time.perf_counter(), fut, wire))
         return fut
 
-    def apply(self, requests: list[Request], source: str, timeout: float | None = None) -> MessageResult:
-        return self.submit(requests, source).result(timeout)
+    def apply(
+        self, requests: list[Request], source: str, wire: Wire, timeout: float | None = None
+    ) -> MessageResult:
+        return self.submit(requests, source, wire).result(timeout)
 
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` on the worker thread (dataplane events, snapshots for acactl)."""
@@ -151,6 +122,7 @@ class AgentCore:
                 continue
             self.last_loop = time.monotonic()
             if item is None:
+                self._fold_journal()
                 return
             if isinstance(item, _GoalStateWork):
                 self._run_goal_state(item)
@@ -161,6 +133,30 @@ class AgentCore:
                 except Exception as exc:
                     log.exception("event=task_failed")
                     fut.set_exception(exc)
+            if self._journal_backlog and (self._queue.empty() or self._journal_backlog >= _FOLD_AFTER):
+                self._fold_journal()
+
+    def _journal(self, work: _GoalStateWork, changed: list[Outcome]) -> None:
+        """The message made durable before it is programmed and answered; rows come later."""
+        self._journal_seq = self.store.journal(work.wire)
+        self._journal_backlog += 1
+        self._unfolded.update((o.request.type, o.request.id) for o in changed)
+
+    def _fold_journal(self) -> None:
+        """Rows for what journaled goal states changed, after their replies (when idle, or
+        every ``_FOLD_AFTER`` messages); the journal keeps them until this commits."""
+        start = time.perf_counter()
+        try:
+            self.store.materialize(self.state, self._unfolded, journal_through=self._journal_seq)
+        except Exception as exc:  # the journal still holds them: retried after the next message
+            log.error("event=store_fold_failed resources=%d error=%r", len(self._unfolded), exc)
+            return
+        log.debug(
+            "event=store_folded messages=%d resources=%d us=%d",
+            self._journal_backlog, len(self._unfolded), (time.perf_counter() - start) * 1e6,
+        )  # fmt: skip
+        self._unfolded.clear()
+        self._journal_backlog = 0
 
     def _run_goal_state(self, work: _GoalStateWork) -> None:
         try:
@@ -188,19 +184,14 @@ class AgentCore:
         t0 = time.perf_counter()
         outcomes = self.state.apply(work.requests)
         changed = [o for o in outcomes if o.changed]
-        t_state = time.perf_counter()
-        persist = _Persist(self.store, self.state, changed)
-        touched: dict[tuple[ResourceType, str], set[Owner]] = {}
-        try:
-            touched = self.planner.touch_all((o.request.type, o.request.id) for o in changed)
-            # The store is written while the switch commits; before the reply in every case.
-            result = self._program(set().union(*touched.values()) if touched else set(), persist)
-        finally:
-            persist()
-        persist.check()  # an unwritable store fails the goal state (the flow mirror is consistent)
+        if changed:
+            self._journal(work, changed)
+        t_config = time.perf_counter()
+        touched = self.planner.touch_all((o.request.type, o.request.id) for o in changed)
+        result = self._program(set().union(*touched.values()) if touched else set())
         t_done = time.perf_counter()
-        config_us = int((t_state - t0 + persist.seconds) * 1e6)
-        dataplane_us = int((t_done - t_state - persist.seconds) * 1e6)
+        config_us = int((t_config - t0) * 1e6)
+        dataplane_us = int((t_done - t_config) * 1e6)
         statuses = [
             self._status(
                 o, touched.get((o.request.type, o.request.id), set()), result, config_us, dataplane_us, work
@@ -212,9 +203,7 @@ class AgentCore:
         self._log_goal_state(seq, work, outcomes, statuses, result, config_us, dataplane_us, total_us)
         return MessageResult(statuses, total_us)
 
-    def _program(self, owners: set[Owner], meanwhile: Callable[[], None] | None = None) -> ApplyResult:
-        """Program ``owners``; ``meanwhile`` may run while the switch commits (callers that need
-        it done run it again afterwards: it must be idempotent)."""
+    def _program(self, owners: set[Owner]) -> ApplyResult:
         if not owners:
             return ApplyResult()
         self._apply_dhcp(owners)  # the responder is not OVS: it takes changes even while OVS is away
@@ -223,7 +212,7 @@ class AgentCore:
             return ApplyResult()  # applied by the resync when the switch is back
         planner = self.planner
         try:
-            result = self.reconciler.update(((o, planner.flows(o)) for o in owners), meanwhile)
+            result = self.reconciler.update((o, planner.flows(o)) for o in owners)
         except ConnectionError as exc:
             log.warning(
                 "event=dataplane_unreachable error=%r owners=%d status=PENDING", str(exc), len(owners)

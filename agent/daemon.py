@@ -24,9 +24,9 @@ from agent.intake.controller_client import OnDemandClient, request_resync
 from agent.intake.grpc_server import GoalStateService, start_server
 from agent.intake.kafka_consumer import KafkaIntake, KafkaSettings
 from agent.intake.replies import to_reply
-from agent.model.decode import decode_v1, decode_v2
+from agent.model.decode import Wire, decode_v1, decode_v2
 from agent.model.state import DesiredState
-from agent.model.store import Store
+from agent.model.store import Store, recover
 from agent.planner.plan import Planner
 from agent.reconciler.flows import FlowReconciler
 
@@ -43,7 +43,7 @@ class Agent:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.store = Store(cfg.state_dir)
-        self.state = DesiredState(self.store.load())
+        self.state = recover(self.store)
         self.dhcp = _dhcp_driver(cfg, self.state)
         planner = Planner(self.state, cfg.underlay_ip, cfg.routing.mode)
         self.routes = _route_driver(cfg, planner)
@@ -114,9 +114,11 @@ class Agent:
 
     def _start_kafka(self) -> None:
         def apply(message: pb.GoalState | pb.GoalStateV2) -> pb.GoalStateOperationReply:
+            raw = message.SerializeToString()  # journaled as received (protobuf bytes round-trip)
             if isinstance(message, pb.GoalState):
-                return to_reply(self.core.apply(decode_v1(message), "kafka-v1"))
-            return to_reply(self.core.apply(decode_v2(message, self.cfg.underlay_ip), "kafka-v2"))
+                return to_reply(self.core.apply(decode_v1(message), "kafka-v1", Wire(1, raw)))
+            host_ip = self.cfg.underlay_ip
+            return to_reply(self.core.apply(decode_v2(message, host_ip), "kafka-v2", Wire(2, raw, host_ip)))
 
         settings = KafkaSettings(
             bootstrap_servers=self.cfg.kafka.bootstrap_servers,

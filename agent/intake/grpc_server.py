@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from agent._pb import goalstate_pb2 as pb
 from agent.core import AgentCore
 from agent.intake.replies import to_reply
-from agent.model.decode import decode_v1, decode_v2
+from agent.model.decode import Wire, decode_v1, decode_v2
 
 log = logging.getLogger("aca.grpc")
 SERVICE = "alcor.schema.GoalStateProvisioner"
@@ -52,14 +52,15 @@ class GoalStateService:
 
     def push_v1(self, raw: bytes, context: grpc.ServicerContext) -> pb.GoalStateOperationReply:
         message = self._parse(raw, pb.GoalState, context)
-        return to_reply(self.core.apply(decode_v1(message), "grpc-v1"))
+        return to_reply(self.core.apply(decode_v1(message), "grpc-v1", Wire(1, raw)))
 
     def push_v2_stream(
         self, raws: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[pb.GoalStateOperationReply]:
         for raw in raws:
             message = self._parse(raw, pb.GoalStateV2, context)
-            yield to_reply(self.core.apply(decode_v2(message, self.host_ip), "grpc-v2"))
+            requests = decode_v2(message, self.host_ip)
+            yield to_reply(self.core.apply(requests, "grpc-v2", Wire(2, raw, self.host_ip)))
 
     def handler(self) -> grpc.GenericRpcHandler:
         serialize = pb.GoalStateOperationReply.SerializeToString

@@ -7,8 +7,10 @@ resources need the held state and are checked when the state applies the request
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from agent._pb import goalstate_pb2 as pb
 from agent.model import validate as v
 from agent.model.resources import (
     AddressPair,
@@ -305,3 +307,18 @@ def decode_v2(message: Any, host_ip: str) -> list[Request]:
             acted = mine is None or (rtype, key) in mine or (rtype, _bare_id(key)) in mine
             requests.append(decode_state(rtype, state, key, acted))
     return requests
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """A goal state as it arrived: what the store journals, and decodes again on replay."""
+
+    version: int  # 1: GoalState, 2: GoalStateV2
+    raw: bytes
+    host_ip: str = ""  # the host a GoalStateV2 was decoded for
+
+
+def decode_wire(wire: Wire) -> list[Request]:
+    if wire.version == 1:
+        return decode_v1(pb.GoalState.FromString(wire.raw))
+    return decode_v2(pb.GoalStateV2.FromString(wire.raw), wire.host_ip)

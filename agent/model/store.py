@@ -1,7 +1,12 @@
-"""Accepted desired state on disk (SQLite, WAL), written before the reply or the Kafka commit.
+"""Accepted desired state on disk (SQLite, WAL), durable before the reply or the Kafka commit.
 
 A restarted agent reloads it and reprograms from it without waiting for the controller.
-Rows are JSON of the frozen resources, so the file is readable with the sqlite3 shell.
+Two tables: ``resource`` holds one JSON row per held resource (readable with the sqlite3
+shell); ``journal`` holds goal states exactly as they arrived, appended before the reply.
+Appending one blob costs milliseconds where JSON rows for a 10,000-neighbour message cost
+~75 ms, so the hot path only journals; the agent folds journaled messages into ``resource``
+rows when it is idle (``materialize``), and a restart replays what was not folded yet through
+the same ``DesiredState.apply`` the live path uses (``recover``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
+from agent.model.decode import Wire, decode_wire
 from agent.model.resources import RESOURCE_CLASSES, Resource, ResourceType
+from agent.model.state import DesiredState
 
 SCHEMA_VERSION = 1
 
@@ -71,6 +78,10 @@ class Store:
             " type INTEGER NOT NULL, id TEXT NOT NULL, revision INTEGER NOT NULL, body TEXT NOT NULL,"
             " PRIMARY KEY (type, id))"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS journal ("
+            " seq INTEGER PRIMARY KEY, version INTEGER NOT NULL, host_ip TEXT NOT NULL, body BLOB NOT NULL)"
+        )
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
@@ -81,20 +92,41 @@ class Store:
             out[t][rid] = from_json(t, body)
         return out
 
-    def write(
-        self, upserts: Iterable[tuple[ResourceType, Resource]], deletes: Iterable[tuple[ResourceType, str]]
+    def journal(self, wire: Wire) -> int:
+        """Append a goal state as received (one durable transaction); its sequence number."""
+        cur = self._db.execute(
+            "INSERT INTO journal (version, host_ip, body) VALUES (?, ?, ?)",
+            (wire.version, wire.host_ip, wire.raw),
+        )
+        return int(cur.lastrowid or 0)
+
+    def journaled(self) -> list[tuple[int, Wire]]:
+        rows = self._db.execute("SELECT seq, version, host_ip, body FROM journal ORDER BY seq")
+        return [(seq, Wire(version, bytes(body), host_ip)) for seq, version, host_ip, body in rows]
+
+    def materialize(
+        self, state: DesiredState, keys: Iterable[tuple[ResourceType, str]], journal_through: int = 0
     ) -> None:
-        rows = [(int(t), r.id, r.revision, to_json(r)) for t, r in upserts]
-        gone = [(int(t), rid) for t, rid in deletes]
-        if not rows and not gone:
+        """Rows for ``keys`` as ``state`` holds them now (absent: deleted) and, in the same
+        transaction, drop journal entries up to ``journal_through`` (their effect is in the rows)."""
+        upserts, deletes = [], []
+        for rtype, rid in keys:
+            resource = state.get(rtype, rid)
+            if resource is None:
+                deletes.append((int(rtype), rid))
+            else:
+                upserts.append((int(rtype), rid, resource.revision, to_json(resource)))
+        if not upserts and not deletes and not journal_through:
             return
         db = self._db
         db.execute("BEGIN")
         try:
-            if gone:
-                db.executemany("DELETE FROM resource WHERE type = ? AND id = ?", gone)
-            if rows:
-                db.executemany("INSERT OR REPLACE INTO resource VALUES (?, ?, ?, ?)", rows)
+            if deletes:
+                db.executemany("DELETE FROM resource WHERE type = ? AND id = ?", deletes)
+            if upserts:
+                db.executemany("INSERT OR REPLACE INTO resource VALUES (?, ?, ?, ?)", upserts)
+            if journal_through:
+                db.execute("DELETE FROM journal WHERE seq <= ?", (journal_through,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -102,3 +134,19 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+
+def recover(store: Store) -> DesiredState:
+    """The state held at the last reply: the rows, then every journaled goal state replayed in
+    order (deterministic: the same requests on the same state). Folded into rows at once."""
+    state = DesiredState(store.load())
+    entries = store.journaled()
+    if entries:
+        changed = {
+            (o.request.type, o.request.id)
+            for _seq, wire in entries
+            for o in state.apply(decode_wire(wire))
+            if o.changed
+        }
+        store.materialize(state, changed, journal_through=entries[-1][0])
+    return state

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ class FlowBatch(Protocol):
 
     def delete(self, flows: Sequence[Flow]) -> None: ...
 
-    def commit(self, meanwhile: Callable[[], None] | None = None) -> None: ...
+    def commit(self) -> None: ...
 
 
 class FlowDriver(Protocol):
@@ -70,12 +70,7 @@ class FlowReconciler:
     def owner_of(self, key: FlowKey) -> Owner | None:
         return self._claims.get(key)
 
-    def _stream(
-        self,
-        updates: Iterable[tuple[Owner, list[Flow]]],
-        result: ApplyResult,
-        meanwhile: Callable[[], None] | None,
-    ) -> None:
+    def _stream(self, updates: Iterable[tuple[Owner, list[Flow]]], result: ApplyResult) -> None:
         """Diff owner by owner, sending each owner's adds at once; deletes go last, minus keys
         that were re-added (an ADD replaces a flow with the same key atomically)."""
         change = _Change()
@@ -92,7 +87,7 @@ class FlowReconciler:
             for key in change.adds:
                 change.deletes.pop(key, None)
             bundle.delete(list(change.deletes.values()))
-            bundle.commit(meanwhile)
+            bundle.commit()
         if change.adds or change.deletes:
             result.bundles += 1
         result.added += len(change.adds)
@@ -112,14 +107,11 @@ class FlowReconciler:
             else:
                 self.desired.pop(owner, None)
 
-    def update(
-        self, updates: Iterable[tuple[Owner, list[Flow]]], meanwhile: Callable[[], None] | None = None
-    ) -> ApplyResult:
+    def update(self, updates: Iterable[tuple[Owner, list[Flow]]]) -> ApplyResult:
         """Replace the flows of the given owners in one bundle, sent while ``updates`` is still
-        being produced (the switch checks the first flows while the rest is planned).
-        ``meanwhile`` runs at most once, while the switch commits. If the switch rejects the
-        bundle, each owner is retried alone so one bad resource fails alone and the rest is
-        applied."""
+        being produced (the switch checks the first flows while the rest is planned). If the
+        switch rejects the bundle, each owner is retried alone so one bad resource fails alone
+        and the rest is applied."""
         start = time.perf_counter()
         result = ApplyResult()
         planned: dict[Owner, list[Flow]] = {}
@@ -130,7 +122,7 @@ class FlowReconciler:
                 yield owner, flows
 
         try:
-            self._stream(recorded(), result, meanwhile)
+            self._stream(recorded(), result)
         except BundleRejected as exc:
             if len(planned) == 1:
                 result.failed.update({o: str(exc) for o in planned})
@@ -140,7 +132,7 @@ class FlowReconciler:
                 )
                 for owner, flows in planned.items():
                     try:
-                        self._stream([(owner, flows)], result, None)
+                        self._stream([(owner, flows)], result)
                     except BundleRejected as one:
                         result.failed[owner] = str(one)
         result.elapsed_us = int((time.perf_counter() - start) * 1e6)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from agent.planner.flows import Flow, FlowKey
 from agent.reconciler.flows import BundleRejected
@@ -23,12 +23,10 @@ class RecordedBundle:
     def delete(self, flows: Sequence[Flow]) -> None:
         self.deletes.extend(flows)
 
-    def commit(self, meanwhile: Callable[[], None] | None = None) -> None:
+    def commit(self) -> None:
         bad = [f for f in self.adds if f.key in self.driver.reject]
         if bad:
             raise BundleRejected(f"OFPET_BAD_ACTION for {bad[0].text()}")
-        if meanwhile is not None:
-            meanwhile()
         if not (self.deletes or self.adds):
             return
         self.driver.bundles.append((self.deletes, self.adds))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from agent.core import AgentCore
-from agent.model.decode import decode_v2
+from agent.core import AgentCore, MessageResult
+from agent.model.decode import Wire, decode_v2, decode_wire
 from agent.model.resources import ResourceType, Status
 from agent.model.state import DesiredState
 from agent.model.store import Store
@@ -31,9 +33,14 @@ def core(tmp_path):
     core.stop()
 
 
+def _send(core: AgentCore, *states) -> MessageResult:
+    """As the gRPC intake does: decode, and hand over the bytes for the journal."""
+    wire = Wire(2, gs.goal_state_v2(*states, host_ip=HOST).SerializeToString(), HOST)
+    return core.apply(decode_wire(wire), "test", wire, timeout=5)
+
+
 def _push(core: AgentCore, *states) -> dict[str, Status]:
-    result = core.apply(decode_v2(gs.goal_state_v2(*states, host_ip=HOST), HOST), "test", timeout=5)
-    return {s.resource_id: s.status for s in result.statuses}
+    return {s.resource_id: s.status for s in _send(core, *states).statuses}
 
 
 BASE = (gs.vpc("v1", 100), gs.subnet("s1", "v1", "10.0.1.0/24", 100))
@@ -57,29 +64,33 @@ def test_port_pending_until_bound_then_programmed(core: AgentCore) -> None:
 
 
 def test_statuses_carry_timings_and_empty_message_is_answered(core: AgentCore) -> None:
-    result = core.apply([], "test", timeout=5)
+    result = _send(core)
     assert result.statuses == [] and result.total_us >= 0
-    result = core.apply(
-        decode_v2(
-            gs.goal_state_v2(
-                *BASE,
-                gs.neighbor("n1", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06", "172.31.0.12"),
-                host_ip=HOST,
-            ),
-            HOST,
-        ),
-        "test",
-        timeout=5,
-    )
+    result = _send(core, *BASE, gs.neighbor("n1", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06", "172.31.0.12"))
     nb = next(s for s in result.statuses if s.resource_id == "n1")
     assert nb.status is Status.SUCCESS and nb.resource_type is ResourceType.NEIGHBOR
     assert nb.elapsed_us > 0 and nb.config_us > 0 and nb.dataplane_us > 0
 
 
-def test_persisted_before_reply(core: AgentCore, tmp_path) -> None:
-    _push(core, *BASE, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05"))
-    loaded = Store(tmp_path).load()
-    assert set(loaded[ResourceType.PORT]) == {"p1"}
+def test_journaled_before_reply_and_folded_into_rows_when_idle(core: AgentCore, tmp_path) -> None:
+    before, after = threading.Event(), threading.Event()
+    core.call(before.wait)  # the worker busy until the goal state and a later task are queued
+    fut = core.submit(*_decoded(*BASE, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05")))
+    core.call(after.wait)  # queued behind it: the worker is not idle after the goal state
+    before.set()
+    fut.result(5)
+    store = Store(tmp_path)
+    assert [w.version for _seq, w in store.journaled()] == [2]  # durable at reply time, as received
+    assert store.load()[ResourceType.PORT] == {}  # rows not written on the reply's path
+    after.set()
+    core.call(lambda: None).result(5)  # idle now: folded into rows
+    assert set(store.load()[ResourceType.PORT]) == {"p1"}
+    assert store.journaled() == []
+
+
+def _decoded(*states) -> tuple:
+    wire = Wire(2, gs.goal_state_v2(*states, host_ip=HOST).SerializeToString(), HOST)
+    return decode_wire(wire), "test", wire
 
 
 def test_a_crashing_handler_is_failure_not_death(core: AgentCore, monkeypatch: pytest.MonkeyPatch) -> None:

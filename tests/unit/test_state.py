@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agent.model.decode import decode_v2
+from agent.model.decode import Wire, decode_v2, decode_wire
 from agent.model.resources import ResourceType, Status
 from agent.model.state import DesiredState
-from agent.model.store import Store
+from agent.model.store import Store, recover
 from agent.sandbox import goalstates as gs
 
 HOST = "172.31.0.11"
@@ -111,8 +111,9 @@ def test_store_round_trip(tmp_path) -> None:
         gs.neighbor("n1", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06", "172.31.0.12"),
     )
     store = Store(tmp_path)
-    store.write(((t, r) for t, items in state.resources.items() for r in items.values()), ())
-    store.write((), [(ResourceType.VPC, "v1")])
+    store.materialize(state, [(t, rid) for t, items in state.resources.items() for rid in items])
+    del state.resources[ResourceType.VPC]["v1"]
+    store.materialize(state, [(ResourceType.VPC, "v1")])
     loaded = store.load()
     assert loaded[ResourceType.PORT] == state.ports
     assert loaded[ResourceType.NEIGHBOR] == state.neighbors
@@ -149,3 +150,34 @@ def test_router_delta_merges_per_subnet_and_rule_full_replaces() -> None:
     _apply(state, full)
     router = state.resources[ResourceType.ROUTER]["r1"]
     assert [(t.subnet_id, t.rules) for t in router.subnets] == [("s1", ())]
+
+
+def test_recover_replays_the_journal_like_the_live_path(tmp_path) -> None:
+    """Rows, then journaled messages (a DELTA merge and a delete among them) through apply."""
+    delta = _router_update([("s1", "10.8.0.0/16", "10.0.1.5", 0)], delta=True)
+    delta.configuration.subnet_routing_tables[0].routing_rules[0].id = "r1-rule-new"
+    messages = [
+        gs.goal_state_v2(*_base(), gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05"), host_ip=HOST),
+        gs.goal_state_v2(
+            gs.router("r1", "fe:16:11:00:00:01", ["s1"], [("s1", "10.9.0.0/16", "10.0.1.5", 0)]), host_ip=HOST
+        ),
+        gs.goal_state_v2(delta, host_ip=HOST),
+        gs.goal_state_v2(
+            gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", op=gs.DELETE), host_ip=HOST
+        ),
+    ]
+    live = DesiredState()
+    store = Store(tmp_path)
+    for i, message in enumerate(messages):
+        wire = Wire(2, message.SerializeToString(), HOST)
+        live.apply(decode_wire(wire))
+        if i == 0:
+            store.materialize(live, [(t, rid) for t, items in live.resources.items() for rid in items])
+        else:
+            store.journal(wire)
+    assert len(live.resources[ResourceType.ROUTER]["r1"].subnets[0].rules) == 2  # merged
+    assert live.ports == {}
+    recovered = recover(Store(tmp_path))
+    assert recovered.resources == live.resources
+    assert store.journaled() == []  # folded into rows by recover
+    assert DesiredState(store.load()).resources == live.resources

@@ -480,14 +480,11 @@ class Bundle:
             [head, b"".join([enc(bid, _BUNDLE_FLAGS, f, cmd, first + i) for i, f in enumerate(flows)])]
         )
 
-    def commit(self, meanwhile: Callable[[], None] | None = None) -> None:
-        """Close and commit; ``meanwhile`` runs while the switch commits (not at all when the
-        bundle is refused at close, and at once when nothing was added)."""
+    def commit(self) -> None:
+        """Close and commit (nothing to do when nothing was added)."""
         self._flush()
         if self._opened is None:
             self._done = True
-            if meanwhile is not None:
-                meanwhile()
             return
         conn = self._conn
         close_xid = conn._alloc_xids(1)
@@ -508,8 +505,6 @@ class Bundle:
         self._done = True  # from here on OVS either commits or rolls back: nothing to discard
         try:
             conn._write([self._control(BundleCtrl.COMMIT_REQUEST, commit_xid)])
-            if meanwhile is not None:
-                meanwhile()
             conn._wait(committed, self._deadline)
         except OpenFlowError:
             self._raise_refused()
