@@ -15,6 +15,7 @@ from agent.planner import overlay
 from agent.planner.plan import Planner
 from agent.reconciler.flows import FlowReconciler
 from agent.sandbox import goalstates as gs
+from agent.sandbox.poll import wait_for
 from tests.support.recording_driver import RecordingDriver
 
 HOST = "172.31.0.11"
@@ -72,7 +73,7 @@ def test_statuses_carry_timings_and_empty_message_is_answered(core: AgentCore) -
     assert nb.elapsed_us > 0 and nb.config_us > 0 and nb.dataplane_us > 0
 
 
-def test_journaled_before_reply_and_folded_into_rows_when_idle(core: AgentCore, tmp_path) -> None:
+def test_journaled_before_reply_and_folded_into_rows_once_idle(core: AgentCore, tmp_path) -> None:
     before, after = threading.Event(), threading.Event()
     core.call(before.wait)  # the worker busy until the goal state and a later task are queued
     fut = core.submit(*_decoded(*BASE, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05")))
@@ -83,9 +84,8 @@ def test_journaled_before_reply_and_folded_into_rows_when_idle(core: AgentCore, 
     assert [w.version for _seq, w in store.journaled()] == [2]  # durable at reply time, as received
     assert store.load()[ResourceType.PORT] == {}  # rows not written on the reply's path
     after.set()
-    core.call(lambda: None).result(5)  # idle now: folded into rows
+    wait_for(lambda: store.journaled() == [], 5.0, "the idle worker to fold the journal")
     assert set(store.load()[ResourceType.PORT]) == {"p1"}
-    assert store.journaled() == []
 
 
 def _decoded(*states) -> tuple:
