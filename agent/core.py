@@ -3,7 +3,7 @@
 Intake threads (gRPC, Kafka) and dataplane events (OVSDB interface changes, OpenFlow
 reconnects) only enqueue work here, so goal states apply strictly in arrival order and no
 two threads ever touch the state. Each goal state runs:
-state.apply → store.journal → planner.touch_all → planner.flows streamed into
+state.apply → store.journal → planner.touch → planner.flows streamed into
 reconciler.update → statuses. The journaled messages become store rows when the worker is idle.
 """
 
@@ -201,14 +201,23 @@ class AgentCore:
         if changed:
             self._journal(work, changed)
         t_config = time.perf_counter()
-        touched = self.planner.touch_all((o.request.type, o.request.id) for o in changed)
+        touched = {
+            (o.request.type, o.request.id): self.planner.touch(o.request.type, o.request.id) for o in changed
+        }
         result = self._program(set().union(*touched.values()) if touched else set())
         t_done = time.perf_counter()
         config_us = int((t_config - t0) * 1e6)
         dataplane_us = int((t_done - t_config) * 1e6)
+        elapsed_us = int((time.perf_counter() - work.received) * 1e6)
+        no_owners: frozenset[Owner] = frozenset()
         statuses = [
             self._status(
-                o, touched.get((o.request.type, o.request.id), set()), result, config_us, dataplane_us, work
+                o,
+                touched.get((o.request.type, o.request.id), no_owners),
+                result,
+                config_us,
+                dataplane_us,
+                elapsed_us,
             )
             for o in outcomes
             if o.request.acted_on
@@ -243,17 +252,17 @@ class AgentCore:
     def _status(
         self,
         outcome: Outcome,
-        owners: set[Owner],
+        owners: set[Owner] | frozenset[Owner],
         result: ApplyResult,
         config_us: int,
         dataplane_us: int,
-        work: _GoalStateWork,
+        elapsed_us: int,
     ) -> ResourceStatus:
         req = outcome.request
         status = outcome.status
         reason = outcome.reason
         if status is Status.SUCCESS:
-            failed = [result.failed[o] for o in owners if o in result.failed]
+            failed = [result.failed[o] for o in owners if o in result.failed] if result.failed else None
             if failed:
                 status, reason = Status.FAILURE, failed[0]
             elif req.op is not Op.DELETE and (
@@ -273,7 +282,7 @@ class AgentCore:
             status,
             dataplane_us=dataplane_us,
             config_us=config_us,
-            elapsed_us=int((time.perf_counter() - work.received) * 1e6),
+            elapsed_us=elapsed_us,
             reason=reason,
         )
 

@@ -42,6 +42,10 @@ def route_segment_owner(vni: int) -> Owner:
     return (Kind.ROUTE, str(vni))
 
 
+Member = tuple[ResourceType, str]  # a port or neighbour, by type and id
+_NO_SUBNETS: frozenset[str] = frozenset()
+_MEMBER_OWNER = {ResourceType.PORT: port_owner, ResourceType.NEIGHBOR: neighbor_owner}
+
 PROACTIVE, ON_DEMAND = "proactive", "on_demand"  # routing modes: neighbour host routes ahead or on use
 
 
@@ -64,23 +68,16 @@ class Planner:
         self.dhcp_ofport: int | None = None  # the DHCP responder's internal port
         self.route_ofport: int | None = None  # the route fast path's internal port
         self.route_vlans: dict[int, int] = {}  # VNI routed into → its 802.1Q index on this host
-        self._batch: dict[tuple[ResourceType, str], set[Owner]] | None = None  # see touch_all
+        self._subnet_members: dict[str, set[Member]] = defaultdict(set)  # subnet → its ports/neighbours
+        self._member_subnets: dict[Member, frozenset[str]] = {}
+        self._subnet_vnis: dict[str, int] = {}  # subnet → the VNI its members were indexed with
 
     # ------------------------------------------------------------------ what a change touches
-    def touch_all(
-        self, changes: Iterable[tuple[ResourceType, str]]
-    ) -> dict[tuple[ResourceType, str], set[Owner]]:
-        """``touch`` for each change of one goal state, each port and neighbour indexed once: a
-        new subnet arrives with its ports and neighbours, which its own touch already covers."""
-        self._batch = {}
-        try:
-            return {key: self.touch(*key) for key in changes}
-        finally:
-            self._batch = None
-
     def touch(self, rtype: ResourceType, rid: str) -> set[Owner]:
-        if rtype is ResourceType.PORT or rtype is ResourceType.NEIGHBOR:
-            return self._touch_member(rtype, rid)
+        if rtype is ResourceType.PORT:
+            return self._touch_port(rid)
+        if rtype is ResourceType.NEIGHBOR:
+            return self._touch_neighbor(rid)
         if rtype is ResourceType.SUBNET:
             return self._touch_subnet(rid)
         if rtype is ResourceType.ROUTER:
@@ -146,6 +143,9 @@ class Planner:
         self._router_subnets.clear()
         self._next_hop_routers.clear()
         self.route_vlans.clear()
+        self._subnet_members.clear()
+        self._member_subnets.clear()
+        self._subnet_vnis = {sid: sn.tunnel_id for sid, sn in self.state.subnets.items() if sn.tunnel_id}
         for router_id in self.state.resources[ResourceType.ROUTER]:
             self._touch_router(router_id)
         for port_id in self.state.ports:
@@ -154,21 +154,34 @@ class Planner:
             self._touch_neighbor(nb_id)
         return self.all_owners()
 
-    def _touch_member(self, rtype: ResourceType, rid: str) -> set[Owner]:
-        """A port or neighbour, re-indexed once per ``touch_all`` batch."""
-        batch = self._batch
-        owners = batch.get((rtype, rid)) if batch is not None else None
-        if owners is None:
-            owners = self._touch_port(rid) if rtype is ResourceType.PORT else self._touch_neighbor(rid)
-            if batch is not None:
-                batch[(rtype, rid)] = owners
-        return owners
+    def _index_member(self, member: Member, subnet_ids: frozenset[str]) -> None:
+        """Which subnets a port's or neighbour's fixed IPs are in, so a subnet or router change
+        visits its own members, not every port and neighbour of the host."""
+        old = self._member_subnets.get(member, _NO_SUBNETS)
+        if old == subnet_ids:
+            return
+        for sid in old - subnet_ids:
+            members = self._subnet_members[sid]
+            members.discard(member)
+            if not members:
+                del self._subnet_members[sid]
+        for sid in subnet_ids - old:
+            self._subnet_members[sid].add(member)
+        if subnet_ids:
+            self._member_subnets[member] = subnet_ids
+        else:
+            del self._member_subnets[member]
+
+    def _members(self, subnet_ids: Iterable[str]) -> list[Member]:
+        return [m for sid in subnet_ids for m in self._subnet_members.get(sid, ())]
 
     def _next_hop_dependents(self, ips: list[str]) -> set[Owner]:
         return {router_owner(r) for ip in ips for r in self._next_hop_routers.get(ip, ())}
 
     def _touch_port(self, port_id: str) -> set[Owner]:
         port = self.state.ports.get(port_id)
+        subnet_ids = frozenset(f.subnet_id for f in port.fixed_ips) if port else _NO_SUBNETS
+        self._index_member((ResourceType.PORT, port_id), subnet_ids)
         owners = {port_owner(port_id)} | self._next_hop_dependents(
             [f.ip for f in port.fixed_ips] if port else []
         )
@@ -193,6 +206,8 @@ class Planner:
 
     def _touch_neighbor(self, nb_id: str) -> set[Owner]:
         nb = self.state.neighbors.get(nb_id)
+        subnet_ids = frozenset(f.subnet_id for f in nb.fixed_ips) if nb else _NO_SUBNETS
+        self._index_member((ResourceType.NEIGHBOR, nb_id), subnet_ids)
         owners = {neighbor_owner(nb_id)}
         if nb is not None and self._next_hop_routers:
             owners |= self._next_hop_dependents([f.ip for f in nb.fixed_ips])
@@ -238,17 +253,7 @@ class Planner:
                     if rule.next_hop_ip:
                         self._next_hop_routers[rule.next_hop_ip].add(router_id)
         owners = {router_owner(router_id)} | self._refresh_route_vlans()
-        touched = old | new
-        owners |= {
-            port_owner(p.id)
-            for p in self.state.ports.values()
-            if any(f.subnet_id in touched for f in p.fixed_ips)
-        }
-        owners |= {
-            neighbor_owner(n.id)
-            for n in self.state.neighbors.values()
-            if any(f.subnet_id in touched for f in n.fixed_ips)
-        }
+        owners |= {_MEMBER_OWNER[rtype](rid) for rtype, rid in self._members(old | new)}
         return owners
 
     def _refresh_route_vlans(self) -> set[Owner]:
@@ -275,12 +280,18 @@ class Planner:
         owners: set[Owner] = {router_owner(r) for r in self._subnet_routers.get(subnet_id, ())}
         owners |= self._refresh_route_vlans()
         owners |= dhcp.lease_owners(self.state, subnet_id)
-        for port in self.state.ports.values():
-            if any(f.subnet_id == subnet_id for f in port.fixed_ips):
-                owners |= self._touch_member(ResourceType.PORT, port.id)
-        for nb in self.state.neighbors.values():
-            if any(f.subnet_id == subnet_id for f in nb.fixed_ips):
-                owners |= self._touch_member(ResourceType.NEIGHBOR, nb.id)
+        subnet = self.state.subnets.get(subnet_id)
+        vni = subnet.tunnel_id if subnet is not None else 0
+        members = self._members([subnet_id])
+        if self._subnet_vnis.get(subnet_id, 0) != vni:  # members move segment: re-index them
+            for rtype, rid in members:
+                owners |= self.touch(rtype, rid)
+        else:  # same segment (a new gateway, DNS, ...): re-plan them only
+            owners |= {_MEMBER_OWNER[rtype](rid) for rtype, rid in members}
+        if vni:
+            self._subnet_vnis[subnet_id] = vni
+        else:
+            self._subnet_vnis.pop(subnet_id, None)
         return owners
 
     # ------------------------------------------------------------------ flows of one owner

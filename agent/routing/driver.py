@@ -85,7 +85,7 @@ class RouteDriver:
                 changed += self._apply_router(oid)
             elif kind is Kind.ROUTE:
                 changed += self._apply_segment(int(oid))
-            elif kind in (Kind.PORT, Kind.NEIGHBOR):
+            elif kind is Kind.NEIGHBOR or kind is Kind.PORT:
                 n = self._apply_dests(owner)
                 if n and kind is Kind.NEIGHBOR and self.on_demand and dataplane_ready:
                     self._drop_cache(oid)
@@ -123,8 +123,12 @@ class RouteDriver:
         return 1
 
     def _apply_dests(self, owner: Owner) -> int:
-        want = {(t.tag, t.ip): t for t in self.planner.route_targets(owner)}
-        held = self._dests.get(owner, {})
+        targets = self.planner.route_targets(owner)
+        held = self._dests.get(owner)
+        if held is None and not targets:
+            return 0  # the common case at scale: a neighbour no router of this host serves
+        held = held or {}
+        want = {(t.tag, t.ip): t for t in targets}
         if want == held:
             return 0
         for key in held.keys() - want.keys():

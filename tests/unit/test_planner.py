@@ -104,3 +104,26 @@ def test_builders_emit_canonical_matches() -> None:
     for owner in planner.all_owners():
         for flow in planner.flows(owner):
             assert match(*flow.match) == flow.match, flow.text()
+
+
+def test_subnet_change_visits_its_members_only() -> None:
+    """A new VNI re-indexes the subnet's members (flood lists move); a new gateway only re-plans them."""
+    other = gs.subnet("s2", "v1", "10.0.2.0/24", 300)
+    elsewhere = gs.neighbor("n2", "v1", "s2", "10.0.2.6", "fa:16:3e:00:00:26", "172.31.0.13")
+    planner = _planner(*BASE, other, PORT, NEIGHBOR, elsewhere)
+    planner.set_interfaces([("tap-p1", "p1", 3)])
+
+    def update(subnet) -> set:
+        (outcome,) = planner.state.apply(decode_v2(gs.goal_state_v2(subnet, host_ip=HOST), HOST))
+        return planner.touch(ResourceType.SUBNET, outcome.request.id)
+
+    moved = update(gs.subnet("s1", "v1", "10.0.1.0/24", 200, op=gs.UPDATE, revision=2))
+    assert {port_owner("p1"), neighbor_owner("n1"), segment_owner(100), segment_owner(200)} <= moved
+    assert neighbor_owner("n2") not in moved
+    assert planner.flows(segment_owner(100)) == []
+    assert any("172.31.0.12" in f.text() for f in planner.flows(segment_owner(200)))
+    assert all("reg0=0xc8" in f.text() for f in planner.flows(neighbor_owner("n1")))
+
+    regated = update(gs.subnet("s1", "v1", "10.0.1.0/24", 200, "10.0.1.254", op=gs.UPDATE, revision=3))
+    assert {port_owner("p1"), neighbor_owner("n1")} <= regated
+    assert not {segment_owner(100), segment_owner(200), neighbor_owner("n2")} & regated
