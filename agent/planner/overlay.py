@@ -76,9 +76,9 @@ _IS_ARP = MatchField(Field.ETH_TYPE, ETH_TYPE_ARP)
 _ARP_REQUEST = MatchField(Field.ARP_OP, ARP_REQUEST)
 
 
-def arp_responder(vni: int, ip: str, mac: str, ck: int) -> Flow:
+def arp_responder(vni: int, ip: str, mac: str | int, ck: int) -> Flow:
     """Answer 'who has ip' with mac from inside OVS, back out of the asking port."""
-    mac_int = mac_to_int(mac)
+    mac_int = mac if isinstance(mac, int) else mac_to_int(mac)
     ip_int = ip_to_int(ip)
     return Flow(
         Table.ARP_RESPONDER,
@@ -195,7 +195,8 @@ def neighbor_flows(nb: Neighbor, segments: list[tuple[int, str]], tunnel_ofport:
     The hot path of big goal states (two flows per neighbour), so matches are built canonical."""
     ck = cookies.cookie(Kind.NEIGHBOR, nb.id)
     host_ip = ip_to_int(nb.host_ip)
-    eth_dst = MatchField(Field.ETH_DST, mac_to_int(nb.mac))
+    mac = mac_to_int(nb.mac)
+    eth_dst = MatchField(Field.ETH_DST, mac)
     flows: list[Flow] = []
     for vni, ip in segments:
         flows.append(
@@ -207,7 +208,7 @@ def neighbor_flows(nb: Neighbor, segments: list[tuple[int, str]], tunnel_ofport:
                 cookie=ck,
             )
         )
-        flows.append(arp_responder(vni, ip, nb.mac, ck))
+        flows.append(arp_responder(vni, ip, mac, ck))
     if len(segments) > 1:  # two addresses in one segment share its L2 flow
         return list({f.key: f for f in flows}.values())
     return flows

@@ -74,15 +74,19 @@ class FlowReconciler:
         """Diff owner by owner, sending each owner's adds at once; deletes go last, minus keys
         that were re-added (an ADD replaces a flow with the same key atomically)."""
         change = _Change()
+        installed, desired, claims = self.installed, self.desired, self._claims
         with self.driver.bundle() as bundle:
             for owner, flows in updates:
                 new = change.owners[owner] = flow_set(flows)
-                for key, flw in self.desired.get(owner, {}).items():
-                    if key not in new and self._claims.get(key) == owner:
-                        change.deletes[key] = flw
-                adds = [flw for key, flw in new.items() if self.installed.get(key) != flw]
+                held = desired.get(owner)
+                if held:  # (a new owner, the bulk of a big goal state, has nothing to delete)
+                    for key, flw in held.items():
+                        if key not in new and claims.get(key) == owner:
+                            change.deletes[key] = flw
+                adds = [flw for key, flw in new.items() if key not in installed or installed[key] != flw]
                 if adds:
-                    change.adds.update((f.key, f) for f in adds)
+                    for flw in adds:
+                        change.adds[flw.key] = flw
                     bundle.add(adds)
             for key in change.adds:
                 change.deletes.pop(key, None)

@@ -372,16 +372,31 @@ def encode_actions(actions: tuple[Action, ...] | list[Action]) -> bytes:
 _GOTO_BYTES = tuple(_GOTO.pack(_OFPIT_GOTO_TABLE, 8, t) for t in range(256))
 
 
+# Planners share one action tuple among many flows (every neighbour behind one remote host has
+# the same tunnel actions): remember the last encodings by tuple identity. Each entry keeps its
+# tuple alive, so an id is never reused while it is here.
+_SHARED_ACTIONS: dict[int, tuple[tuple[Action, ...], bytes]] = {}
+_SHARED_ACTIONS_MAX = 4096
+
+
 def encode_instructions(flow: Flow) -> bytes:
     """APPLY_ACTIONS then GOTO_TABLE, as OVS dumps them back (so dumps compare byte-equal)."""
     goto = b"" if flow.goto is None else _GOTO_BYTES[flow.goto]
-    if not flow.actions:
+    actions = flow.actions
+    if not actions:
         return goto
+    known = _SHARED_ACTIONS.get(id(actions))
+    if known is not None and known[0] is actions:
+        return known[1] + goto
     try:  # encode_action inlined: this runs for every action of every flow
-        acts = b"".join([_ACTION_ENCODERS[type(a)](a) for a in flow.actions])
+        acts = b"".join([_ACTION_ENCODERS[type(a)](a) for a in actions])
     except KeyError:
-        acts = encode_actions(flow.actions)  # raises, naming what it cannot encode
-    return _APPLY_HDR.pack(_OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts + goto
+        acts = encode_actions(actions)  # raises, naming what it cannot encode
+    apply = _APPLY_HDR.pack(_OFPIT_APPLY_ACTIONS, 8 + len(acts)) + acts
+    if len(_SHARED_ACTIONS) >= _SHARED_ACTIONS_MAX:
+        _SHARED_ACTIONS.clear()
+    _SHARED_ACTIONS[id(actions)] = (actions, apply)
+    return apply + goto
 
 
 # ------------------------------------------------------------------ flow mods and bundles
