@@ -7,8 +7,11 @@ import ipaddress
 import pathlib
 import statistics
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import grpc
+
+from agent._pb import goalstate_pb2_grpc
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
 
@@ -26,6 +29,20 @@ def sandbox(prefix: str, hosts: int = 1) -> Iterator[Sandbox]:
             yield box
         finally:
             box.down()
+
+
+@contextlib.contextmanager
+def controller_channel(box: Sandbox, host: str) -> Iterator[Callable[..., list]]:
+    """``send(message, timeout=30)`` over one gRPC channel kept open, as a controller keeps it
+    (v2 stream per message); warmed with an empty goal state so timings exclude connecting."""
+    with grpc.insecure_channel(box.host(host).grpc) as channel:
+        stub = goalstate_pb2_grpc.GoalStateProvisionerStub(channel)
+
+        def send(message: object, timeout: float = 30.0) -> list:
+            return list(stub.PushGoalStatesStream(iter([message]), timeout=timeout))
+
+        send(gs.pb.GoalStateV2(format_version=1))
+        yield send
 
 
 def neighbor_states(start: int, count: int, remote_hosts: int = 50) -> list:

@@ -11,7 +11,16 @@ import argparse
 import time
 
 from agent.sandbox import goalstates as gs
-from bench.common import SUBNET, VPC, agent_rss_mb, context_states, neighbor_states, percentile, sandbox
+from bench.common import (
+    SUBNET,
+    VPC,
+    agent_rss_mb,
+    context_states,
+    controller_channel,
+    neighbor_states,
+    percentile,
+    sandbox,
+)
 
 INTERFACES = 20
 CHUNK = 10_000
@@ -30,17 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[int, tuple[float, float, float]] = {}
-    with sandbox("acab-lat") as box:
+    with sandbox("acab-lat") as box, controller_channel(box, "host1") as send:
         for i in range(INTERFACES):
             iface = ["set", "interface", f"lat{i}", "type=internal", f"external_ids:iface-id=lat-port-{i}"]
             box.exec("host1", ["ovs-vsctl", "add-port", "br-int", f"lat{i}", "--", *iface])
-        box.push_message("host1", gs.goal_state_v2(*context_states()))
+        send(gs.goal_state_v2(*context_states()))
         held = 0
         sample_no = 0
         for size in sizes:
             while held < size:
                 n = min(CHUNK, size - held)
-                box.push_message("host1", gs.goal_state_v2(*neighbor_states(held, n)), timeout=600)
+                send(gs.goal_state_v2(*neighbor_states(held, n)), timeout=600)
                 held += n
             latencies = []
             for _ in range(args.samples):
@@ -48,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
                 (nb,) = neighbor_states(1_000_000 + sample_no, 1)
                 message = gs.goal_state_v2(_port(j, sample_no), nb)
                 t0 = time.perf_counter()
-                (reply,) = box.push_message("host1", message)
+                (reply,) = send(message)
                 latencies.append((time.perf_counter() - t0) * 1e3)
                 statuses = {gs.pb.OperationStatus.Name(s.operation_status) for s in reply.operation_statuses}
                 assert statuses == {"SUCCESS"}, statuses
                 # Not measured: free the interface for a later sample.
-                box.push_message("host1", gs.goal_state_v2(_port(j, sample_no, op=gs.DELETE)))
+                send(gs.goal_state_v2(_port(j, sample_no, op=gs.DELETE)))
                 sample_no += 1
             results[size] = (percentile(latencies, 50), percentile(latencies, 99), agent_rss_mb(box, "host1"))
             print(f"neighbours={size:>6}  p50={results[size][0]:6.2f} ms  p99={results[size][1]:6.2f} ms"

@@ -11,14 +11,11 @@ import pathlib
 import tempfile
 import time
 
-import grpc
-
-from agent._pb import goalstate_pb2_grpc
 from agent.model.decode import decode_v2
 from agent.model.state import DesiredState
 from agent.planner.plan import Planner
 from agent.sandbox import goalstates as gs
-from bench.common import agent_rss_mb, context_states, neighbor_states, sandbox
+from bench.common import agent_rss_mb, context_states, controller_channel, neighbor_states, sandbox
 
 
 def planned_flows(message: object, tunnel_ofport: int) -> list:
@@ -35,12 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     message = gs.goal_state_v2(*context_states(), *neighbor_states(0, args.neighbours))
     size_mb = len(message.SerializeToString()) / 2**20
-    with sandbox("acab-pn") as box, grpc.insecure_channel(box.host("host1").grpc) as channel:
-        # A controller keeps its channel open: connect and warm it with an empty goal state first.
-        stub = goalstate_pb2_grpc.GoalStateProvisionerStub(channel)
-        list(stub.PushGoalStatesStream(iter([gs.pb.GoalStateV2(format_version=1)]), timeout=30))
+    with sandbox("acab-pn") as box, controller_channel(box, "host1") as send:
         t0 = time.perf_counter()
-        (reply,) = stub.PushGoalStatesStream(iter([message]), timeout=600)
+        (reply,) = send(message, timeout=600)
         agent_s = time.perf_counter() - t0
         statuses = {s.operation_status for s in reply.operation_statuses}
         assert statuses == {gs.pb.SUCCESS}, f"unexpected statuses {statuses}"
