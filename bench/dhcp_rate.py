@@ -1,19 +1,26 @@
 """DHCP DORA rate behind the same Open vSwitch userspace path: the agent's C responder against
 OVN's native DHCP, ISC Kea and dnsmasq as OpenStack Neutron runs it (issue 8).
 
-perfdhcp (Debian ``kea-admin``) runs in a VM namespace whose interface is a port on an OVS
-``netdev`` bridge and steps its offered rate up (``-r RATE -p SECONDS``) until more than 1% of
-the DORA exchanges it starts do not complete. Each server's best rate is the completed DORA/s of
-its highest step within that limit; latency percentiles come from perfdhcp's ``-x t`` timestamps
-(one sample per request/reply exchange: DISCOVER-OFFER and REQUEST-ACK).
+perfdhcp (Debian ``kea-admin``) runs in K client VM namespaces (``--clients-vms``), each with
+its own interface on an OVS ``netdev`` bridge, all at once and each at 1/K of the offered rate
+(``-r RATE/K -p SECONDS``): one perfdhcp process alone saturates its core before the fastest
+servers do. The offered rate steps up until more than 1% of the DORA exchanges started (summed
+over the K processes) do not complete. Each server's best rate is the completed DORA/s of its
+highest step within that limit; latency percentiles come from perfdhcp's ``-x t`` timestamps
+(one sample per request/reply exchange: DISCOVER-OFFER and REQUEST-ACK), pooled over the K.
+Each step also reports CPU per process (every perfdhcp's own), the machine's busy share, and the
+replies each client VM dropped because perfdhcp did not read them in time (its UDP
+RcvbufErrors): exchanges lost there were lost by the load generator, not by the server.
 
 perfdhcp always behaves as a relay agent in DHCPv4: every request carries ``giaddr`` = its own
 address and comes from the interface's MAC; only ``chaddr`` varies per simulated client. So:
-- the agent: one client (chaddr = the port's MAC) and 200 clients (200 chaddrs given to the port
-  as allowed address pairs, each with a DHCP state); replies go to giaddr:67 (relay mode);
-- OVN answers by the Ethernet source, so one client only: the interface's MAC and its lease IP,
-  unicast from port 68 to the server id (static ARP entry), exactly what OVN's flows accept;
-- Kea and dnsmasq: 200 clients, relay mode.
+- the agent: K ports. One client per VM (chaddr = the port's MAC) and 200 clients (200 chaddrs
+  split over the K ports as allowed address pairs, each with a DHCP state); replies go to
+  giaddr:67 (relay mode);
+- OVN answers by the Ethernet source, so one client per VM (K logical switch ports): the
+  interface's MAC and its lease IP, unicast from port 68 to the server id (static ARP entry),
+  exactly what OVN's flows accept;
+- Kea and dnsmasq: 200 clients split over K relay VMs, relay mode.
 
 Every server and client lives in namespaces created here; all of it is removed at exit, also on
 failure or Ctrl-C.
@@ -35,12 +42,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.sandbox.poll import wait_for
 from bench.common import percentile
 
-RATES = (250, 500, 1000, 2000, 4000, 8000, 16000)
+RATES = (250, 500, 1000, 2000, 4000, 8000, 16000, 24000)
 QUICK_RATES = (1000, 4000, 12000)
 REFINE_STEPS, QUICK_REFINE_STEPS = 2, 1  # bisections between the last good and the first failing rate
 PERIOD_S = 5.0
@@ -48,6 +55,7 @@ QUICK_PERIOD_S = 2.0
 LOSS_LIMIT_PCT = 1.0
 CLIENTS = 200
 CLIENTS_BASE_MAC = "fa:16:3e:c0:00:00"  # perfdhcp -R 200 -b mac=BASE uses BASE + 0 .. BASE + 199
+CLIENT_VMS, MAX_CLIENT_VMS = 2, 8  # perfdhcp processes (one per client VM); relays at .2-.9, below Kea's pool
 COMMON_RATE = 1000  # p99 is also reported at this offered rate, where every server keeps up
 SERVERS = ("agent", "ovn", "kea", "dnsmasq")
 PERFDHCP_EXTRA: list[str] = []  # --perfdhcp-args
@@ -72,6 +80,16 @@ def _ns(netns: str, *cmd: str) -> list[str]:
 def client_macs(base: str = CLIENTS_BASE_MAC, count: int = CLIENTS) -> list[str]:
     start = int(base.replace(":", ""), 16)
     return [":".join(f"{start + i:012x}"[j : j + 2] for j in range(0, 12, 2)) for i in range(count)]
+
+
+def split(items: Sequence[str], k: int) -> list[list[str]]:
+    """``items`` in ``k`` consecutive runs of (nearly) equal length."""
+    return [list(items[len(items) * i // k : len(items) * (i + 1) // k]) for i in range(k)]
+
+
+def shares(rate: int, k: int) -> list[int]:
+    """``rate`` in ``k`` (nearly) equal integer parts."""
+    return [rate * (i + 1) // k - rate * i // k for i in range(k)]
 
 
 # ---------------------------------------------------------------------------------------- lab
@@ -176,17 +194,16 @@ class Target:
     """Where perfdhcp runs and whom it asks."""
 
     server: str
-    netns: str  # the client VM's namespace
+    vms: list[str]  # the client VMs' namespaces, one perfdhcp each
     server_ip: str
-    pids: dict[str, int]  # processes whose CPU use is reported
+    pids: dict[str, int]  # server processes whose CPU use is reported
     local_port: int = 0  # 0: perfdhcp's default (67, a relay agent)
 
 
 @dataclass
 class Mode:
     label: str
-    clients: int
-    base_mac: str
+    chaddrs: list[list[str]]  # per client VM, consecutive: perfdhcp -b mac=FIRST -R COUNT
 
 
 @dataclass
@@ -198,7 +215,10 @@ class Step:
     acks: int = 0  # exchanges completed
     perfdhcp_rate: float = 0.0
     delays_ms: list[float] = field(default_factory=list)
-    cpu: dict[str, float] = field(default_factory=dict)  # % of one core over the step
+    cpu: dict[str, float] = field(default_factory=dict)  # server processes, % of one core over the step
+    client_cpu: list[float] = field(default_factory=list)  # each perfdhcp, % of one core over the step
+    machine_cpu: float = 0.0  # all CPUs' non-idle time (any process, softirq), % of one core
+    client_drops: list[int] = field(default_factory=list)  # replies each VM dropped: perfdhcp's buffer full
 
     @property
     def loss_pct(self) -> float:
@@ -214,6 +234,19 @@ class Step:
 
     def p(self, pct: float) -> float:
         return percentile(self.delays_ms, pct) if self.delays_ms else float("nan")
+
+    def notes(self) -> str:
+        """CPU use and the replies the client VMs dropped (their UDP RcvbufErrors)."""
+        clients = "+".join(f"{pct:.0f}" for pct in self.client_cpu)
+        return " ".join(
+            [
+                "cpu",
+                *(f"{name}={pct:.0f}%" for name, pct in self.cpu.items()),
+                f"perfdhcp={clients}%",
+                f"machine={self.machine_cpu:.0f}%/{100 * (os.cpu_count() or 1)}%",
+                f"client-drops={'+'.join(str(n) for n in self.client_drops)}",
+            ]
+        )
 
 
 @dataclass
@@ -242,7 +275,7 @@ _STAMPS = re.compile(r"\*\*\*Timestamps for packets: (\S+)\*\*\*")
 
 
 def parse_perfdhcp(text: str, step: Step) -> Step:
-    """Fill ``step`` from perfdhcp's report (with ``-x t``)."""
+    """Add one perfdhcp report (with ``-x t``) to ``step``."""
     section, stamps = "", False
     for line in text.splitlines():
         if m := _STAT.search(line):
@@ -253,13 +286,13 @@ def parse_perfdhcp(text: str, step: Step) -> Step:
             sent, received = (float(v) for v in line.split(":", 1)[1].split("/"))
             step.delays_ms.append((received - sent) * 1e3)
         elif line.startswith("Rate:"):
-            step.perfdhcp_rate = float(line.split()[1])
+            step.perfdhcp_rate += float(line.split()[1])
         elif line.startswith("sent packets:") and section == "DISCOVER-OFFER":
-            step.sent = int(line.split(":")[1])
+            step.sent += int(line.split(":")[1])
         elif line.startswith("received packets:") and section == "DISCOVER-OFFER":
-            step.offers = int(line.split(":")[1])
+            step.offers += int(line.split(":")[1])
         elif line.startswith("received packets:") and section == "REQUEST-ACK":
-            step.acks = int(line.split(":")[1])
+            step.acks += int(line.split(":")[1])
     return step
 
 
@@ -271,76 +304,98 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def perfdhcp(target: Target, mode: Mode, rate: int, period: float, log: pathlib.Path | None = None) -> Step:
-    cmd = [
-        "perfdhcp",
-        "-4",
-        "-l",
-        "eth0",
-        "-r",
-        str(rate),
-        "-p",
-        f"{period:g}",
-        "-R",
-        str(mode.clients),
-        "-b",
-        f"mac={mode.base_mac}",
-        "-x",
-        "t",
-        "-g",
-        "single",
+def _idle_ticks() -> int:
+    """Idle + iowait time of all CPUs. Busy = the rest: /proc/stat's busy columns are sampled at
+    ticks and miss most of perfdhcp's timer-aligned work here; idle time is measured."""
+    ticks = pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(ticks[4]) + int(ticks[5])
+
+
+def _udp_rcvbuf_errors(netns: str) -> int:
+    """UDP datagrams dropped in ``netns`` because a socket's receive buffer was full."""
+    udp = [
+        line.split()
+        for line in _run(_ns(netns, "cat", "/proc/net/snmp")).splitlines()
+        if line.startswith("Udp:")
     ]
+    return int(dict(zip(udp[0], udp[1], strict=True))["RcvbufErrors"])
+
+
+def _perfdhcp_cmd(target: Target, chaddrs: list[str], rate: int, period: float) -> list[str]:
+    cmd = ["perfdhcp", "-4", "-l", "eth0", "-r", str(rate), "-p", f"{period:g}"]
+    cmd += ["-R", str(len(chaddrs)), "-b", f"mac={chaddrs[0]}", "-x", "t", "-g", "single"]
     if target.local_port:
         cmd += ["-L", str(target.local_port)]
-    cmd += [*PERFDHCP_EXTRA, target.server_ip]
-    before = {name: _cpu_ticks(pid) for name, pid in target.pids.items()}
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        _ns(target.netns, *cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    pids = {**target.pids, "perfdhcp": proc.pid}
-    before["perfdhcp"] = 0
-    # perfdhcp runs under `ip netns exec`, which execs it: the pid is perfdhcp's own.
-    ticks_perfdhcp = 0
-    try:
-        while proc.poll() is None:
-            ticks_perfdhcp = max(ticks_perfdhcp, _cpu_ticks(proc.pid))
-            try:
-                out, _ = proc.communicate(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
+    return [*cmd, *PERFDHCP_EXTRA, target.server_ip]
+
+
+def perfdhcp(target: Target, mode: Mode, rate: int, period: float, log: pathlib.Path | None = None) -> Step:
+    """One perfdhcp per client VM, all at once, each at its share of ``rate``: their sum."""
+    cmds = [
+        (vm, _perfdhcp_cmd(target, chaddrs, share, period))
+        for vm, chaddrs, share in zip(target.vms, mode.chaddrs, shares(rate, len(target.vms)), strict=True)
+    ]
+    step = Step(rate, period)
+    drops = [_udp_rcvbuf_errors(vm) for vm in target.vms]
+    procs: list[subprocess.Popen] = []
+    cpu_s: dict[int, float] = {}  # pid → CPU seconds, from wait4 (exact, nothing sampled)
+    with contextlib.ExitStack() as outs:
+        files = [outs.enter_context(tempfile.TemporaryFile("w+")) for _ in cmds]
+        before = {name: _cpu_ticks(pid) for name, pid in target.pids.items()}
+        idle_before = _idle_ticks()
+        t0 = time.monotonic()
+        try:
+            for (vm, cmd), out in zip(cmds, files, strict=True):
+                # `ip netns exec` execs perfdhcp: the pid is perfdhcp's own.
+                procs.append(subprocess.Popen(_ns(vm, *cmd), stdout=out, stderr=subprocess.STDOUT))
+            while len(cpu_s) < len(procs):
+                for proc in procs:
+                    if proc.pid in cpu_s:
+                        continue
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid:
+                        proc.returncode = os.waitstatus_to_exitcode(status)
+                        cpu_s[pid] = usage.ru_utime + usage.ru_stime
                 if time.monotonic() - t0 > period + 60:
-                    raise BenchError(f"perfdhcp at {rate}/s did not finish") from None
-        else:
-            out, _ = proc.communicate()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    elapsed = time.monotonic() - t0
-    hz = os.sysconf("SC_CLK_TCK")
-    step = parse_perfdhcp(out or "", Step(rate, period))
-    for name, pid in pids.items():
-        ticks = ticks_perfdhcp if name == "perfdhcp" else _cpu_ticks(pid) - before[name]
-        step.cpu[name] = 100.0 * ticks / hz / elapsed
-    if log is not None:
-        with open(log, "a") as f:
-            f.write(f"# {' '.join(cmd)}\n")
-            f.write("\n".join(line for line in (out or "").splitlines() if not line.startswith("sent / rec")))
-            f.write("\n")
+                    raise BenchError(f"perfdhcp at {rate}/s did not finish")
+                time.sleep(0.05)
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    proc.wait()
+        elapsed = time.monotonic() - t0
+        hz = os.sysconf("SC_CLK_TCK")
+        step.cpu = {
+            name: 100.0 * (_cpu_ticks(pid) - before[name]) / hz / elapsed for name, pid in target.pids.items()
+        }
+        step.client_cpu = [100.0 * cpu_s[proc.pid] / elapsed for proc in procs]
+        step.machine_cpu = (
+            100.0 * (os.cpu_count() or 1) - 100.0 * (_idle_ticks() - idle_before) / hz / elapsed
+        )
+        step.client_drops = [_udp_rcvbuf_errors(vm) - n for vm, n in zip(target.vms, drops, strict=True)]
+        for (_vm, cmd), out in zip(cmds, files, strict=True):
+            out.seek(0)
+            text = out.read()
+            parse_perfdhcp(text, step)
+            if log is not None:
+                with open(log, "a") as f:
+                    f.write(f"# {' '.join(cmd)}\n")
+                    f.write(
+                        "\n".join(line for line in text.splitlines() if not line.startswith("sent / rec"))
+                    )
+                    f.write("\n")
     return step
 
 
 def warm_up(target: Target, mode: Mode, timeout: float = 20.0) -> None:
-    """One exchange at a time until the server answers (flows, bindings and caches in place)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        step = perfdhcp(target, Mode(mode.label, 1, mode.base_mac), 20, 1)
-        if step.acks > 0:
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(f"{target.server} ({mode.label}) never answered perfdhcp")
-        time.sleep(0.5)
+    """One exchange at a time from each VM until the server answers it (flows, bindings, caches)."""
+    for vm, chaddrs in zip(target.vms, mode.chaddrs, strict=True):
+        deadline = time.monotonic() + timeout
+        while perfdhcp(replace(target, vms=[vm]), Mode(mode.label, [chaddrs[:1]]), 20, 1).acks == 0:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{target.server} ({mode.label}) never answered perfdhcp from {vm}")
+            time.sleep(0.5)
 
 
 def sweep(
@@ -353,11 +408,9 @@ def sweep(
     def run(rate: int) -> Step:
         step = perfdhcp(target, mode, rate, period, log)
         series.steps.append(step)
-        cpu = " ".join(f"{name}={pct:.0f}%" for name, pct in step.cpu.items())
         print(
             f"  {target.server:8} {mode.label:26} offered {rate:6}/s  done {step.dora_s:8.0f}/s  "
-            f"lost {step.loss_pct:6.2f}%  p50 {step.p(50):7.2f} ms  p99 {step.p(99):7.2f} ms  "
-            f"cpu {cpu}",
+            f"lost {step.loss_pct:6.2f}%  p50 {step.p(50):7.2f} ms  p99 {step.p(99):7.2f} ms  {step.notes()}",
             flush=True,
         )
         return step
@@ -382,13 +435,13 @@ def sweep(
 
 
 # ---------------------------------------------------------------------------------------- servers
-AGENT_NET, AGENT_GW, AGENT_VM_IP = "10.202.0.0/16", "10.202.0.1", "10.202.0.5"
+AGENT_NET, AGENT_GW = "10.202.0.0/16", "10.202.0.1"
 AGENT_VM_MAC = "fa:16:3e:0a:00:05"
 
 
 @contextlib.contextmanager
-def agent_server(lab: Lab, rate_limit: tuple[int, int]) -> Iterator[tuple[Target, list[Mode]]]:
-    """A sandbox host with its agent; the client VM on its br-int; DHCP states for every MAC."""
+def agent_server(lab: Lab, rate_limit: tuple[int, int], k: int) -> Iterator[tuple[Target, list[Mode]]]:
+    """A sandbox host with its agent; K client VMs on its br-int; DHCP states for every MAC."""
     from agent._pb import goalstate_pb2 as pb
     from agent.sandbox import goalstates as gs
     from agent.sandbox.hosts import Sandbox
@@ -398,30 +451,28 @@ def agent_server(lab: Lab, rate_limit: tuple[int, int]) -> Iterator[tuple[Target
     box = Sandbox(lab.root / "agent", prefix=f"{lab.tag}a-")
     lab.defer(box.down)
     box.host_up("host1", agent_args=("--log-level", "WARNING", "--config", str(conf)))
-    port_id = f"port-{uuid.uuid4().hex[:8]}"
-    box.vm_add("host1", "cl", AGENT_VM_MAC, f"{AGENT_VM_IP}/16", iface_id=port_id)
+    host = box.host("host1")
     vpc, subnet, vni = "vpc-dhcpbench", "subnet-dhcpbench", 5202
+    vm_macs = client_macs(AGENT_VM_MAC, k)
     macs = client_macs()
     pair_ips = [f"10.202.1.{i}" if i < 250 else f"10.202.2.{i - 250}" for i in range(len(macs))]
     states = [
         gs.vpc(vpc, vni, AGENT_NET),
         gs.subnet(subnet, vpc, AGENT_NET, vni, gateway_ip=AGENT_GW, op=gs.CREATE),
-        gs.port(
-            port_id,
-            vpc,
-            subnet,
-            AGENT_VM_IP,
-            AGENT_VM_MAC,
-            box.host("host1").underlay_ip,
-            pairs=list(zip(pair_ips, macs, strict=True)),
-        ),
-        gs.dhcp("dhcp-vm", subnet, AGENT_VM_MAC, AGENT_VM_IP, "bench-vm"),
         *(
             gs.dhcp(f"dhcp-c{i}", subnet, mac, ip)
             for i, (mac, ip) in enumerate(zip(macs, pair_ips, strict=True))
         ),
     ]
-    replies = box.push_message("host1", gs.goal_state_v2(*states, host_ip=box.host("host1").underlay_ip))
+    vms = []
+    # Each VM's port gets its own slice of the 200 clients as allowed address pairs.
+    for i, (mac, pair_macs, ips) in enumerate(zip(vm_macs, split(macs, k), split(pair_ips, k), strict=True)):
+        port_id, ip = f"port-{uuid.uuid4().hex[:8]}", f"10.202.0.{5 + i}"
+        vms.append(box.vm_add("host1", f"cl{i}", mac, f"{ip}/16", iface_id=port_id).netns)
+        pairs = list(zip(ips, pair_macs, strict=True))
+        states.append(gs.port(port_id, vpc, subnet, ip, mac, host.underlay_ip, pairs=pairs))
+        states.append(gs.dhcp(f"dhcp-vm{i}", subnet, mac, ip, f"bench-vm{i}"))
+    replies = box.push_message("host1", gs.goal_state_v2(*states, host_ip=host.underlay_ip))
     bad = {
         s.resource_id: s.operation_status
         for r in replies
@@ -430,15 +481,14 @@ def agent_server(lab: Lab, rate_limit: tuple[int, int]) -> Iterator[tuple[Target
     }
     if bad:
         raise BenchError(f"agent refused the bench goal state: {bad}")
-    vm_ns = box.vms()["cl"].netns
-    # perfdhcp unicasts to the server id (the subnet's gateway) like a relay agent would.
-    _run(_ns(vm_ns, "ip", "neigh", "replace", AGENT_GW, "lladdr", RESPONDER_MAC, "dev", "eth0"))
-    host = box.host("host1")
+    for vm_ns in vms:
+        # perfdhcp unicasts to the server id (the subnet's gateway) like a relay agent would.
+        _run(_ns(vm_ns, "ip", "neigh", "replace", AGENT_GW, "lladdr", RESPONDER_MAC, "dev", "eth0"))
     pids = {"aca-agent": host.agent_pid or 0, "ovs-vswitchd": _pidfile(pathlib.Path(host.ovs_rundir))}
-    target = Target("agent", vm_ns, AGENT_GW, pids)
+    target = Target("agent", vms, AGENT_GW, pids)
     modes = [
-        Mode("1 client (relay)", 1, AGENT_VM_MAC),
-        Mode(f"{CLIENTS} clients (relay+pairs)", CLIENTS, CLIENTS_BASE_MAC),
+        Mode("1 client per VM (relay)", [[mac] for mac in vm_macs]),
+        Mode(f"{CLIENTS} clients (relay+pairs)", split(macs, k)),
     ]
     yield target, modes
 
@@ -459,13 +509,13 @@ def _ovs(lab: Lab, netns: str, name: str) -> object:
     return ovs
 
 
-OVN_NET, OVN_GW, OVN_VM_IP = "10.201.0.0/24", "10.201.0.1", "10.201.0.5"
+OVN_NET, OVN_GW = "10.201.0.0/24", "10.201.0.1"
 OVN_VM_MAC, OVN_SERVER_MAC = "fa:16:3e:0b:00:05", "02:00:00:0b:00:01"
 OVN_SCHEMAS = pathlib.Path("/usr/share/ovn")
 
 
 @contextlib.contextmanager
-def ovn_server(lab: Lab) -> Iterator[tuple[Target, list[Mode]]]:
+def ovn_server(lab: Lab, k: int) -> Iterator[tuple[Target, list[Mode]]]:
     """NB/SB ovsdb-servers, ovn-northd and ovn-controller on a simulated host of their own."""
     ns = lab.netns("ovn")
     d = lab.root / "ovn"
@@ -543,8 +593,6 @@ def ovn_server(lab: Lab) -> Iterator[tuple[Target, list[Mode]]]:
         return _run(["ovn-nbctl", f"--db={nb}", "--timeout=30", *args], env=env).strip()
 
     nbctl("ls-add", "ls0")
-    nbctl("lsp-add", "ls0", "lsp0")
-    nbctl("lsp-set-addresses", "lsp0", f"{OVN_VM_MAC} {OVN_VM_IP}")
     opts = nbctl("dhcp-options-create", OVN_NET)
     opts = opts or nbctl("--bare", "--columns=_uuid", "find", "DHCP_Options", f'cidr="{OVN_NET}"')
     nbctl(
@@ -557,18 +605,23 @@ def ovn_server(lab: Lab) -> Iterator[tuple[Target, list[Mode]]]:
         "mtu=1450",
         "dns_server=10.201.0.2",
     )
-    nbctl("lsp-set-dhcpv4-options", "lsp0", opts)
-    vm_ns = lab.netns("ovn-vm")
-    _veth_to_bridge(ovs, ns, "br-int", "vm-ovn", vm_ns, OVN_VM_MAC, f"{OVN_VM_IP}/24", iface_id="lsp0")
-    nbctl("wait-until", "Logical_Switch_Port", "lsp0", "up=true")
+    vm_macs, vms = client_macs(OVN_VM_MAC, k), []
+    for i, mac in enumerate(vm_macs):
+        lsp, ip = f"lsp{i}", f"10.201.0.{5 + i}"
+        nbctl("lsp-add", "ls0", lsp)
+        nbctl("lsp-set-addresses", lsp, f"{mac} {ip}")
+        nbctl("lsp-set-dhcpv4-options", lsp, opts)
+        vms.append(lab.netns(f"ovn-vm{i}"))
+        _veth_to_bridge(ovs, ns, "br-int", f"vm-ovn{i}", vms[-1], mac, f"{ip}/24", iface_id=lsp)
+        nbctl("wait-until", "Logical_Switch_Port", lsp, "up=true")
+        _run(_ns(vms[-1], "ip", "neigh", "replace", OVN_GW, "lladdr", OVN_SERVER_MAC, "dev", "eth0"))
     nbctl("--wait=hv", "sync")
-    _run(_ns(vm_ns, "ip", "neigh", "replace", OVN_GW, "lladdr", OVN_SERVER_MAC, "dev", "eth0"))
     pids = {"ovn-controller": controller, "ovs-vswitchd": _pidfile(ovs.rundir)}  # type: ignore[attr-defined]
     # From the lease address and port 68, unicast to the server id: what OVN's flows accept.
-    yield Target("ovn", vm_ns, OVN_GW, pids, local_port=68), [Mode("1 client", 1, OVN_VM_MAC)]
+    yield Target("ovn", vms, OVN_GW, pids, local_port=68), [Mode("1 client per VM", [[m] for m in vm_macs])]
 
 
-PEER_NET, PEER_SERVER_IP, PEER_RELAY_IP = "10.203.0.0/24", "10.203.0.1", "10.203.0.2"
+PEER_NET, PEER_SERVER_IP = "10.203.0.0/24", "10.203.0.1"  # relay VMs: .2 + i (< .10, the pool)
 PEER_SERVER_MAC, PEER_VM_MAC = "fa:16:3e:0d:00:01", "fa:16:3e:0d:00:02"
 
 
@@ -577,24 +630,27 @@ def _peer_ip(i: int) -> str:
 
 
 @contextlib.contextmanager
-def _peer_host(lab: Lab, name: str) -> Iterator[tuple[str, str, str]]:
-    """A host namespace with OVS and a netdev bridge joining a server and a client namespace."""
+def _peer_host(lab: Lab, name: str, k: int) -> Iterator[tuple[str, list[str], str]]:
+    """A host namespace with OVS and a netdev bridge joining a server and K relay VM namespaces."""
     host_ns = lab.netns(f"{name}-host")
     ovs = _ovs(lab, host_ns, name)
     ovs.vsctl("add-br", "br-peer", "--", "set", "bridge", "br-peer", "datapath_type=netdev")  # type: ignore[attr-defined]
-    srv_ns, vm_ns = lab.netns(f"{name}-srv"), lab.netns(f"{name}-vm")
+    srv_ns = lab.netns(f"{name}-srv")
     _veth_to_bridge(ovs, host_ns, "br-peer", "srv", srv_ns, PEER_SERVER_MAC, f"{PEER_SERVER_IP}/24")
-    _veth_to_bridge(ovs, host_ns, "br-peer", "vm", vm_ns, PEER_VM_MAC, f"{PEER_RELAY_IP}/24")
-    yield srv_ns, vm_ns, str(_pidfile(ovs.rundir))  # type: ignore[attr-defined]
+    vms = []
+    for i, mac in enumerate(client_macs(PEER_VM_MAC, k)):
+        vms.append(lab.netns(f"{name}-vm{i}"))
+        _veth_to_bridge(ovs, host_ns, "br-peer", f"vm{i}", vms[-1], mac, f"10.203.0.{2 + i}/24")
+    yield srv_ns, vms, str(_pidfile(ovs.rundir))  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
-def kea_server(lab: Lab, log_severity: str = "WARN") -> Iterator[tuple[Target, list[Mode]]]:
+def kea_server(lab: Lab, k: int, log_severity: str = "WARN") -> Iterator[tuple[Target, list[Mode]]]:
     """kea-dhcp4 with memfile leases (persisted), logging warnings to a file.
 
     Debian's shipped configuration logs at INFO, one line per lease: that halves Kea's rate here
     (``--kea-log-severity INFO``)."""
-    with _peer_host(lab, "kea") as (srv_ns, vm_ns, vswitchd):
+    with _peer_host(lab, "kea", k) as (srv_ns, vms, vswitchd):
         d = lab.root / "kea"
         d.mkdir(parents=True, exist_ok=True)
         conf = {
@@ -635,15 +691,15 @@ def kea_server(lab: Lab, log_severity: str = "WARN") -> Iterator[tuple[Target, l
         pid = lab.spawn(_ns(srv_ns, "kea-dhcp4", "-c", str(d / "kea-dhcp4.conf")), d / "kea.out", env)
         pids = {"kea-dhcp4": pid, "ovs-vswitchd": int(vswitchd)}
         yield (
-            Target("kea", vm_ns, PEER_SERVER_IP, pids),
-            [Mode(f"{CLIENTS} clients (relay)", CLIENTS, CLIENTS_BASE_MAC)],
+            Target("kea", vms, PEER_SERVER_IP, pids),
+            [Mode(f"{CLIENTS} clients (relay)", split(client_macs(), k))],
         )
 
 
 @contextlib.contextmanager
-def dnsmasq_server(lab: Lab) -> Iterator[tuple[Target, list[Mode]]]:
+def dnsmasq_server(lab: Lab, k: int) -> Iterator[tuple[Target, list[Mode]]]:
     """dnsmasq with the arguments Neutron's DHCP agent gives it (its log directory set)."""
-    with _peer_host(lab, "dnsmasq") as (srv_ns, vm_ns, vswitchd):
+    with _peer_host(lab, "dnsmasq", k) as (srv_ns, vms, vswitchd):
         d = lab.root / "dnsmasq"
         d.mkdir(parents=True, exist_ok=True)
         hosts = [
@@ -683,8 +739,8 @@ def dnsmasq_server(lab: Lab) -> Iterator[tuple[Target, list[Mode]]]:
         pid = lab.spawn(_ns(srv_ns, *cmd), d / "dnsmasq.out")
         pids = {"dnsmasq": pid, "ovs-vswitchd": int(vswitchd)}
         yield (
-            Target("dnsmasq", vm_ns, PEER_SERVER_IP, pids),
-            [Mode(f"{CLIENTS} clients (relay)", CLIENTS, CLIENTS_BASE_MAC)],
+            Target("dnsmasq", vms, PEER_SERVER_IP, pids),
+            [Mode(f"{CLIENTS} clients (relay)", split(client_macs(), k))],
         )
 
 
@@ -702,9 +758,8 @@ def report(all_series: list[Series]) -> dict[str, float]:
     for s in all_series:
         best, common, fail = s.best, s.at(COMMON_RATE), s.first_failure
         limit = "not reached" if fail is None else f"{fail.rate}/s: {fail.loss_pct:.1f}% lost"
-        if fail is not None and fail.cpu:
-            busy = max(fail.cpu.items(), key=lambda kv: kv[1])
-            limit += f", busiest {busy[0]} {busy[1]:.0f}%"
+        if fail is not None:
+            limit += f", {fail.notes()}"
         print(
             f"{s.server:8} {s.mode:26} {_fmt(best.dora_s if best else None):>11} "
             f"{_fmt(best.rate if best else None):>10} {_fmt(best.loss_pct if best else None, '.2f'):>7} "
@@ -784,6 +839,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the agent's per-port DHCP token bucket ([dhcp] rate, burst; rate 0: off). "
         "The default config (100/s, burst 200) would cap one port at 100 requests/s.",
     )
+    p.add_argument(
+        "--clients-vms",
+        type=int,
+        default=CLIENT_VMS,
+        choices=range(1, MAX_CLIENT_VMS + 1),
+        metavar="K",
+        help=f"client VMs per server, one perfdhcp each at 1/K of the offered rate (default {CLIENT_VMS})",
+    )
     p.add_argument("--perfdhcp-args", default="", help="extra perfdhcp arguments")
     p.add_argument("--kea-log-severity", default="WARN", help="Kea's logger severity (Debian ships INFO)")
     p.add_argument("--keep-logs", metavar="DIR", help="copy perfdhcp reports and server logs here")
@@ -805,15 +868,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
 
+    k = args.clients_vms
     makers = {
-        "agent": lambda lab: agent_server(lab, (rate_limit[0], rate_limit[1])),
-        "ovn": ovn_server,
-        "kea": lambda lab: kea_server(lab, args.kea_log_severity),
-        "dnsmasq": dnsmasq_server,
+        "agent": lambda lab: agent_server(lab, (rate_limit[0], rate_limit[1]), k),
+        "ovn": lambda lab: ovn_server(lab, k),
+        "kea": lambda lab: kea_server(lab, k, args.kea_log_severity),
+        "dnsmasq": lambda lab: dnsmasq_server(lab, k),
     }
     print(
         f"perfdhcp steps {rates} DORA/s, {period:g} s each, until > {LOSS_LIMIT_PCT:g}% of exchanges fail; "
-        f"agent [dhcp] rate,burst = {rate_limit[0]},{rate_limit[1]}",
+        f"{k} client VM(s) per server; agent [dhcp] rate,burst = {rate_limit[0]},{rate_limit[1]}",
         flush=True,
     )
     all_series: list[Series] = []
