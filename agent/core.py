@@ -26,7 +26,7 @@ from agent.model.decode import Wire
 from agent.model.resources import Op, Request, ResourceType, Status
 from agent.model.state import DesiredState, Outcome
 from agent.model.store import Store
-from agent.planner.plan import Owner, Planner
+from agent.planner.plan import Interface, Owner, Planner
 from agent.reconciler.flows import ApplyResult, FlowReconciler
 
 if TYPE_CHECKING:
@@ -333,7 +333,7 @@ class AgentCore:
         self.dataplane_ready = False
         log.warning("event=dataplane_lost")
 
-    def set_interfaces(self, interfaces: list[tuple[str, str | None, int]]) -> ApplyResult:
+    def set_interfaces(self, interfaces: list[Interface]) -> ApplyResult:
         """OVSDB reported the bridge's interfaces: bind pending ports that appeared, unbind gone ones."""
         owners = self.planner.set_interfaces(interfaces)
         result = self._program(owners)
@@ -364,4 +364,4 @@ class AgentCore:
 
     def _apply_dhcp(self, owners: set[Owner]) -> None:
         if self.dhcp is not None:
-            self.dhcp.apply(owners, self.planner.bindings, self.planner.dhcp_ofport)
+            self.dhcp.apply(owners, self.planner.bindings, self.planner.dhcp_ofport, self.planner.ifindexes)

@@ -74,6 +74,8 @@ struct lease {
 struct port {
     uint32_t net_id;
     uint32_t n_macs;
+    int ifindex;        /* replies leave directly from this interface (0: back through OVS) */
+    uint8_t src_mac[6]; /* ... with this Ethernet source */
     double tokens;
     uint64_t last_ns;
     uint8_t macs[][6]; /* n_macs of them: allocated with the port */
@@ -235,6 +237,21 @@ int dhcp_port_set(dhcp_engine *e, uint32_t ofport, uint32_t net_id, const uint8_
     if (rc != 0)
         free(p);
     return rc;
+}
+
+int dhcp_port_direct(dhcp_engine *e, uint32_t ofport, int ifindex, const uint8_t *src_mac)
+{
+    if (ifindex < 0 || (ifindex > 0 && src_mac == NULL))
+        return -1;
+    pthread_mutex_lock(&e->lock);
+    struct port *p = aca_tbl_get(&e->ports, ofport, 0);
+    if (p != NULL) {
+        p->ifindex = ifindex;
+        if (ifindex)
+            memcpy(p->src_mac, src_mac, 6);
+    }
+    pthread_mutex_unlock(&e->lock);
+    return p != NULL ? 0 : -1;
 }
 
 int dhcp_port_del(dhcp_engine *e, uint32_t ofport)
@@ -576,11 +593,16 @@ static size_t build_reply(const struct request *r, const struct port *port, cons
         dst_ip = l->ip;
     }
 
-    /* Ethernet: the source carries the asking port; OVS restores a real source address. */
+    /* Ethernet: a real source when the reply leaves directly; else the asking port's tag, which
+     * OVS replaces by a real source address. */
     memcpy(out, dst_mac, 6);
-    out[6] = DHCP_TAG_0;
-    out[7] = DHCP_TAG_1;
-    aca_wr32(out + 8, r->ofport);
+    if (port->ifindex) {
+        memcpy(out + 6, port->src_mac, 6);
+    } else {
+        out[6] = DHCP_TAG_0;
+        out[7] = DHCP_TAG_1;
+        aca_wr32(out + 8, r->ofport);
+    }
     aca_wr16(out + 12, 0x0800);
 
     size_t ip_total = IP_HDR + UDP_HDR + mlen;
@@ -602,7 +624,7 @@ static size_t build_reply(const struct request *r, const struct port *port, cons
 }
 
 static size_t handle_locked(dhcp_engine *e, const uint8_t *f, size_t len, uint8_t *out, size_t out_cap,
-                            uint64_t now_ns)
+                            uint64_t now_ns, int *ifindex)
 {
     struct request r;
     e->counters[DHCP_C_RX_FRAMES]++;
@@ -661,19 +683,24 @@ static size_t handle_locked(dhcp_engine *e, const uint8_t *f, size_t len, uint8_
         type = wanted == l->ip ? ACK : NAK;
     }
     size_t n = build_reply(&r, port, s, l, type, out, out_cap);
-    if (n)
+    if (n) {
         e->counters[type == OFFER ? DHCP_C_TX_OFFER : type == ACK ? DHCP_C_TX_ACK : DHCP_C_TX_NAK]++;
+        *ifindex = port->ifindex;
+    }
     return n;
 }
 
 size_t dhcp_handle_frame(dhcp_engine *e, const uint8_t *frame, size_t len, uint8_t *out, size_t out_cap,
-                         uint64_t now_ns)
+                         uint64_t now_ns, int *ifindex)
 {
+    int direct = 0;
     if (frame == NULL || out == NULL)
         return 0;
     pthread_mutex_lock(&e->lock);
-    size_t n = handle_locked(e, frame, len, out, out_cap, now_ns);
+    size_t n = handle_locked(e, frame, len, out, out_cap, now_ns, &direct);
     pthread_mutex_unlock(&e->lock);
+    if (ifindex != NULL)
+        *ifindex = n ? direct : 0;
     return n;
 }
 
@@ -693,7 +720,7 @@ static unsigned io_batch(void *ctx, const struct pktio_frame *rx, unsigned n, st
     unsigned m = 0;
     pthread_mutex_lock(&e->lock);
     for (unsigned i = 0; i < n; i++) {
-        size_t len = handle_locked(e, rx[i].data, rx[i].len, tx[m].data, PKTIO_BUF, now);
+        size_t len = handle_locked(e, rx[i].data, rx[i].len, tx[m].data, PKTIO_BUF, now, &tx[m].ifindex);
         if (len)
             tx[m++].len = len;
     }

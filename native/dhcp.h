@@ -5,9 +5,11 @@
  * creates, resets and destroys engines at will. Every public function takes the engine's lock:
  * the I/O thread (dhcp_io_start) and Python updates may run at the same time.
  *
- * Frames in and out carry the asking OpenFlow port in their Ethernet source address
- * (DHCP_TAG_OUI:port, see docs/pipeline.md): OVS writes it on the way to the responder and
- * restores a real source address on the way back.
+ * Requests carry the asking OpenFlow port in their Ethernet source address (DHCP_TAG_OUI:port,
+ * see docs/pipeline.md), written by OVS on the way to the responder. A reply leaves directly
+ * out of the port's own interface when the agent declared it (dhcp_port_direct): no second trip
+ * through ovs-vswitchd. Otherwise it goes back through OVS with the same tag as its source,
+ * which OVS replaces by a real address before delivering it to that port.
  */
 #ifndef ACA_DHCP_H
 #define ACA_DHCP_H
@@ -72,14 +74,18 @@ int dhcp_lease_del(dhcp_engine *e, uint32_t net_id, const uint8_t *mac);
  * most DHCP_MAX_PORT_MACS; none: any MAC of the network). Relayed replies go to the first MAC. */
 int dhcp_port_set(dhcp_engine *e, uint32_t ofport, uint32_t net_id, const uint8_t *macs, size_t n_macs);
 int dhcp_port_del(dhcp_engine *e, uint32_t ofport);
+/* Replies to ``ofport`` leave directly from interface ``ifindex`` with Ethernet source ``src_mac``
+ * (6 bytes); ifindex 0: back through OVS. The port must be declared. 0 or -1. */
+int dhcp_port_direct(dhcp_engine *e, uint32_t ofport, int ifindex, const uint8_t *src_mac);
 
 /* Per-port token bucket: ``rate`` requests per second, ``burst`` at most; rate 0 = unlimited. */
 void dhcp_set_rate_limit(dhcp_engine *e, uint32_t rate, uint32_t burst);
 
 /* Answer one tagged frame: returns the reply's length in ``out`` (0: no reply). ``now_ns`` is a
- * monotonic clock for the rate limiter. */
+ * monotonic clock for the rate limiter. ``ifindex`` (may be NULL) receives the interface the
+ * reply leaves from directly, 0 when it goes back through OVS. */
 size_t dhcp_handle_frame(dhcp_engine *e, const uint8_t *frame, size_t len, uint8_t *out, size_t out_cap,
-                         uint64_t now_ns);
+                         uint64_t now_ns, int *ifindex);
 
 /* Copy up to ``n`` counters (enum dhcp_counter order) into ``out``; returns how many exist. */
 size_t dhcp_counters(dhcp_engine *e, uint64_t *out, size_t n);

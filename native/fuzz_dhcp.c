@@ -36,6 +36,7 @@ static dhcp_engine *engine(void)
     dhcp_lease_set(e, 100, mac_b, 0x0a00000b, 1, "");
     dhcp_port_set(e, 5, 100, mac_a, 1);
     dhcp_port_set(e, 6, 100, NULL, 0);
+    dhcp_port_direct(e, 6, 1, mac_b); /* replies to port 6 built for direct sending */
     dhcp_set_rate_limit(e, 0, 1);
     return e;
 }
@@ -56,6 +57,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     /* An exact-size output buffer too, so the builder's bounds are exercised. */
     size_t cap = (data[0] & 4) ? 600 : sizeof(out);
-    dhcp_handle_frame(engine(), frame, len, out, cap, (uint64_t)size * 1000);
+    dhcp_handle_frame(engine(), frame, len, out, cap, (uint64_t)size * 1000, NULL);
     return 0;
 }

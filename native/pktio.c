@@ -27,7 +27,7 @@ void pktio_init(struct pktio *io)
 struct buffers {
     struct mmsghdr rx[PKTIO_BATCH], tx[PKTIO_BATCH];
     struct iovec rx_iov[PKTIO_BATCH], tx_iov[PKTIO_BATCH];
-    struct sockaddr_ll from[PKTIO_BATCH];
+    struct sockaddr_ll from[PKTIO_BATCH], to[PKTIO_BATCH];
     struct pktio_frame in[PKTIO_BATCH], out[PKTIO_BATCH];
     uint8_t rx_buf[PKTIO_BATCH][PKTIO_BUF];
     uint8_t tx_buf[PKTIO_BATCH][PKTIO_BUF];
@@ -74,8 +74,10 @@ static void *io_main(void *arg)
         }
         if (k == 0)
             continue;
-        for (unsigned i = 0; i < k; i++)
+        for (unsigned i = 0; i < k; i++) {
             b->out[i].len = 0;
+            b->out[i].ifindex = 0;
+        }
         unsigned m = io->batch(io->ctx, b->in, k, b->out);
         if (m > k)
             m = k;
@@ -84,6 +86,17 @@ static void *io_main(void *arg)
             memset(&b->tx[i].msg_hdr, 0, sizeof(b->tx[i].msg_hdr));
             b->tx[i].msg_hdr.msg_iov = &b->tx_iov[i];
             b->tx[i].msg_hdr.msg_iovlen = 1;
+            if (b->out[i].ifindex > 0 && b->out[i].len >= 14) {
+                struct sockaddr_ll *to = &b->to[i];
+                memset(to, 0, sizeof(*to));
+                to->sll_family = AF_PACKET;
+                to->sll_ifindex = b->out[i].ifindex;
+                memcpy(&to->sll_protocol, b->out[i].data + 12, 2); /* the frame's EtherType */
+                to->sll_halen = 6;
+                memcpy(to->sll_addr, b->out[i].data, 6);
+                b->tx[i].msg_hdr.msg_name = to;
+                b->tx[i].msg_hdr.msg_namelen = sizeof(*to);
+            }
         }
         for (unsigned sent = 0; sent < m;) {
             int r = sendmmsg(io->fd, b->tx + sent, m - sent, 0);

@@ -1,5 +1,6 @@
 /* AF_PACKET I/O thread shared by the native engines: one socket bound to an agent-owned OVS
  * internal port, batched receive (recvmmsg) and send (sendmmsg), stopped through an eventfd.
+ * A frame to send may name another interface (``ifindex``): it leaves there directly.
  *
  * The thread hands each received batch to the engine's ``batch`` callback, which writes the
  * frames to send back into ``tx`` and returns how many; frames the kernel reports as our own
@@ -20,6 +21,7 @@ struct sock_fprog; /* <linux/filter.h>: a classic BPF program attached to the so
 struct pktio_frame {
     uint8_t *data; /* PKTIO_BUF bytes */
     size_t len;
+    int ifindex; /* tx: send out of this interface instead of the socket's own (0: the socket's) */
 };
 
 /* Handle ``n`` received frames; fill tx[0..m) (data is preallocated, set len); return m <= n. */

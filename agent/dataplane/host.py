@@ -20,6 +20,7 @@ from agent.dataplane.openflow.connection import Bundle, OpenFlowConnection, Open
 from agent.dataplane.ovsdb import InterfaceInfo, Ovsdb
 from agent.planner import cookies
 from agent.planner.flows import Flow, FlowKey
+from agent.planner.plan import Interface
 from agent.reconciler.flows import BundleRejected
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ class OpenFlowDriver:
         )
 
 
-def _interfaces(infos: list[InterfaceInfo]) -> list[tuple[str, str | None, int]]:
-    return [(i.name, i.iface_id, i.ofport) for i in infos if i.ofport and i.ofport > 0]
+def _interfaces(infos: list[InterfaceInfo]) -> list[Interface]:
+    return [(i.name, i.iface_id, i.ofport, i.ifindex) for i in infos if i.ofport and i.ofport > 0]
 
 
 class HostDataplane:

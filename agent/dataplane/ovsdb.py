@@ -52,6 +52,7 @@ _COLUMNS: dict[str, list[str]] = {
         "admin_state",
         "link_state",
         "error",
+        "ifindex",
     ],
 }
 
@@ -83,6 +84,7 @@ class InterfaceInfo:
     admin_up: bool | None
     link_up: bool | None
     error: str | None
+    ifindex: int = 0  # the kernel's, when the interface is a Linux device
 
 
 # ---------------------------------------------------------------------------- commands
@@ -356,6 +358,7 @@ def _bridge_interfaces(idl: ovs.db.idl.Idl, bridge: str) -> list[InterfaceInfo] 
                     admin_up=None if admin is None else admin == "up",
                     link_up=None if link is None else link == "up",
                     error=_first(iface.error),
+                    ifindex=_first(iface.ifindex) or 0,
                 )
             )
     return sorted(infos, key=lambda i: i.name)

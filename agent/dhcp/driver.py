@@ -11,7 +11,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.dhcp import leases
 from agent.dhcp.engine import Engine
@@ -24,13 +24,21 @@ from agent.planner.cookies import Kind
 log = logging.getLogger("aca.dhcp")
 
 
+class _PortEntry(NamedTuple):
+    ofport: int
+    vni: int
+    macs: tuple[str, ...]
+    ifindex: int  # replies leave from this device directly (0: back through OVS)
+    source: str  # their Ethernet source
+
+
 class DhcpDriver:
     def __init__(self, state: DesiredState, settings: Settings, engine: Engine | None = None) -> None:
         self.state = state
         self.settings = settings
         self.engine = engine or Engine()
         self._leases: dict[str, Lease] = {}  # DHCP id → lease in the engine
-        self._ports: dict[str, tuple[int, int, tuple[str, ...]]] = {}  # port id → (ofport, VNI, MACs)
+        self._ports: dict[str, _PortEntry] = {}  # port id → what the engine holds for it
         self._profiles: dict[str, tuple[int, Profile]] = {}  # subnet id → (handle, profile)
         self._users: Counter[str] = Counter()  # subnet id → leases using its profile
         self._handles = itertools.count(1)
@@ -48,7 +56,11 @@ class DhcpDriver:
 
     # ------------------------------------------------------------------ changes (worker thread)
     def apply(
-        self, owners: Iterable[tuple[Kind, str]], bindings: dict[str, int], dhcp_ofport: int | None
+        self,
+        owners: Iterable[tuple[Kind, str]],
+        bindings: dict[str, int],
+        dhcp_ofport: int | None,
+        ifindexes: dict[str, int],
     ) -> int:
         """Bring the touched DHCP owners' engine entries up to date; returns how many changed."""
         changed = 0
@@ -59,7 +71,8 @@ class DhcpDriver:
             if oid.startswith(plan.LEASE_PREFIX):
                 changed += self._apply_lease(oid[len(plan.LEASE_PREFIX) :], fresh)
             elif oid.startswith(plan.PORT_PREFIX):
-                changed += self._apply_port(oid[len(plan.PORT_PREFIX) :], bindings, dhcp_ofport)
+                port_id = oid[len(plan.PORT_PREFIX) :]
+                changed += self._apply_port(port_id, bindings, dhcp_ofport, ifindexes.get(port_id, 0))
         return changed
 
     def _profile_handle(self, subnet_id: str, fresh: dict[str, Profile]) -> int:
@@ -104,16 +117,24 @@ class DhcpDriver:
             self._release_profile(held.subnet_id)
         return 1
 
-    def _apply_port(self, port_id: str, bindings: dict[str, int], dhcp_ofport: int | None) -> int:
+    def _apply_port(
+        self, port_id: str, bindings: dict[str, int], dhcp_ofport: int | None, ifindex: int
+    ) -> int:
         found = plan.steered(self.state, port_id, bindings, dhcp_ofport)
-        want = (found[1], found[2], tuple(plan.port_macs(found[0]))) if found is not None else None
+        want = None
+        if found is not None:
+            port, ofport, vni = found
+            source = plan.responder_mac(self.state, port)
+            want = _PortEntry(ofport, vni, tuple(plan.port_macs(port)), ifindex, source)
         held = self._ports.get(port_id)
         if want == held:
             return 0
-        if held is not None and (want is None or held[0] != want[0]):
-            self.engine.del_port(held[0])
+        if held is not None and (want is None or held.ofport != want.ofport):
+            self.engine.del_port(held.ofport)
         if want is not None:
-            self.engine.set_port(want[0], want[1], list(want[2]))
+            self.engine.set_port(want.ofport, want.vni, list(want.macs))
+            if want.ifindex:
+                self.engine.set_direct(want.ofport, want.ifindex, want.source)
             self._ports[port_id] = want
         else:
             del self._ports[port_id]

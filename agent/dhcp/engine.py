@@ -76,6 +76,11 @@ class Engine:
         if lib.dhcp_port_set(self._e, ofport, net_id, raw, len(macs)) != 0:
             raise EngineError(f"port {ofport}: rejected ({len(macs)} MACs)")
 
+    def set_direct(self, ofport: int, ifindex: int, src_mac: str) -> None:
+        """Replies to a declared port leave from interface ``ifindex`` (0: back through OVS)."""
+        if lib.dhcp_port_direct(self._e, ofport, ifindex, _mac(src_mac)) != 0:
+            raise EngineError(f"port {ofport}: direct replies via ifindex {ifindex} rejected")
+
     def del_port(self, ofport: int) -> None:
         lib.dhcp_port_del(self._e, ofport)
 
@@ -86,7 +91,7 @@ class Engine:
     def handle(self, frame: bytes, now_ns: int | None = None) -> bytes:
         """Answer one tagged frame (tests, fuzz replay); b"" when there is no reply."""
         now = time.monotonic_ns() if now_ns is None else now_ns
-        n = lib.dhcp_handle_frame(self._e, frame, len(frame), self._out, FRAME_MAX, now)
+        n = lib.dhcp_handle_frame(self._e, frame, len(frame), self._out, FRAME_MAX, now, ffi.NULL)
         return bytes(ffi.buffer(self._out, n))
 
     def counters(self) -> dict[str, int]:

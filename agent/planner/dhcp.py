@@ -1,10 +1,12 @@
 """Flows that steer DHCP requests to the agent's responder and its replies back (pure builders).
 
-The responder (native/dhcp.c) reads and writes one internal port (``aca-dhcp``). A request
-from a bound port leaves table ``DHCP`` with its Ethernet source rewritten to a tag that names
-the asking OpenFlow port (``0a:ca`` + the ofport in four octets); the responder answers from
-the same tag, and one ``CLASSIFY`` flow per port restores a real source MAC and outputs to
-exactly that port. No VLAN tag is pushed, so nothing depends on how AF_PACKET reports VLANs.
+The responder (native/dhcp.c) reads one internal port (``aca-dhcp``). A request from a bound
+port leaves table ``DHCP`` with its Ethernet source rewritten to a tag that names the asking
+OpenFlow port (``0a:ca`` + the ofport in four octets). The responder sends the reply straight
+out of that port's device when OVSDB reported its ifindex (ovs-vswitchd is not involved);
+otherwise it answers into ``aca-dhcp`` from the same tag, and one ``CLASSIFY`` flow per port
+restores a real source MAC and outputs to exactly that port. No VLAN tag is pushed, so nothing
+depends on how AF_PACKET reports VLANs.
 
 Owners (kind ``DHCP``): ``port:<port id>`` (these flows and the port's entry in the
 responder) and ``lease:<dhcp id>`` (a lease in the responder, no flows).
@@ -145,6 +147,10 @@ def flows(state: DesiredState, oid: str, bindings: dict[str, int], dhcp_ofport: 
     if found is None or dhcp_ofport is None:
         return []
     port, ofport, _vni = found
+    return port_flows(port, ofport, dhcp_ofport, responder_mac(state, port))
+
+
+def responder_mac(state: DesiredState, port: Port) -> str:
+    """The source of replies to the port: its subnet's gateway MAC, else RESPONDER_MAC."""
     subnet = state.subnets.get(served_subnet(state, port) or "")
-    responder = subnet.gateway_mac if subnet is not None and subnet.gateway_mac else RESPONDER_MAC
-    return port_flows(port, ofport, dhcp_ofport, responder)
+    return subnet.gateway_mac if subnet is not None and subnet.gateway_mac else RESPONDER_MAC

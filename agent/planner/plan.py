@@ -43,6 +43,7 @@ def route_segment_owner(vni: int) -> Owner:
 
 
 Member = tuple[ResourceType, str]  # a port or neighbour, by type and id
+Interface = tuple[str, str | None, int, int]  # an OVSDB interface: name, iface-id, ofport, ifindex
 _NO_SUBNETS: frozenset[str] = frozenset()
 _MEMBER_OWNER = {ResourceType.PORT: port_owner, ResourceType.NEIGHBOR: neighbor_owner}
 
@@ -56,6 +57,8 @@ class Planner:
         self.routing_mode = routing_mode
         self.tunnel_ofport: int | None = None
         self.bindings: dict[str, int] = {}  # port id → ofport it is programmed with
+        self.ifindexes: dict[str, int] = {}  # port id → its device's ifindex (0: unknown)
+        self._ifindex_of: dict[int, int] = {}  # ofport → ifindex, from OVSDB
         self._by_iface_id: dict[str, int] = {}  # external_ids:iface-id → ofport
         self._by_tap_name: dict[str, int] = {}  # Nova's tap<first 11 chars of port id> → ofport
         self._port_segment: dict[str, int] = {}  # programmed port → its VNI
@@ -86,15 +89,18 @@ class Planner:
             return {dhcp.lease_owner(rid)}
         return set()
 
-    def set_interfaces(self, interfaces: list[tuple[str, str | None, int]]) -> set[Owner]:
-        """The bridge's interfaces as (name, iface-id, ofport) from OVSDB. A port binds to the
-        interface whose iface-id is its id, or to the one named tap + its id's first 11 chars.
-        Re-plans only the ports whose binding changed."""
-        self._by_iface_id = {iid: ofp for _n, iid, ofp in interfaces if iid and ofp > 0}
-        self._by_tap_name = {n[3:]: ofp for n, _i, ofp in interfaces if n.startswith("tap") and ofp > 0}
+    def set_interfaces(self, interfaces: list[Interface]) -> set[Owner]:
+        """The bridge's interfaces from OVSDB. A port binds to the interface whose iface-id is its
+        id, or to the one named tap + its id's first 11 chars. Re-plans only the ports whose
+        binding changed (another ofport, or the same one on a re-created device)."""
+        self._by_iface_id = {iid: ofp for _n, iid, ofp, _x in interfaces if iid and ofp > 0}
+        self._by_tap_name = {n[3:]: ofp for n, _i, ofp, _x in interfaces if n.startswith("tap") and ofp > 0}
+        self._ifindex_of = {ofp: ifx for _n, _i, ofp, ifx in interfaces if ofp > 0}
         owners: set[Owner] = set()
         for port_id in set(self.state.ports) | set(self.bindings):
-            if self._ofport_of(port_id) != self.bindings.get(port_id):
+            ofport = self._ofport_of(port_id)
+            device = self._ifindex_of.get(ofport, 0) if ofport is not None else 0
+            if ofport != self.bindings.get(port_id) or device != self.ifindexes.get(port_id, 0):
                 owners |= self._touch_port(port_id)
         return owners
 
@@ -190,8 +196,10 @@ class Planner:
         ofport = self._ofport_of(port_id)
         if ofport is None:
             self.bindings.pop(port_id, None)
+            self.ifindexes.pop(port_id, None)
         else:
             self.bindings[port_id] = ofport
+            self.ifindexes[port_id] = self._ifindex_of.get(ofport, 0)
         old_vni = self._port_segment.pop(port_id, None)
         if old_vni is not None:
             self._segment_ports[old_vni].pop(port_id, None)

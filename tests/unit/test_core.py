@@ -52,7 +52,7 @@ def test_port_pending_until_bound_then_programmed(core: AgentCore) -> None:
         "v1": Status.SUCCESS,
         "p1": Status.PENDING,
     }
-    core.call(lambda: core.set_interfaces([("vm1", "p1", 4)])).result(5)
+    core.call(lambda: core.set_interfaces([("vm1", "p1", 4, 0)])).result(5)
     cookies = {f.cookie for f in core.driver.table.values()}  # type: ignore[attr-defined]
     assert any(f.match and f.match[0].value == 4 for f in core.driver.table.values())  # type: ignore[attr-defined]
     assert len(cookies) >= 3  # base, port, segment

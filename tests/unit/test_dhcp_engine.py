@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import mac2str
 
-from agent.dhcp.engine import Engine
+from agent.dhcp.engine import Engine, EngineError
 from agent.dhcp.leases import Settings, profile
 from agent.model.resources import KeyValue, ResourceType, Router, RoutingRule, Subnet, SubnetRoutes
 from agent.model.state import DesiredState
@@ -106,6 +106,18 @@ def engine() -> Engine:
     eng.set_rate_limit(0, 1)
     yield eng
     eng.close()
+
+
+def test_direct_replies_carry_a_real_source(engine: Engine) -> None:
+    """A port whose device is known gets replies sent straight to it: real source, no tag."""
+    engine.set_direct(PORT_A, 7, "fa:16:3e:99:00:01")
+    offer = Ether(engine.handle(frame(DISCOVER)))
+    assert offer.src == "fa:16:3e:99:00:01" and offer[BOOTP].yiaddr == "10.1.0.10"
+    assert offer[IP].src == GW and offer[UDP].dport == 68
+    engine.set_port(PORT_A, VNI_A, [MAC])  # re-declared: back through OVS until told again
+    assert Ether(engine.handle(frame(DISCOVER))).src == tag(PORT_A)
+    with pytest.raises(EngineError):
+        engine.set_direct(99, 7, "fa:16:3e:99:00:01")  # not a declared port
 
 
 def test_dora_gives_the_lease_with_every_option(engine: Engine) -> None:

@@ -38,7 +38,7 @@ def _planner(*states: Any) -> Planner:
 
 def test_steering_flows_golden() -> None:
     planner = _planner(*BASE, PORT, ENTRY)
-    planner.set_interfaces([("tap-p1", "p1", 3)])
+    planner.set_interfaces([("tap-p1", "p1", 3, 0)])
     assert planner.flows(dhcp.port_owner("p1")) == [], "no responder port yet"
     assert planner.set_dhcp_port(DHCP_PORT) == {dhcp.port_owner("p1")}
     text = sorted(f.text(TABLE_NAMES) for f in planner.flows(dhcp.port_owner("p1")))
@@ -56,7 +56,7 @@ def test_steering_flows_golden() -> None:
 def test_changes_touch_their_dhcp_owners() -> None:
     planner = _planner(*BASE, PORT, ENTRY)
     planner.set_dhcp_port(DHCP_PORT)
-    assert dhcp.port_owner("p1") in planner.set_interfaces([("tap-p1", "p1", 3)])
+    assert dhcp.port_owner("p1") in planner.set_interfaces([("tap-p1", "p1", 3, 0)])
     assert planner.touch(ResourceType.DHCP, "d1") == {dhcp.lease_owner("d1")}
     assert dhcp.lease_owner("d1") in planner.touch(ResourceType.SUBNET, "s1")
     assert {dhcp.port_owner("p1"), dhcp.lease_owner("d1")} <= planner.all_owners()
@@ -73,19 +73,21 @@ class RecordingEngine:
 def test_driver_sends_only_differences() -> None:
     planner = _planner(*BASE, PORT, ENTRY)
     planner.set_dhcp_port(DHCP_PORT)
-    planner.set_interfaces([("tap-p1", "p1", 3)])
+    planner.set_interfaces([("tap-p1", "p1", 3, 0)])
     engine = RecordingEngine()
     driver = DhcpDriver(planner.state, Settings(), engine)  # type: ignore[arg-type]
     owners = planner.all_owners()
-    assert driver.apply(owners, planner.bindings, planner.dhcp_ofport) == 2
+    assert driver.apply(owners, planner.bindings, planner.dhcp_ofport, planner.ifindexes) == 2
     names = [c[0] for c in engine.calls]
     assert names.index("set_subnet") < names.index("set_lease"), "a lease's profile goes in first"
     assert ("set_lease", 100, "fa:16:3e:00:00:05", "10.0.1.5", 1, "vm1") in engine.calls
     assert ("set_port", 3, 100, ["fa:16:3e:00:00:05"]) in engine.calls
     engine.calls.clear()
-    assert driver.apply(owners, planner.bindings, planner.dhcp_ofport) == 0
+    assert driver.apply(owners, planner.bindings, planner.dhcp_ofport, planner.ifindexes) == 0
     assert engine.calls == []
     # DELETE of the entry removes the lease and its now unused subnet profile
     _apply(planner.state, *BASE[:1], gs.dhcp("d1", "s1", "fa:16:3e:00:00:05", "10.0.1.5", op=gs.DELETE))
-    driver.apply(planner.touch(ResourceType.DHCP, "d1"), planner.bindings, planner.dhcp_ofport)
+    driver.apply(
+        planner.touch(ResourceType.DHCP, "d1"), planner.bindings, planner.dhcp_ofport, planner.ifindexes
+    )
     assert engine.calls == [("del_lease", 100, "fa:16:3e:00:00:05"), ("del_subnet", 1)]

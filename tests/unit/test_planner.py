@@ -36,7 +36,7 @@ def test_port_flows_golden() -> None:
     planner = _planner(*BASE, PORT)
     assert _text(planner, port_owner("p1")) == []  # not bound yet: pending, nothing programmed
     assert planner.is_pending("p1")
-    planner.set_interfaces([("tap-p1", "p1", 3)])
+    planner.set_interfaces([("tap-p1", "p1", 3, 0)])
     assert _text(planner, port_owner("p1")) == [
         "table=ARP_RESPONDER, priority=100, reg0=0x64, dl_type=0x806, arp_op=1, arp_tpa=10.0.1.5 "
         "actions=move:dl_src[0..47]->dl_dst[0..47],set_field:fa:16:3e:00:00:05->dl_src,set_field:2->arp_op,"
@@ -68,7 +68,7 @@ def test_neighbor_flows_golden() -> None:
 
 def test_segment_flood_stays_in_its_vni_and_follows_membership() -> None:
     planner = _planner(*BASE, PORT, NEIGHBOR)
-    assert planner.set_interfaces([("tap-p1", "p1", 3)]) == {port_owner("p1"), segment_owner(100)}
+    assert planner.set_interfaces([("tap-p1", "p1", 3, 0)]) == {port_owner("p1"), segment_owner(100)}
     assert _text(planner, segment_owner(100)) == [
         "table=L2_LOOKUP, priority=50, reg0=0x64, dl_dst=01:00:00:00:00:00/01:00:00:00:00:00 "
         "actions=output:3,set_field:0x64->tun_id,set_field:172.31.0.12->tun_dst,output:9",
@@ -83,7 +83,7 @@ def test_segment_flood_stays_in_its_vni_and_follows_membership() -> None:
 
 def test_admin_down_port_drops_at_intake() -> None:
     planner = _planner(*BASE, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", admin_up=False))
-    planner.set_interfaces([("tap-p1", "p1", 3)])
+    planner.set_interfaces([("tap-p1", "p1", 3, 0)])
     assert _text(planner, port_owner("p1")) == ["table=CLASSIFY, priority=100, in_port=3 actions=drop"]
 
 
@@ -100,7 +100,7 @@ def test_base_flows_cover_every_table() -> None:
 
 def test_builders_emit_canonical_matches() -> None:
     planner = _planner(*BASE, PORT, NEIGHBOR)
-    planner.set_interfaces([("tapp1", "p1", 3)])
+    planner.set_interfaces([("tapp1", "p1", 3, 0)])
     for owner in planner.all_owners():
         for flow in planner.flows(owner):
             assert match(*flow.match) == flow.match, flow.text()
@@ -111,7 +111,7 @@ def test_subnet_change_visits_its_members_only() -> None:
     other = gs.subnet("s2", "v1", "10.0.2.0/24", 300)
     elsewhere = gs.neighbor("n2", "v1", "s2", "10.0.2.6", "fa:16:3e:00:00:26", "172.31.0.13")
     planner = _planner(*BASE, other, PORT, NEIGHBOR, elsewhere)
-    planner.set_interfaces([("tap-p1", "p1", 3)])
+    planner.set_interfaces([("tap-p1", "p1", 3, 0)])
 
     def update(subnet) -> set:
         (outcome,) = planner.state.apply(decode_v2(gs.goal_state_v2(subnet, host_ip=HOST), HOST))

@@ -21,7 +21,7 @@ def _planner(*states) -> Planner:
     state.apply(decode_v2(gs.goal_state_v2(gs.vpc("v1", 100), S1, S2, *states, host_ip=HOST), HOST))
     planner = Planner(state, HOST)
     planner.set_tunnel(9)
-    planner.set_interfaces([("tap-a", "pa", 3)])
+    planner.set_interfaces([("tap-a", "pa", 3, 0)])
     planner.rebuild()
     return planner
 
