@@ -181,18 +181,27 @@ class Planner:
     def _members(self, subnet_ids: Iterable[str]) -> list[Member]:
         return [m for sid in subnet_ids for m in self._subnet_members.get(sid, ())]
 
-    def _next_hop_dependents(self, ips: list[str]) -> set[Owner]:
-        return {router_owner(r) for ip in ips for r in self._next_hop_routers.get(ip, ())}
+    def _replan(self, member: Member) -> set[Owner]:
+        """The owners to re-plan when a port or neighbour (or its subnet) changed: its own, its
+        DHCP steering (a port, when the responder runs), and the routers using it as next hop."""
+        rtype, rid = member
+        if rtype is ResourceType.PORT:
+            held: Port | Neighbor | None = self.state.ports.get(rid)
+            owners = {port_owner(rid)}
+            if self.dhcp_ofport is not None:  # without the responder no port has DHCP steering
+                owners.add(dhcp.port_owner(rid))
+        else:
+            held = self.state.neighbors.get(rid)
+            owners = {neighbor_owner(rid)}
+        if held is not None and self._next_hop_routers:
+            owners |= {router_owner(r) for f in held.fixed_ips for r in self._next_hop_routers.get(f.ip, ())}
+        return owners
 
     def _touch_port(self, port_id: str) -> set[Owner]:
         port = self.state.ports.get(port_id)
         subnet_ids = frozenset(f.subnet_id for f in port.fixed_ips) if port else _NO_SUBNETS
         self._index_member((ResourceType.PORT, port_id), subnet_ids)
-        owners = {port_owner(port_id)} | self._next_hop_dependents(
-            [f.ip for f in port.fixed_ips] if port else []
-        )
-        if self.dhcp_ofport is not None:  # without the responder no port has DHCP steering
-            owners.add(dhcp.port_owner(port_id))
+        owners = self._replan((ResourceType.PORT, port_id))
         ofport = self._ofport_of(port_id)
         if ofport is None:
             self.bindings.pop(port_id, None)
@@ -216,9 +225,7 @@ class Planner:
         nb = self.state.neighbors.get(nb_id)
         subnet_ids = frozenset(f.subnet_id for f in nb.fixed_ips) if nb else _NO_SUBNETS
         self._index_member((ResourceType.NEIGHBOR, nb_id), subnet_ids)
-        owners = {neighbor_owner(nb_id)}
-        if nb is not None and self._next_hop_routers:
-            owners |= self._next_hop_dependents([f.ip for f in nb.fixed_ips])
+        owners = self._replan((ResourceType.NEIGHBOR, nb_id))
         new: set[tuple[int, str]] = set()
         if nb is not None and nb.host_ip != self.local_ip:
             new = {(vni, nb.host_ip) for vni, _ip in self.state.neighbor_segments(nb)}
@@ -294,8 +301,9 @@ class Planner:
         if self._subnet_vnis.get(subnet_id, 0) != vni:  # members move segment: re-index them
             for rtype, rid in members:
                 owners |= self.touch(rtype, rid)
-        else:  # same segment (a new gateway, DNS, ...): re-plan them only
-            owners |= {_MEMBER_OWNER[rtype](rid) for rtype, rid in members}
+        else:  # same segment (a new gateway, DNS, DHCP on or off, ...): re-plan them only
+            for member in members:
+                owners |= self._replan(member)
         if vni:
             self._subnet_vnis[subnet_id] = vni
         else:

@@ -59,6 +59,8 @@ def test_changes_touch_their_dhcp_owners() -> None:
     assert dhcp.port_owner("p1") in planner.set_interfaces([("tap-p1", "p1", 3, 0)])
     assert planner.touch(ResourceType.DHCP, "d1") == {dhcp.lease_owner("d1")}
     assert dhcp.lease_owner("d1") in planner.touch(ResourceType.SUBNET, "s1")
+    # Same VNI (a new gateway MAC, DHCP turned off...): the port's steering and reply source too.
+    assert dhcp.port_owner("p1") in planner.touch(ResourceType.SUBNET, "s1")
     assert {dhcp.port_owner("p1"), dhcp.lease_owner("d1")} <= planner.all_owners()
 
 
