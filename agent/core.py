@@ -153,7 +153,7 @@ class AgentCore:
         goal state ~30-80 ms; after one collection here, freezing moves the survivors out of
         every later scan (they are still freed by reference counting)."""
         start = time.perf_counter()
-        if self._unfolded or self._journal_seq:
+        if self._unfolded:  # (every journaled goal state changed something)
             self._fold_journal()
         gc.collect()
         gc.freeze()
