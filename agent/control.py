@@ -20,6 +20,7 @@ from agent.planner.pipeline import TABLE_NAMES
 from agent.planner.plan import neighbor_owner, port_owner
 
 log = logging.getLogger("aca.control")
+_FAILED_SHOWN = 100  # failed owners listed in `acactl status` (all are counted)
 
 
 def _owner_state(core: AgentCore, owner: tuple[Kind, str], pending: bool) -> str:
@@ -44,6 +45,11 @@ def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
             "flows_installed": len(core.reconciler.installed),
             "ports_pending": sum(1 for p in state.ports if planner.is_pending(p)),
             "owners_failed": len(core.failed),
+            "failed": [
+                {"owner": f"{kind.name.lower()}:{oid}", "reason": reason}
+                for (kind, oid), reason in sorted(core.failed.items())[:_FAILED_SHOWN]
+            ],
+            "repair_in_s": core.repair_in_s,
             "counters": dict(core.counters),
             "dhcp": core.dhcp.stats() if core.dhcp is not None else None,
             "routing": core.routes.stats() if core.routes is not None else None,

@@ -5,6 +5,15 @@ reconnects) only enqueue work here, so goal states apply strictly in arrival ord
 two threads ever touch the state. Each goal state runs:
 state.apply → store.journal → planner.touch → planner.flows streamed into
 reconciler.update → statuses. The journaled messages become store rows when the worker is idle.
+
+Failures stay small and visible (docs/reliability.md):
+- a journal write that fails undoes the message's changes (``state.revert``), so a resend is
+  a change again and gets programmed; the reply says FAILURE and ``retry`` (Kafka re-reads it);
+- an owner whose planning, engine entry or flows fail is recorded in ``failed`` and answered
+  FAILURE; it never stops the other owners, the resync or the start, and is retried (a resend
+  of the same resource, or the repair timer with backoff);
+- a bundle whose outcome is unknown (timeout, lost connection) makes the dataplane not ready:
+  the switch is dumped, diffed and resynced before anything is answered SUCCESS again.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,6 +35,7 @@ from agent.model.decode import Wire
 from agent.model.resources import Op, Request, ResourceType, Status
 from agent.model.state import DesiredState, Outcome
 from agent.model.store import Store
+from agent.planner.flows import Flow
 from agent.planner.plan import Interface, Owner, Planner
 from agent.reconciler.flows import ApplyResult, FlowReconciler
 
@@ -41,6 +51,9 @@ log = logging.getLogger("aca.core")
 _SETTLE_IDLE_S = 0.05
 _SETTLE_AFTER = 1024
 _SETTLE_AFTER_RESOURCES = 100_000
+# Repairs (a resync while the dataplane is not ready, else the failed owners) back off to this.
+_REPAIR_MIN_S = 0.5
+_REPAIR_MAX_S = 30.0
 
 
 @dataclass(slots=True)
@@ -59,6 +72,7 @@ class ResourceStatus:
 class MessageResult:
     statuses: list[ResourceStatus] = field(default_factory=list)
     total_us: int = 0
+    retry: bool = False  # not durably accepted (journal failed, crash): the sender must resend
 
 
 @dataclass(slots=True)
@@ -80,6 +94,9 @@ class AgentCore:
         self.reconciler = reconciler
         self.dataplane_ready = False
         self.failed: dict[Owner, str] = {}  # owners whose last programming failed, with the error
+        # How the dataplane is brought back in line when it is not ready: the host replaces this
+        # with its replay (responder ports re-bound first) after ovs-vswitchd reconnects.
+        self.recover: Callable[[], object] = self.resync
         self.dhcp: DhcpDriver | None = None  # the DHCP responder's tables, when it runs
         self.routes: RouteDriver | None = None  # the route fast path's tables, when it runs
         self.counters: Counter[str] = Counter()
@@ -91,6 +108,8 @@ class AgentCore:
         self._unfolded: set[tuple[ResourceType, str]] = set()  # changed by journaled goal states
         self._journal_seq = 0  # the last journaled goal state
         self._unsettled = 0  # goal states since the last settle
+        self._repair_at: float | None = None  # monotonic time of the next repair, if one is due
+        self._repair_backoff = _REPAIR_MIN_S
 
     # ------------------------------------------------------------------ public, any thread
     def start(self) -> None:
@@ -119,12 +138,20 @@ class AgentCore:
         return fut
 
     # ------------------------------------------------------------------ worker
+    def _wait_s(self) -> float:
+        wait = _SETTLE_IDLE_S if self._unsettled else 1.0
+        if self._repair_at is not None:
+            wait = min(wait, max(0.0, self._repair_at - time.monotonic()))
+        return wait
+
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=_SETTLE_IDLE_S if self._unsettled else 1.0)
+                item = self._queue.get(timeout=self._wait_s())
             except queue.Empty:
                 self.last_loop = time.monotonic()
+                if self._repair_at is not None and self.last_loop >= self._repair_at:
+                    self._repair()
                 if self._unsettled:
                     self._settle()
                 continue
@@ -194,6 +221,7 @@ class AgentCore:
                         if r.acted_on
                     ],
                     elapsed,
+                    retry=True,
                 )
             )
 
@@ -202,12 +230,25 @@ class AgentCore:
         t0 = time.perf_counter()
         outcomes = self.state.apply(work.requests)
         changed = [o for o in outcomes if o.changed]
+        reasons: dict[tuple[ResourceType, str], str] = {}  # resources that failed before the switch
+        stored = True
         if changed:
-            self._journal(work, changed)
+            try:
+                self._journal(work, changed)
+            except Exception as exc:  # e.g. disk full: nothing of this message is held
+                self.state.revert(outcomes)
+                log.error(
+                    "event=journal_failed source=%s resources=%d error=%r", work.source, len(changed), exc
+                )
+                reasons = {(o.request.type, o.request.id): f"not stored: {exc}" for o in changed}
+                changed, stored = [], False
         t_config = time.perf_counter()
-        touched = {
-            (o.request.type, o.request.id): self.planner.touch(o.request.type, o.request.id) for o in changed
-        }
+        touched = self._touch(changed, reasons)
+        if self.failed or not self.dataplane_ready:
+            # A resend of what is held proves nothing while owners are failed or the switch is
+            # away: look its owners up too, so they are retried and its status is true.
+            resent = [o for o in outcomes if not o.changed and o.request.op is not Op.DELETE]
+            touched.update(self._touch([o for o in resent if o.status is Status.SUCCESS], reasons))
         result = self._program(set().union(*touched.values()) if touched else set())
         t_done = time.perf_counter()
         config_us = int((t_config - t0) * 1e6)
@@ -218,7 +259,7 @@ class AgentCore:
             self._status(
                 o,
                 touched.get((o.request.type, o.request.id), no_owners),
-                result,
+                reasons.get((o.request.type, o.request.id), ""),
                 config_us,
                 dataplane_us,
                 elapsed_us,
@@ -228,50 +269,84 @@ class AgentCore:
         ]
         total_us = int((time.perf_counter() - work.received) * 1e6)
         self._log_goal_state(seq, work, outcomes, statuses, result, config_us, dataplane_us, total_us)
-        return MessageResult(statuses, total_us)
+        return MessageResult(statuses, total_us, retry=not stored)
+
+    def _touch(
+        self, outcomes: list[Outcome], reasons: dict[tuple[ResourceType, str], str]
+    ) -> dict[tuple[ResourceType, str], set[Owner]]:
+        """The owners each resource's change touches; a resource the planner cannot index fails
+        alone (FAILURE with the reason), the others go on."""
+        touched = {}
+        for o in outcomes:
+            key = (o.request.type, o.request.id)
+            try:
+                touched[key] = self.planner.touch(*key)
+            except Exception as exc:
+                log.error("event=plan_failed type=%s id=%s error=%r", key[0].name, key[1], exc)
+                reasons[key] = f"planning failed: {exc!r}"
+        return touched
+
+    def _planned(
+        self, owners: Iterable[Owner], failures: dict[Owner, str]
+    ) -> Iterator[tuple[Owner, list[Flow]]]:
+        """Each owner's flows; an owner whose planning raises is left out and recorded."""
+        flows = self.planner.flows
+        for owner in owners:
+            try:
+                yield owner, flows(owner)
+            except Exception as exc:
+                log.error("event=plan_failed owner=%s:%s error=%r", owner[0].name, owner[1], exc)
+                failures[owner] = f"planning failed: {exc!r}"
 
     def _program(self, owners: set[Owner]) -> ApplyResult:
         if not owners:
             return ApplyResult()
-        self._apply_dhcp(owners)  # the responder is not OVS: it takes changes even while OVS is away
-        self._apply_routes(owners)
-        if not self.dataplane_ready:
-            return ApplyResult()  # applied by the resync when the switch is back
-        planner = self.planner
-        try:
-            result = self.reconciler.update((o, planner.flows(o)) for o in owners)
-        except ConnectionError as exc:
-            log.warning(
-                "event=dataplane_unreachable error=%r owners=%d status=PENDING", str(exc), len(owners)
-            )
-            self.dataplane_ready = False
-            return ApplyResult()
+        failures: dict[Owner, str] = {}
+        self._apply_dhcp(owners, failures)  # the responder is not OVS: it takes changes while OVS is away
+        self._apply_routes(owners, failures)
+        result = ApplyResult()
+        if self.dataplane_ready:  # else applied by the resync when the switch is back
+            try:
+                result = self.reconciler.update(self._planned(owners, failures))
+            except (ConnectionError, TimeoutError) as exc:
+                # The bundle may or may not have been committed: dump, diff and resync before
+                # anything is answered, and keep retrying until that succeeds.
+                log.warning(
+                    "event=dataplane_outcome_unknown error=%r owners=%d action=resync", str(exc), len(owners)
+                )
+                self.dataplane_lost()
+                self.repair_now()
+                return result
+            failures.update(result.failed)
         for owner in owners:
-            if owner in result.failed:
-                self.failed[owner] = result.failed[owner]
+            if owner in failures:
+                self.failed[owner] = failures[owner]
             else:
                 self.failed.pop(owner, None)
+        if self.failed:
+            self._schedule_repair()
         return result
 
     def _status(
         self,
         outcome: Outcome,
         owners: set[Owner] | frozenset[Owner],
-        result: ApplyResult,
+        reason: str,
         config_us: int,
         dataplane_us: int,
         elapsed_us: int,
     ) -> ResourceStatus:
+        """SUCCESS only when every owner the resource touched is programmed in OVS."""
         req = outcome.request
         status = outcome.status
-        reason = outcome.reason
+        reason = outcome.reason or reason
         if status is Status.SUCCESS:
-            failed = [result.failed[o] for o in owners if o in result.failed] if result.failed else None
-            if failed:
-                status, reason = Status.FAILURE, failed[0]
-            elif req.op is not Op.DELETE and (
-                (not self.dataplane_ready and owners)
-                or (req.type is ResourceType.PORT and self.planner.is_pending(req.id))
+            failed = self.failed
+            failures = [failed[o] for o in owners if o in failed] if failed else None
+            if reason or failures:
+                status, reason = Status.FAILURE, reason or failures[0]  # type: ignore[index]
+            elif (owners and not self.dataplane_ready) or (
+                req.op is not Op.DELETE and req.type is ResourceType.PORT and self.planner.is_pending(req.id)
             ):
                 status = Status.PENDING
         if reason:
@@ -315,23 +390,68 @@ class AgentCore:
 
     # ------------------------------------------------------------------ dataplane events (worker thread)
     def resync(self) -> ApplyResult:
-        """Program everything from desired state against what the switch has (start, reconnect)."""
+        """Program everything from desired state against what the switch has (start, reconnect,
+        an unknown outcome). An owner that cannot be planned or programmed fails alone; the
+        switch keeps none of its flows (nothing stale is enforced in its name)."""
         owners = self.planner.rebuild()
-        self._apply_dhcp(owners)
-        self._apply_routes(owners)
-        result = self.reconciler.resync({o: self.planner.flows(o) for o in owners})
+        failures: dict[Owner, str] = {
+            o: f"planning failed: {reason}" for o, reason in self.planner.unplannable.items()
+        }
+        self._apply_dhcp(owners, failures)
+        self._apply_routes(owners, failures)
+        result = self.reconciler.resync(dict(self._planned(owners, failures)))
+        failures.update(result.failed)
+        self.failed = failures
         self.dataplane_ready = True
-        self.failed.clear()
         log.info(
-            "event=resync owners=%d flows=%d added=%d deleted=%d us=%d",
-            len(owners), len(self.reconciler.installed), result.added, result.deleted, result.elapsed_us,
+            "event=resync owners=%d flows=%d added=%d deleted=%d failed=%d us=%d",
+            len(owners), len(self.reconciler.installed), result.added, result.deleted, len(failures),
+            result.elapsed_us,
         )  # fmt: skip
         return result
 
     def dataplane_lost(self) -> None:
-        """The OpenFlow connection dropped: hold changes in desired state until the resync."""
+        """The OpenFlow connection dropped (or a bundle's outcome is unknown): hold changes in
+        desired state until a resync succeeds; the repair timer keeps trying."""
+        if self.dataplane_ready:
+            log.warning("event=dataplane_lost")
         self.dataplane_ready = False
-        log.warning("event=dataplane_lost")
+        self._schedule_repair()
+
+    def repair_now(self) -> None:
+        """Try the repair at once (the switch is back), then with backoff until it succeeds."""
+        self._repair_backoff = _REPAIR_MIN_S
+        self._repair_at = None
+        self._repair()
+
+    def _schedule_repair(self) -> None:
+        if self._repair_at is None:
+            self._repair_at = time.monotonic() + self._repair_backoff
+
+    def _repair(self) -> None:
+        """Bring the switch in line: recover (replay or resync) while the dataplane is not ready,
+        else re-program the failed owners. Backs off while it keeps failing."""
+        self._repair_at = None
+        try:
+            if not self.dataplane_ready:
+                self.recover()
+            elif self.failed:
+                self.counters["owner_retries"] += len(self.failed)
+                self._program(set(self.failed))
+        except Exception as exc:
+            self.dataplane_ready = False
+            log.warning("event=repair_failed error=%r retry_in_s=%.1f", str(exc), self._repair_backoff)
+        if not self.dataplane_ready or self.failed:
+            self.counters["repairs_pending"] += 1
+            self._repair_at = time.monotonic() + self._repair_backoff
+            self._repair_backoff = min(self._repair_backoff * 2, _REPAIR_MAX_S)
+        else:
+            self._repair_backoff = _REPAIR_MIN_S
+
+    @property
+    def repair_in_s(self) -> float | None:
+        """Seconds until the next repair attempt (None: nothing to repair)."""
+        return None if self._repair_at is None else max(0.0, self._repair_at - time.monotonic())
 
     def set_interfaces(self, interfaces: list[Interface]) -> ApplyResult:
         """OVSDB reported the bridge's interfaces: bind pending ports that appeared, unbind gone ones."""
@@ -358,10 +478,11 @@ class AgentCore:
         if self.routes is not None and self.dataplane_ready:
             self.routes.cache_hit(tag, ip)
 
-    def _apply_routes(self, owners: set[Owner]) -> None:
+    def _apply_routes(self, owners: set[Owner], failures: dict[Owner, str]) -> None:
         if self.routes is not None:
-            self.routes.apply(owners, self.dataplane_ready)
+            self.routes.apply(owners, self.dataplane_ready, failures)
 
-    def _apply_dhcp(self, owners: set[Owner]) -> None:
+    def _apply_dhcp(self, owners: set[Owner], failures: dict[Owner, str]) -> None:
         if self.dhcp is not None:
-            self.dhcp.apply(owners, self.planner.bindings, self.planner.dhcp_ofport, self.planner.ifindexes)
+            planner = self.planner
+            self.dhcp.apply(owners, planner.bindings, planner.dhcp_ofport, planner.ifindexes, failures)

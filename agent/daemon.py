@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("aca.agent")
 
 
+class NotAccepted(Exception):
+    """The core could not make a goal state durable (e.g. disk full): not to be committed."""
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -116,9 +120,13 @@ class Agent:
         def apply(message: pb.GoalState | pb.GoalStateV2) -> pb.GoalStateOperationReply:
             raw = message.SerializeToString()  # journaled as received (protobuf bytes round-trip)
             if isinstance(message, pb.GoalState):
-                return to_reply(self.core.apply(decode_v1(message), "kafka-v1", Wire(1, raw)))
-            host_ip = self.cfg.underlay_ip
-            return to_reply(self.core.apply(decode_v2(message, host_ip), "kafka-v2", Wire(2, raw, host_ip)))
+                result = self.core.apply(decode_v1(message), "kafka-v1", Wire(1, raw))
+            else:
+                host_ip = self.cfg.underlay_ip
+                result = self.core.apply(decode_v2(message, host_ip), "kafka-v2", Wire(2, raw, host_ip))
+            if result.retry:  # not durably accepted: leave it uncommitted, the intake retries it
+                raise NotAccepted("the goal state was not stored; it is retried")
+            return to_reply(result)
 
         settings = KafkaSettings(
             bootstrap_servers=self.cfg.kafka.bootstrap_servers,

@@ -98,6 +98,7 @@ class HostDataplane:
         )
         self.flows = OpenFlowDriver(self.conn)
         self._datapath_id: int | None = None
+        self._reconnected = False  # ovs-vswitchd came back: the next recovery is a full replay
 
     def start(self, core: AgentCore, timeout: float = 30.0) -> None:
         """Bridge and tunnel port in place, OpenFlow up, then one resync from desired state."""
@@ -128,7 +129,10 @@ class HostDataplane:
         core.call(lambda: core.set_interfaces(interfaces)).result(timeout)
         self.conn.connect(timeout)
         self._datapath_id = self.conn.datapath_id
-        core.call(core.resync).result(timeout * 4)
+        core.recover = self._recover
+        # Never fails: a resync that does not go through is retried by the core with backoff
+        # (the agent runs, answers PENDING and shows `dataplane_ready: false` meanwhile).
+        core.call(core.repair_now).result(timeout * 4)
 
     def _internal_port(self, name: str, timeout: float) -> int:
         """An agent-owned internal port on the bridge, up; returns its ofport."""
@@ -175,9 +179,21 @@ class HostDataplane:
         if core is None:
             return
         if state is State.DISCONNECTED:
-            core.call(lambda: core.dataplane_lost())
-        elif state is State.CONNECTED and core.dataplane_ready is False and self._datapath_id is not None:
-            core.call(self._replay)
+            core.call(core.dataplane_lost)
+        elif state is State.CONNECTED and self._datapath_id is not None:  # a reconnect
+            self._reconnected = True
+            core.call(core.repair_now)
+
+    def _recover(self) -> None:
+        """The core's recovery (worker thread): a full replay after a reconnect, else a resync
+        (a bundle whose outcome is unknown). Raises while the switch is unreachable; the core
+        retries with backoff."""
+        assert self.core is not None
+        if self._reconnected:
+            self._replay()
+            self._reconnected = False
+        else:
+            self.core.resync()
 
     def _replay(self) -> None:
         """ovs-vswitchd came back (a restart empties its tables): replay from memory while holding

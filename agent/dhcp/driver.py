@@ -61,18 +61,25 @@ class DhcpDriver:
         bindings: dict[str, int],
         dhcp_ofport: int | None,
         ifindexes: dict[str, int],
+        failures: dict[tuple[Kind, str], str] | None = None,
     ) -> int:
-        """Bring the touched DHCP owners' engine entries up to date; returns how many changed."""
+        """Bring the touched DHCP owners' engine entries up to date; returns how many changed.
+        An owner whose entry cannot be built fails alone (recorded in ``failures``)."""
         changed = 0
         fresh: dict[str, Profile] = {}
         for kind, oid in owners:
             if kind is not Kind.DHCP:
                 continue
-            if oid.startswith(plan.LEASE_PREFIX):
-                changed += self._apply_lease(oid[len(plan.LEASE_PREFIX) :], fresh)
-            elif oid.startswith(plan.PORT_PREFIX):
-                port_id = oid[len(plan.PORT_PREFIX) :]
-                changed += self._apply_port(port_id, bindings, dhcp_ofport, ifindexes.get(port_id, 0))
+            try:
+                if oid.startswith(plan.LEASE_PREFIX):
+                    changed += self._apply_lease(oid[len(plan.LEASE_PREFIX) :], fresh)
+                elif oid.startswith(plan.PORT_PREFIX):
+                    port_id = oid[len(plan.PORT_PREFIX) :]
+                    changed += self._apply_port(port_id, bindings, dhcp_ofport, ifindexes.get(port_id, 0))
+            except Exception as exc:
+                log.error("event=dhcp_entry_failed owner=%s error=%r", oid, exc)
+                if failures is not None:
+                    failures[(kind, oid)] = f"dhcp entry failed: {exc!r}"
         return changed
 
     def _profile_handle(self, subnet_id: str, fresh: dict[str, Profile]) -> int:

@@ -74,6 +74,7 @@ class Planner:
         self._subnet_members: dict[str, set[Member]] = defaultdict(set)  # subnet → its ports/neighbours
         self._member_subnets: dict[Member, frozenset[str]] = {}
         self._subnet_vnis: dict[str, int] = {}  # subnet → the VNI its members were indexed with
+        self.unplannable: dict[Owner, str] = {}  # owners whose index failed at the last rebuild
 
     # ------------------------------------------------------------------ what a change touches
     def touch(self, rtype: ResourceType, rid: str) -> set[Owner]:
@@ -152,12 +153,18 @@ class Planner:
         self._subnet_members.clear()
         self._member_subnets.clear()
         self._subnet_vnis = {sid: sn.tunnel_id for sid, sn in self.state.subnets.items() if sn.tunnel_id}
-        for router_id in self.state.resources[ResourceType.ROUTER]:
-            self._touch_router(router_id)
-        for port_id in self.state.ports:
-            self._touch_port(port_id)
-        for nb_id in self.state.neighbors:
-            self._touch_neighbor(nb_id)
+        self.unplannable = {}
+        for rtype, touch in (
+            (ResourceType.ROUTER, self._touch_router),
+            (ResourceType.PORT, self._touch_port),
+            (ResourceType.NEIGHBOR, self._touch_neighbor),
+        ):
+            for rid in self.state.resources[rtype]:
+                try:
+                    touch(rid)
+                except Exception as exc:  # one resource must not stop the resync (or the start)
+                    owner = router_owner(rid) if rtype is ResourceType.ROUTER else _MEMBER_OWNER[rtype](rid)
+                    self.unplannable[owner] = repr(exc)
         return self.all_owners()
 
     def _index_member(self, member: Member, subnet_ids: frozenset[str]) -> None:

@@ -144,28 +144,46 @@ class FlowReconciler:
 
     def resync(self, updates: Mapping[Owner, list[Flow]]) -> ApplyResult:
         """Full state against what the switch reports: unchanged flows are left alone (no flush),
-        changed ones replaced, flows of ours that nobody wants any more are deleted."""
+        changed ones replaced, flows of ours that nobody wants any more are deleted. If the switch
+        rejects that bundle, the strays go alone and each owner's flows in a bundle of its own: an
+        owner the switch refuses fails alone and keeps no flows (nothing stale in its name)."""
         start = time.perf_counter()
         result = ApplyResult()
         owners = {o: flow_set(flows) for o, flows in updates.items()}
-        wanted: dict[FlowKey, tuple[Owner, Flow]] = {
-            key: (owner, flw) for owner, fs in owners.items() for key, flw in fs.items()
-        }
         on_switch = self.driver.dump()
+        same = self.driver.same
         adds = {
-            k: f
-            for k, (_o, f) in wanted.items()
-            if k not in on_switch or not self.driver.same(f, on_switch[k])
+            o: [f for k, f in fs.items() if k not in on_switch or not same(f, on_switch[k])]
+            for o, fs in owners.items()
         }
-        deletes = {k: Flow(k[0], k[1], k[2]) for k in on_switch if k not in wanted}
-        with self.driver.bundle() as bundle:
-            bundle.delete(list(deletes.values()))
-            bundle.add(list(adds.values()))
-            bundle.commit()
-        result.bundles = int(bool(adds or deletes))
-        result.added, result.deleted = len(adds), len(deletes)
-        self.installed = {k: f for k, (_o, f) in wanted.items()}
-        self._claims = {k: o for k, (o, _f) in wanted.items()}
+        wanted = {k for fs in owners.values() for k in fs}
+        deletes = [Flow(k[0], k[1], k[2]) for k in on_switch if k not in wanted]
+        try:
+            self._apply(deletes, [f for flows in adds.values() for f in flows])
+        except BundleRejected as exc:
+            log.warning("event=bundle_rejected owners=%d error=%r retry=per_owner", len(adds), str(exc))
+            self._apply(deletes, [])
+            for owner, flows in adds.items():
+                try:
+                    self._apply([], flows)
+                except BundleRejected as one:
+                    result.failed[owner] = str(one)
+            for owner in result.failed:
+                self._apply([Flow(k[0], k[1], k[2]) for k in owners[owner] if k in on_switch], [])
+                owners[owner] = {}
+        result.bundles = int(bool(deletes or any(adds.values())))
+        result.added = sum(len(flows) for o, flows in adds.items() if o not in result.failed)
+        result.deleted = len(deletes)
+        self.installed = {k: f for fs in owners.values() for k, f in fs.items()}
+        self._claims = {k: o for o, fs in owners.items() for k in fs}
         self.desired = {o: fs for o, fs in owners.items() if fs}
         result.elapsed_us = int((time.perf_counter() - start) * 1e6)
         return result
+
+    def _apply(self, deletes: list[Flow], adds: list[Flow]) -> None:
+        if not (deletes or adds):
+            return
+        with self.driver.bundle() as bundle:
+            bundle.delete(deletes)
+            bundle.add(adds)
+            bundle.commit()

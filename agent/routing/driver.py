@@ -76,20 +76,28 @@ class RouteDriver:
         self.interface = None
 
     # ------------------------------------------------------------------ changes (worker thread)
-    def apply(self, owners: Iterable[Owner], dataplane_ready: bool = True) -> int:
-        """Bring the touched owners' engine entries up to date; returns how many changed."""
+    def apply(
+        self, owners: Iterable[Owner], dataplane_ready: bool = True, failures: dict[Owner, str] | None = None
+    ) -> int:
+        """Bring the touched owners' engine entries up to date; returns how many changed.
+        An owner whose entries cannot be set fails alone (recorded in ``failures``)."""
         changed = 0
         for owner in owners:
             kind, oid = owner
-            if kind is Kind.ROUTER:
-                changed += self._apply_router(oid)
-            elif kind is Kind.ROUTE:
-                changed += self._apply_segment(int(oid))
-            elif kind is Kind.NEIGHBOR or kind is Kind.PORT:
-                n = self._apply_dests(owner)
-                if n and kind is Kind.NEIGHBOR and self.on_demand and dataplane_ready:
-                    self._drop_cache(oid)
-                changed += n
+            try:
+                if kind is Kind.ROUTER:
+                    changed += self._apply_router(oid)
+                elif kind is Kind.ROUTE:
+                    changed += self._apply_segment(int(oid))
+                elif kind is Kind.NEIGHBOR or kind is Kind.PORT:
+                    n = self._apply_dests(owner)
+                    if n and kind is Kind.NEIGHBOR and self.on_demand and dataplane_ready:
+                        self._drop_cache(oid)
+                    changed += n
+            except Exception as exc:
+                log.error("event=route_entry_failed owner=%s:%s error=%r", kind.name, oid, exc)
+                if failures is not None:
+                    failures[owner] = f"route entry failed: {exc!r}"
         return changed
 
     def _apply_router(self, router_id: str) -> int:

@@ -24,6 +24,8 @@ class RecordedBundle:
         self.deletes.extend(flows)
 
     def commit(self) -> None:
+        if self.driver.faults:  # the switch times out or is gone for this commit
+            raise self.driver.faults.pop(0)
         bad = [f for f in self.adds if f.key in self.driver.reject]
         if bad:
             raise BundleRejected(f"OFPET_BAD_ACTION for {bad[0].text()}")
@@ -41,6 +43,7 @@ class RecordingDriver:
         self.table: dict[FlowKey, Flow] = {}
         self.bundles: list[tuple[list[Flow], list[Flow]]] = []
         self.reject: set[FlowKey] = set()  # keys whose ADD the "switch" refuses
+        self.faults: list[Exception] = []  # raised by the next commits, one each (TimeoutError, ...)
 
     @contextlib.contextmanager
     def bundle(self) -> Iterator[RecordedBundle]:

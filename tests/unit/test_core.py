@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
@@ -11,7 +12,7 @@ from agent.model.decode import Wire, decode_v2, decode_wire
 from agent.model.resources import ResourceType, Status
 from agent.model.state import DesiredState
 from agent.model.store import Store
-from agent.planner import overlay
+from agent.planner import cookies, overlay
 from agent.planner.plan import Planner
 from agent.reconciler.flows import FlowReconciler
 from agent.sandbox import goalstates as gs
@@ -113,3 +114,94 @@ def test_rejected_flows_fail_that_resource_only(core: AgentCore) -> None:
         core, bad, gs.neighbor("good", "v1", "s1", "10.0.1.10", "fa:16:3e:00:00:0a", "172.31.0.12")
     )
     assert statuses == {"bad": Status.FAILURE, "good": Status.SUCCESS}
+
+
+NB = gs.neighbor("n1", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06", "172.31.0.12")
+
+
+def _flows_of(core: AgentCore, nb_id: str) -> int:
+    ck = cookies.cookie(cookies.Kind.NEIGHBOR, nb_id)
+    return sum(1 for f in core.driver.table.values() if f.cookie == ck)  # type: ignore[attr-defined]
+
+
+def test_journal_failure_leaves_nothing_held_and_the_resend_is_programmed(
+    core: AgentCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _push(core, *BASE)
+
+    def disk_full(_wire):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(core.store, "journal", disk_full)
+    result = _send(core, NB)
+    assert [(s.resource_id, s.status) for s in result.statuses] == [("n1", Status.FAILURE)]
+    assert "not stored" in result.statuses[0].reason and result.retry
+    assert "n1" not in core.state.neighbors and _flows_of(core, "n1") == 0
+    monkeypatch.undo()
+    result = _send(core, NB)  # the controller's resend: a change again, programmed
+    assert [(s.resource_id, s.status) for s in result.statuses] == [("n1", Status.SUCCESS)]
+    assert not result.retry and _flows_of(core, "n1") > 0
+
+
+def test_a_planning_error_fails_its_owner_only_and_a_resend_retries_it(
+    core: AgentCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _push(core, *BASE)
+    real = core.planner.flows
+
+    def flows(owner):
+        if owner == (cookies.Kind.NEIGHBOR, "bad"):
+            raise ValueError("planner bug")
+        return real(owner)
+
+    monkeypatch.setattr(core.planner, "flows", flows)
+    bad = gs.neighbor("bad", "v1", "s1", "10.0.1.9", "fa:16:3e:00:00:09", "172.31.0.12")
+    assert _push(core, bad, NB) == {"bad": Status.FAILURE, "n1": Status.SUCCESS}
+    assert (cookies.Kind.NEIGHBOR, "bad") in core.failed and _flows_of(core, "n1") > 0
+    # A resync (start, reconnect) plans every owner: the bad one fails alone, nothing raises.
+    core.call(core.resync).result(5)
+    assert core.dataplane_ready and set(core.failed) == {(cookies.Kind.NEIGHBOR, "bad")}
+    assert _flows_of(core, "n1") > 0
+    monkeypatch.undo()
+    # The same goal state again is "unchanged", but its owner failed: it is programmed now.
+    assert _push(core, bad) == {"bad": Status.SUCCESS}
+    assert _flows_of(core, "bad") > 0 and not core.failed
+
+
+def test_a_bundle_timeout_is_an_unknown_outcome_resolved_by_a_resync(core: AgentCore) -> None:
+    _push(core, *BASE)
+    core.driver.faults.append(TimeoutError("no reply from the switch in time"))  # type: ignore[attr-defined]
+    # The bundle timed out; the core dumps, diffs and resyncs before it answers.
+    assert _push(core, NB) == {"n1": Status.SUCCESS}
+    assert core.dataplane_ready and _flows_of(core, "n1") > 0
+    assert core.reconciler.installed == core.driver.table  # type: ignore[attr-defined]
+
+
+def test_switch_away_answers_pending_and_the_repair_timer_programs_it(core: AgentCore) -> None:
+    _push(core, *BASE)
+    gone = ConnectionError("not connected")
+    core.driver.faults.extend([gone, gone])  # type: ignore[attr-defined]  # the bundle, then the first resync
+    assert _push(core, NB) == {"n1": Status.PENDING}
+    assert not core.dataplane_ready and core.repair_in_s is not None
+    wait_for(lambda: core.dataplane_ready, 10.0, "the repair timer to resync")
+    assert _flows_of(core, "n1") > 0
+    # A DELETE while the switch is away is PENDING too (its flows are still there), then done.
+    core.driver.faults.extend([gone, gone])  # type: ignore[attr-defined]
+    result = _send(
+        core, gs.neighbor("n1", "v1", "s1", "10.0.1.6", "fa:16:3e:00:00:06", "172.31.0.12", op=gs.DELETE)
+    )
+    assert [s.status for s in result.statuses] == [Status.PENDING]
+    wait_for(lambda: core.dataplane_ready, 10.0, "the repair timer to resync")
+    assert _flows_of(core, "n1") == 0
+
+
+def test_rejected_owner_is_retried_by_the_repair_timer(core: AgentCore) -> None:
+    _push(core, *BASE)
+    bad = gs.neighbor("bad", "v1", "s1", "10.0.1.9", "fa:16:3e:00:00:09", "172.31.0.12")
+    (request,) = decode_v2(gs.goal_state_v2(bad, host_ip=HOST), HOST)
+    keys = {f.key for f in overlay.neighbor_flows(request.resource, [(100, "10.0.1.9")], 9)}
+    core.driver.reject |= keys  # type: ignore[attr-defined]
+    assert _push(core, bad) == {"bad": Status.FAILURE}
+    core.driver.reject -= keys  # type: ignore[attr-defined]  # the switch takes it now
+    wait_for(lambda: not core.failed, 10.0, "the repair timer to re-program the failed owner")
+    assert _flows_of(core, "bad") > 0
