@@ -210,6 +210,8 @@ class AgentCore:
             log.error(
                 "event=goal_state_crashed source=%s error=%r\n%s", work.source, exc, traceback.format_exc()
             )
+            # Whatever it left half-done, the switch is made to match the held state again.
+            self.dataplane_lost()
             elapsed = int((time.perf_counter() - work.received) * 1e6)
             work.future.set_result(
                 MessageResult(
