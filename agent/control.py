@@ -16,11 +16,13 @@ from typing import Any
 
 from agent.core import AgentCore
 from agent.planner.cookies import Kind
+from agent.planner.flows import Flow
 from agent.planner.pipeline import TABLE_NAMES
 from agent.planner.plan import neighbor_owner, port_owner
 
 log = logging.getLogger("aca.control")
 _FAILED_SHOWN = 100  # failed owners listed in `acactl status` (all are counted)
+_DRIFT_SHOWN = 100  # flows listed per kind of drift in `acactl check` (all are counted)
 
 
 def _owner_state(core: AgentCore, owner: tuple[Kind, str], pending: bool) -> str:
@@ -87,20 +89,32 @@ def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
             for n in sorted(state.neighbors.values(), key=lambda n: n.id)
         ]
     if what == "flows":
-        out = []
-        for flow in sorted(
-            core.reconciler.installed.values(), key=lambda f: (f.table, -f.priority, f.text())
-        ):
-            owner = core.reconciler.owner_of(flow.key)
-            out.append(
-                {
-                    "cookie": f"{flow.cookie:#018x}",
-                    "owner": f"{owner[0].name.lower()}:{owner[1]}" if owner else "",
-                    "flow": flow.text(TABLE_NAMES),
-                }
-            )
-        return out
-    raise ValueError(f"unknown request {what!r} (status, ports, neighbours, flows, dhcp)")
+        installed = core.reconciler.installed.values()
+        return [_flow_row(core, f) for f in sorted(installed, key=lambda f: (f.table, -f.priority, f.text()))]
+    if what == "check":
+        drift = core.reconciler.check()
+
+        def rows(flows: list[Flow]) -> list[dict[str, str]]:
+            return [_flow_row(core, f) for f in flows[:_DRIFT_SHOWN]]
+
+        return {
+            "ok": not (drift.missing or drift.differ or drift.extra),
+            "checked": drift.checked,
+            "counts": {"missing": len(drift.missing), "differ": len(drift.differ), "extra": len(drift.extra)},
+            "missing": rows(drift.missing),
+            "differ": rows(drift.differ),
+            "extra": rows(drift.extra),
+        }
+    raise ValueError(f"unknown request {what!r} (status, ports, neighbours, flows, dhcp, check)")
+
+
+def _flow_row(core: AgentCore, flow: Flow) -> dict[str, str]:
+    owner = core.reconciler.owner_of(flow.key)
+    return {
+        "cookie": f"{flow.cookie:#018x}",
+        "owner": f"{owner[0].name.lower()}:{owner[1]}" if owner else "",
+        "flow": flow.text(TABLE_NAMES),
+    }
 
 
 class ControlServer:

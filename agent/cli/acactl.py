@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="agent, OVS connection and resource counts")
+    sub.add_parser("check", help="compare the switch's flows with what the agent installed (exit 3 on drift)")
     dump = sub.add_parser("dump", help="ports, neighbours, flows with their state, or DHCP leases")
     dump.add_argument("what", choices=["ports", "neighbours", "neighbors", "flows", "dhcp"])
     args = p.parse_args(argv)
-    what = "status" if args.command == "status" else args.what.replace("neighbors", "neighbours")
+    what = args.what.replace("neighbors", "neighbours") if args.command == "dump" else args.command
     try:
         result = request(args.socket, what)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.json or what == "status":
         print(json.dumps(result, indent=2, sort_keys=True))
+    elif what == "check":
+        counts = " ".join(f"{k}={v}" for k, v in result["counts"].items())
+        print(f"{'ok' if result['ok'] else 'DRIFT'}: {result['checked']} flows checked, {counts}")
+        for kind in ("missing", "differ", "extra"):
+            for row in result[kind]:
+                print(f"{kind} cookie={row['cookie']} owner={row['owner'] or '-'} {row['flow']}")
     elif what == "flows":
         for row in result:
             print(f"cookie={row['cookie']} owner={row['owner'] or '-'} {row['flow']}")
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(result["leases"], COLUMNS[what]))
     else:
         print(_table(result, COLUMNS[what]))
-    return 0
+    return 3 if what == "check" and not result["ok"] else 0
 
 
 if __name__ == "__main__":

@@ -54,6 +54,16 @@ class ApplyResult:
 
 
 @dataclass
+class Drift:
+    """Where the switch differs from the mirror: flows missing, different, or ours but unknown."""
+
+    checked: int = 0
+    missing: list[Flow] = field(default_factory=list)
+    differ: list[Flow] = field(default_factory=list)
+    extra: list[Flow] = field(default_factory=list)
+
+
+@dataclass
 class _Change:
     owners: dict[Owner, FlowSet] = field(default_factory=dict)
     adds: dict[FlowKey, Flow] = field(default_factory=dict)
@@ -141,6 +151,22 @@ class FlowReconciler:
                         result.failed[owner] = str(one)
         result.elapsed_us = int((time.perf_counter() - start) * 1e6)
         return result
+
+    def check(self) -> Drift:
+        """The switch's flows of ours against the mirror (read-only): what an operator or a test
+        asks to know that OVS holds exactly what the agent answered SUCCESS for."""
+        on_switch = self.driver.dump()
+        same = self.driver.same
+        drift = Drift(checked=len(self.installed))
+        for key, flw in self.installed.items():
+            if key not in on_switch:
+                drift.missing.append(flw)
+            elif not same(flw, on_switch[key]):
+                drift.differ.append(flw)
+        drift.extra = [
+            Flow(k[0], k[1], k[2], cookie=f.cookie) for k, f in on_switch.items() if k not in self.installed
+        ]
+        return drift
 
     def resync(self, updates: Mapping[Owner, list[Flow]]) -> ApplyResult:
         """Full state against what the switch reports: unchanged flows are left alone (no flush),

@@ -7,6 +7,8 @@ import collections
 import pathlib
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -84,43 +86,50 @@ def test_ovsdb_server_restart_is_survived(box: Sandbox) -> None:
 
 
 def test_restart_repairs_flows_that_drifted_behind_its_back(box: Sandbox) -> None:
-    """While the agent is down, one of its flows is deleted, a stale flow with its cookie layout
-    and a foreign flow are added: the restarted agent puts its flow back, removes its stale one
-    and leaves the foreign one alone, without rewriting anything else."""
+    """Behind the agent's back one of its flows is deleted, a stale flow with its cookie layout
+    and a foreign flow are added: `acactl check` reports exactly that drift; the restarted agent
+    puts its flow back, removes its stale one, leaves the foreign one alone and rewrites nothing
+    else."""
     before = _cookies(box, "host1")
     port = cookie(Kind.PORT, "port-r1")
     stale = cookie(Kind.NEIGHBOR, "gone-long-ago")
-    box.stop_agent("host1", signal.SIGKILL)
     ofctl = ["ovs-ofctl", "-O", "OpenFlow14"]
-    box.exec("host1", [*ofctl, "del-flows", "br-int", f"cookie={port:#x}/-1"], check=True)
-    box.exec(
-        "host1",
+    drift = [
+        ["del-flows", "br-int", f"cookie={port:#x}/-1"],
         [
-            *ofctl,
             "add-flow",
             "br-int",
             f"cookie={stale:#x},table=40,priority=7,dl_dst=fa:16:3e:99:99:99,actions=drop",
         ],
-        check=True,
-    )
-    box.exec(
-        "host1",
-        [
-            *ofctl,
-            "add-flow",
-            "br-int",
-            "cookie=0x1234,table=40,priority=5,dl_dst=fa:16:3e:88:88:88,actions=drop",
-        ],
-        check=True,
-    )
-    box.restart_agent("host1")
+        ["add-flow", "br-int", "cookie=0x1234,table=40,priority=5,dl_dst=fa:16:3e:88:88:88,actions=drop"],
+    ]
+    for args in drift:
+        box.exec("host1", [*ofctl, *args], check=True)
+    check = box.control("host1", "check")
+    assert check["counts"] == {"missing": before[port], "differ": 0, "extra": 1}
+    assert {r["owner"] for r in check["missing"]} == {"port:port-r1"}
+    assert check["extra"][0]["cookie"] == f"{stale:#018x}"
+    text = _acactl(box, "check")
+    assert text.returncode == 3 and text.stdout.startswith("DRIFT:") and "missing cookie=" in text.stdout
+
+    box.restart_agent("host1", signal.SIGKILL)
     wait_for(lambda: box.control("host1", "status")["dataplane_ready"], 20, "the restarted agent's resync")
     after = _cookies(box, "host1")
     assert after[0x1234] == 1  # not ours: untouched
     del after[0x1234]
     assert after == before  # ours: exactly as before (the deleted one back, the stale one gone)
-    resync = re.findall(
-        r"event=resync .*?added=(\d+) deleted=(\d+)", pathlib.Path(box.host("host1").log_file).read_text()
-    )
+    log = pathlib.Path(box.host("host1").log_file).read_text()
+    resync = re.findall(r"event=resync .*?added=(\d+) deleted=(\d+)", log)
     assert resync[-1] == (str(before[port]), "1")  # only the drift was rewritten
+    ok = _acactl(box, "check")
+    assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stdout
     assert box.ping("r1", "10.42.0.2", count=2).returncode == 0
+
+
+def _acactl(box: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as an operator runs it (text output and exit code)."""
+    acactl = pathlib.Path(sys.executable).parent / "acactl"
+    socket = box.host("host1").control_socket
+    return subprocess.run(
+        [str(acactl), "--socket", socket, *args], capture_output=True, text=True, timeout=30
+    )

@@ -72,3 +72,29 @@ def test_resync_keeps_unchanged_flows_and_sweeps_stale_ones() -> None:
     assert keep.key not in {f.key for f in adds}  # no flush, no re-add of what is right
     assert (result.added, result.deleted) == (2, 1)
     assert driver.table == rec.installed
+
+
+def test_check_reports_missing_different_and_unknown_flows() -> None:
+    driver = RecordingDriver()
+    rec = FlowReconciler(driver)
+    rec.update({A: [_flow(1, 1), _flow(2, 2), _flow(3, 3)]}.items())
+    assert rec.check().checked == 3 and not (rec.check().missing or rec.check().extra)
+    del driver.table[_flow(1, 1).key]
+    driver.table[_flow(2, 2).key] = _flow(2, 20)
+    driver.table[_flow(9, 9).key] = _flow(9, 9)
+    drift = rec.check()
+    assert [f.key for f in drift.missing] == [_flow(1, 1).key]
+    assert [f.key for f in drift.differ] == [_flow(2, 2).key]
+    assert [(f.key, f.cookie) for f in drift.extra] == [(_flow(9, 9).key, 9)]
+
+
+def test_resync_isolates_an_owner_the_switch_refuses() -> None:
+    driver = RecordingDriver()
+    rec = FlowReconciler(driver)
+    driver.table[_flow(7, 7).key] = _flow(7, 7)  # a stray of ours: deleted by the resync
+    driver.table[_flow(2, 1).key] = _flow(2, 1)  # b's old flow: b is refused, so it goes too
+    driver.reject.add(_flow(2, 2).key)
+    result = rec.resync({A: [_flow(1, 1)], B: [_flow(2, 2)]})
+    assert set(result.failed) == {B}
+    assert driver.table == rec.installed == {_flow(1, 1).key: _flow(1, 1)}
+    assert B not in rec.desired
