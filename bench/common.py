@@ -25,7 +25,7 @@ def sandbox(prefix: str, hosts: int = 1) -> Iterator[Sandbox]:
         box = Sandbox(pathlib.Path(root) / "sandbox", prefix=prefix)
         try:
             for i in range(1, hosts + 1):
-                box.host_up(f"host{i}", agent_args=("--log-level", "WARNING"))
+                box.host_up(f"host{i}")  # at the shipped defaults (INFO logging included)
             yield box
         finally:
             box.down()

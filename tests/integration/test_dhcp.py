@@ -21,6 +21,7 @@ from agent._pb import goalstate_pb2 as pb
 from agent.planner.dhcp import RESPONDER_MAC
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
+from agent.sandbox.poll import wait_for
 from tests.support.parts import missing, require_ovs
 
 pytestmark = pytest.mark.integration
@@ -327,6 +328,6 @@ def test_responder_survives_an_ovs_vswitchd_restart(
     while "event=openflow_reconnected" not in pathlib.Path(sandbox.host(HOST).log_file).read_text():
         assert time.monotonic() < deadline, "agent did not see ovs-vswitchd come back"
         time.sleep(0.1)
-    time.sleep(1.0)
+    wait_for(lambda: sandbox.control(HOST, "status")["dataplane_ready"], 20, "the replay after the restart")
     got = vpc.dhclient(client)
     assert got is not None and got["new_ip_address"] == client.ip, "no lease after the restart"

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -347,7 +346,7 @@ def test_agent_restart_under_traffic_loses_nothing(sandbox: Sandbox, nets: Any, 
     assert_reaches(sandbox, a.name, b.ip)
     flows_before = {host: dump_flows(sandbox, host) for host in HOSTS}
 
-    # 8 s of pings, 10 a second; the agent goes down 1 s in and must be back well before the end.
+    # 8 s of pings, 10 a second; the agent goes down once they flow: not one may be lost.
     cmd = [
         "ip",
         "netns",
@@ -369,16 +368,15 @@ def test_agent_restart_under_traffic_loses_nothing(sandbox: Sandbox, nets: Any, 
         text=True,
     )
     try:
-        time.sleep(1.0)
-        started = time.monotonic()
+        assert ping.stdout is not None
+        head = [ping.stdout.readline() for _ in range(3)]  # the banner, then two replies: flowing
         sandbox.restart_agent("host2", sig)
-        restart_s = time.monotonic() - started
         out, _ = ping.communicate(timeout=30)
+        out = "".join(head) + out
     finally:
         if ping.poll() is None:
             ping.kill()
             ping.wait()
-    assert restart_s < 6.0, f"restart took {restart_s:.1f}s, longer than the ping runs"
     sent, got = received(out)
     assert sent == 80 and got == sent, out
     for host in HOSTS:
@@ -403,7 +401,6 @@ def test_port_pending_until_the_vm_is_plugged(sandbox: Sandbox, nets: Any) -> No
     assert port_state(sandbox, "host2", b.port_id) == "programmed"
     assert dump_cookies(sandbox, "host1")[cookie(Kind.PORT, a.port_id)] == 0
 
-    time.sleep(2.0)
     net.plug(a)  # no further goal state: the agent binds it from OVSDB
     wait_for(lambda: port_state(sandbox, "host1", a.port_id) == "programmed", what="port bound")
     assert dump_cookies(sandbox, "host1")[cookie(Kind.PORT, a.port_id)] > 0

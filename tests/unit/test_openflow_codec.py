@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 
 import pytest
 
@@ -253,21 +252,3 @@ def test_error_decoding_names_type_code_and_failed_request() -> None:
     exp = codec.decode_error(h("05 01 0010 00000001 ffff 0007 00002320"))
     assert exp.experimenter == 0x2320
     assert "EXPERIMENTER(0x2320)" in exp.text
-
-
-def test_encode_rate() -> None:
-    flows = [
-        Flow(
-            20, 100,
-            match((Field.REG6, i % 500 + 1), (Field.ETH_TYPE, 0x800), (Field.IPV4_DST, 0x0A000000 + i)),
-            actions=(SetField(Field.ETH_DST, 0x0200_0000_0000 + i), SetField(Field.REG5, i), Output(9)),
-            goto=30,
-        )
-        for i in range(20_000)
-    ]  # fmt: skip
-    start = time.perf_counter()
-    for i, flow in enumerate(flows):
-        codec.encode_bundle_add(1, 3, flow, FlowModCommand.ADD, i)
-    elapsed = time.perf_counter() - start
-    print(f"encoded 20000 bundle-add flow-mods in {elapsed * 1000:.1f} ms")
-    assert elapsed < 1.0  # budget is 0.3 s; generous here so slow CI machines do not flake
