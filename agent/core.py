@@ -242,6 +242,7 @@ class AgentCore:
                 log.error(
                     "event=journal_failed source=%s resources=%d error=%r", work.source, len(changed), exc
                 )
+                self.counters["journal_failures"] += 1
                 reasons = {(o.request.type, o.request.id): f"not stored: {exc}" for o in changed}
                 changed, stored = [], False
         t_config = time.perf_counter()
@@ -285,6 +286,7 @@ class AgentCore:
                 touched[key] = self.planner.touch(*key)
             except Exception as exc:
                 log.error("event=plan_failed type=%s id=%s error=%r", key[0].name, key[1], exc)
+                self.counters["plan_failures"] += 1
                 reasons[key] = f"planning failed: {exc!r}"
         return touched
 
@@ -298,6 +300,7 @@ class AgentCore:
                 yield owner, flows(owner)
             except Exception as exc:
                 log.error("event=plan_failed owner=%s:%s error=%r", owner[0].name, owner[1], exc)
+                self.counters["plan_failures"] += 1
                 failures[owner] = f"planning failed: {exc!r}"
 
     def _program(self, owners: set[Owner]) -> ApplyResult:
