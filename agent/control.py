@@ -67,6 +67,7 @@ def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
                 "id": p.id,
                 "mac": p.mac,
                 "ips": [f.ip for f in p.fixed_ips],
+                "subnets": [f.subnet_id for f in p.fixed_ips],
                 "segment": state.segment_of_port(p),
                 "ofport": planner.bindings.get(p.id),
                 "admin_up": p.admin_up,

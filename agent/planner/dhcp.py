@@ -8,13 +8,20 @@ otherwise it answers into ``aca-dhcp`` from the same tag, and one ``CLASSIFY`` f
 restores a real source MAC and outputs to exactly that port. No VLAN tag is pushed, so nothing
 depends on how AF_PACKET reports VLANs.
 
+Renewing clients send their request by unicast to the server id (the subnet's gateway IP), so
+that address must answer ARP wherever the subnet is served, router or not. A router on this host
+already answers for its gateways; where none does, the subnet's own DHCP owner answers, with the
+MAC replies come from and below any port's, neighbour's or router's answer for the same address.
+
 Owners (kind ``DHCP``): ``port:<port id>`` (these flows and the port's entry in the
-responder) and ``lease:<dhcp id>`` (a lease in the responder, no flows).
+responder), ``lease:<dhcp id>`` (a lease in the responder, no flows) and ``subnet:<subnet id>``
+(the server id's ARP answer on a host with ports the subnet's DHCP serves).
 """
 
 from __future__ import annotations
 
-from agent.model.resources import Port, ResourceType
+from agent.dhcp.leases import server_ip
+from agent.model.resources import Port, ResourceType, Subnet
 from agent.model.state import DesiredState
 from agent.planner import cookies
 from agent.planner.cookies import Kind
@@ -29,12 +36,14 @@ from agent.planner.flows import (
     mac_to_int,
     match,
 )
+from agent.planner.overlay import arp_responder
 from agent.planner.pipeline import Priority, Table
 
 TAG_PREFIX = 0x0ACA << 32  # locally administered, unicast; the low 32 bits are the ofport
 RESPONDER_MAC = "02:ac:a0:00:00:43"  # source of replies when the subnet has no gateway MAC
 PORT_PREFIX = "port:"
 LEASE_PREFIX = "lease:"
+SUBNET_PREFIX = "subnet:"
 BOOTPS, BOOTPC = 67, 68  # server (and relay agent) port, client port
 
 
@@ -50,6 +59,10 @@ def lease_owner(dhcp_id: str) -> tuple[Kind, str]:
     return (Kind.DHCP, LEASE_PREFIX + dhcp_id)
 
 
+def subnet_owner(subnet_id: str) -> tuple[Kind, str]:
+    return (Kind.DHCP, SUBNET_PREFIX + subnet_id)
+
+
 def lease_owners(state: DesiredState, subnet_id: str | None = None) -> set[tuple[Kind, str]]:
     """Every DHCP entry's owner, or those of one subnet."""
     return {
@@ -59,8 +72,12 @@ def lease_owners(state: DesiredState, subnet_id: str | None = None) -> set[tuple
     }
 
 
+def subnet_owners(state: DesiredState) -> set[tuple[Kind, str]]:
+    return {subnet_owner(s) for s in state.subnets}
+
+
 def all_owners(state: DesiredState) -> set[tuple[Kind, str]]:
-    return {port_owner(p) for p in state.ports} | lease_owners(state)
+    return {port_owner(p) for p in state.ports} | lease_owners(state) | subnet_owners(state)
 
 
 def port_macs(port: Port) -> list[str]:
@@ -152,5 +169,17 @@ def flows(state: DesiredState, oid: str, bindings: dict[str, int], dhcp_ofport: 
 
 def responder_mac(state: DesiredState, port: Port) -> str:
     """The source of replies to the port: its subnet's gateway MAC, else RESPONDER_MAC."""
-    subnet = state.subnets.get(served_subnet(state, port) or "")
+    return subnet_mac(state.subnets.get(served_subnet(state, port) or ""))
+
+
+def subnet_mac(subnet: Subnet | None) -> str:
     return subnet.gateway_mac if subnet is not None and subnet.gateway_mac else RESPONDER_MAC
+
+
+def server_flows(subnet: Subnet) -> list[Flow]:
+    """The subnet's server id answers ARP with the MAC its replies come from, so a renewing client
+    reaches the responder by unicast. Only for a subnet with DHCP that this host serves and no
+    router of this host answers for (the planner decides); a port, neighbour or router holding the
+    same address wins by priority."""
+    ck = cookies.cookie(Kind.DHCP, SUBNET_PREFIX + subnet.id)
+    return [arp_responder(subnet.tunnel_id, server_ip(subnet), subnet_mac(subnet), ck, Priority.DHCP_SERVER)]

@@ -76,13 +76,13 @@ _IS_ARP = MatchField(Field.ETH_TYPE, ETH_TYPE_ARP)
 _ARP_REQUEST = MatchField(Field.ARP_OP, ARP_REQUEST)
 
 
-def arp_responder(vni: int, ip: str, mac: str | int, ck: int) -> Flow:
+def arp_responder(vni: int, ip: str, mac: str | int, ck: int, priority: int = Priority.LOCAL) -> Flow:
     """Answer 'who has ip' with mac from inside OVS, back out of the asking port."""
     mac_int = mac if isinstance(mac, int) else mac_to_int(mac)
     ip_int = ip_to_int(ip)
     return Flow(
         Table.ARP_RESPONDER,
-        Priority.LOCAL,
+        priority,
         # Already in canonical field order (a test checks builders emit canonical matches).
         (MatchField(Reg.SEGMENT, vni), _IS_ARP, _ARP_REQUEST, MatchField(Field.ARP_TPA, ip_int)),
         (

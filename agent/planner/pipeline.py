@@ -46,6 +46,7 @@ class Priority(enum.IntEnum):
     FLOOD = 50  # broadcast/multicast within a segment
     FLOOD_FROM_TUNNEL = 60
     REMOTE = 90  # neighbours behind the tunnel
+    DHCP_SERVER = 95  # ARP for a DHCP server id no router answers for: any real holder's answer wins
     LOCAL = 100  # local ports and exact answers
     TUNNEL = 100
     DHCP = 105  # DHCP from a port's MAC (any source IP) to the responder, above anti-spoofing

@@ -117,11 +117,12 @@ class Planner:
         return self.all_owners()
 
     def set_dhcp_port(self, ofport: int | None) -> set[Owner]:
-        """The responder's port appeared (or went): re-plan every port's DHCP steering."""
+        """The responder's port appeared (or went): re-plan every port's DHCP steering and every
+        subnet's server id answer."""
         if ofport == self.dhcp_ofport:
             return set()
         self.dhcp_ofport = ofport
-        return {dhcp.port_owner(p) for p in self.state.ports}
+        return {dhcp.port_owner(p) for p in self.state.ports} | dhcp.subnet_owners(self.state)
 
     def set_route_port(self, ofport: int | None) -> set[Owner]:
         """The fast path's port appeared (or went): L3_ROUTING's miss and every segment's re-entry."""
@@ -207,8 +208,11 @@ class Planner:
     def _touch_port(self, port_id: str) -> set[Owner]:
         port = self.state.ports.get(port_id)
         subnet_ids = frozenset(f.subnet_id for f in port.fixed_ips) if port else _NO_SUBNETS
+        old_subnets = self._member_subnets.get((ResourceType.PORT, port_id), _NO_SUBNETS)
         self._index_member((ResourceType.PORT, port_id), subnet_ids)
         owners = self._replan((ResourceType.PORT, port_id))
+        if self.dhcp_ofport is not None:  # whether this host serves those subnets may change
+            owners |= {dhcp.subnet_owner(sid) for sid in old_subnets | subnet_ids}
         ofport = self._ofport_of(port_id)
         if ofport is None:
             self.bindings.pop(port_id, None)
@@ -276,6 +280,7 @@ class Planner:
                         self._next_hop_routers[rule.next_hop_ip].add(router_id)
         owners = {router_owner(router_id)} | self._refresh_route_vlans()
         owners |= {_MEMBER_OWNER[rtype](rid) for rtype, rid in self._members(old | new)}
+        owners |= {dhcp.subnet_owner(sid) for sid in old | new}  # who answers ARP for the gateway
         return owners
 
     def _refresh_route_vlans(self) -> set[Owner]:
@@ -301,7 +306,7 @@ class Planner:
     def _touch_subnet(self, subnet_id: str) -> set[Owner]:
         owners: set[Owner] = {router_owner(r) for r in self._subnet_routers.get(subnet_id, ())}
         owners |= self._refresh_route_vlans()
-        owners |= dhcp.lease_owners(self.state, subnet_id)
+        owners |= dhcp.lease_owners(self.state, subnet_id) | {dhcp.subnet_owner(subnet_id)}
         subnet = self.state.subnets.get(subnet_id)
         vni = subnet.tunnel_id if subnet is not None else 0
         members = self._members([subnet_id])
@@ -346,6 +351,8 @@ class Planner:
         if kind is Kind.ROUTER:
             return self._router_flows(oid)
         if kind is Kind.DHCP:
+            if oid.startswith(dhcp.SUBNET_PREFIX):
+                return self._dhcp_server_flows(oid[len(dhcp.SUBNET_PREFIX) :])
             return dhcp.flows(self.state, oid, self.bindings, self.dhcp_ofport)
         if kind is Kind.SEGMENT:
             vni = int(oid)
@@ -355,6 +362,20 @@ class Planner:
                 sorted(self._segment_hosts.get(vni, {})),
                 self.tunnel_ofport,
             )
+        return []
+
+    def _dhcp_server_flows(self, subnet_id: str) -> list[Flow]:
+        """The server id's ARP answer, on a host with a port this subnet's DHCP serves, unless a
+        router here answers for the gateway already (one flow per address, one owner)."""
+        subnet = self.state.subnets.get(subnet_id)
+        if subnet is None or self.dhcp_ofport is None or not subnet.dhcp_enable or not subnet.tunnel_id:
+            return []
+        if self._subnet_routers.get(subnet_id) and self._router_subnet(subnet_id) is not None:
+            return []
+        for port_id in self._segment_ports.get(subnet.tunnel_id, ()):
+            port = self.state.ports.get(port_id)
+            if port is not None and dhcp.served_subnet(self.state, port) == subnet_id:
+                return dhcp.server_flows(subnet)
         return []
 
     # ------------------------------------------------------------------ routing

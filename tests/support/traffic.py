@@ -110,6 +110,7 @@ def assert_flow_table_clean(sb: Sandbox, host: str, routers: tuple[str, ...] = (
     live = {cookie(Kind.BASE, "base")}
     live |= {cookie(Kind.PORT, p["id"]) for p in ports}
     live |= {cookie(Kind.DHCP, f"port:{p['id']}") for p in ports}  # a port's DHCP steering
+    live |= {cookie(Kind.DHCP, f"subnet:{s}") for p in ports for s in p["subnets"]}  # DHCP server id ARP
     live |= {cookie(Kind.NEIGHBOR, n["id"]) for n in sb.control(host, "neighbours")}
     live |= {cookie(Kind.SEGMENT, str(p["segment"])) for p in ports if p["ofport"]}
     live |= {cookie(Kind.ROUTER, r) for r in routers}

@@ -39,14 +39,15 @@ def frame(
     flags: int = 0,
     ciaddr: str = "0.0.0.0",
     xid: int = 0x1234,
+    dst: tuple[str, str] = ("ff:ff:ff:ff:ff:ff", "255.255.255.255"),  # (MAC, IP)
 ) -> bytes:
     opts: list = [("message-type", msg_type), *options]
     if prl is not None:
         opts.append(("param_req_list", prl))
     opts.append("end")
     return bytes(
-        Ether(src=tag(ofport), dst="ff:ff:ff:ff:ff:ff")
-        / IP(src=ciaddr, dst="255.255.255.255")
+        Ether(src=tag(ofport), dst=dst[0])
+        / IP(src=ciaddr, dst=dst[1])
         / UDP(sport=68, dport=67)
         / BOOTP(chaddr=mac2str(mac), xid=xid, flags=flags, ciaddr=ciaddr)
         / DHCP(options=opts)
@@ -181,6 +182,16 @@ def test_renewal_with_ciaddr_is_acked_unicast(engine: Engine) -> None:
     assert msg_type(ack) == ACK
     pkt = Ether(ack)
     assert pkt.dst == MAC and pkt[IP].dst == "10.1.0.10" and pkt[BOOTP].ciaddr == "10.1.0.10"
+
+
+def test_unicast_renewal_to_the_server_id_is_acked_unicast(engine: Engine) -> None:
+    """A renew at T1 goes to the server id: the gateway's IP and the MAC its ARP answer gave. The
+    engine takes it like any request and answers from the server id at ciaddr."""
+    ack = engine.handle(frame(REQUEST, ciaddr="10.1.0.10", dst=("02:ac:a0:00:00:43", GW)))
+    assert msg_type(ack) == ACK and ip4(options_of(ack)[54]) == GW
+    pkt = Ether(ack)
+    assert (pkt.dst, pkt[IP].src, pkt[IP].dst) == (MAC, GW, "10.1.0.10")
+    assert (pkt[UDP].sport, pkt[UDP].dport, pkt[BOOTP].yiaddr) == (67, 68, "10.1.0.10")
 
 
 def test_inform_gets_ack_without_lease_times(engine: Engine) -> None:
