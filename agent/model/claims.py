@@ -68,7 +68,9 @@ def describe(key: Key) -> str:
 
 class AddressClaims:
     def __init__(self) -> None:
-        self._holder: dict[Key, Holder] = {}  # the smallest holder of each key
+        # VNI -> address -> its smallest holder: nested so that the hot path hashes strings (their
+        # hash is cached) rather than building and hashing a (VNI, address) tuple per lookup
+        self._holder: dict[int, dict[str, Holder]] = {}
         self._more: dict[Key, list[Holder]] = {}  # the other holders, sorted: a neighbour twin, overlaps
         self._members: dict[str, set[Holder]] = {}  # subnet id -> endpoints whose claims use its VNI
 
@@ -78,7 +80,7 @@ class AddressClaims:
         return (self._holder, self._more, self._members) == (other._holder, other._more, other._members)
 
     def holders(self, key: Key) -> list[Holder]:
-        first = self._holder.get(key)
+        first = self._holder.get(key[0], {}).get(key[1])
         if first is None:
             return []
         return [first, *self._more.get(key, ())]
@@ -89,28 +91,31 @@ class AddressClaims:
         """``holder`` (which holds nothing yet) claims ``res``'s addresses, unless another endpoint
         holds one of them (``leaving`` ones excepted): then nothing changes and that key and
         holder come back."""
+        fixed_ips = res.fixed_ips
+        if len(fixed_ips) == 1 and not getattr(fixed_ips[0], "tunnel_id", 0):
+            # Most endpoints, inline: one fixed IP in a subnet, both addresses free.
+            sid = fixed_ips[0].subnet_id
+            subnet = subnets.get(sid)
+            if subnet is not None and subnet.tunnel_id:
+                in_vni = self._holder.get(subnet.tunnel_id)
+                ip, mac = fixed_ips[0].ip, res.mac
+                if in_vni is None or (ip not in in_vni and mac not in in_vni):
+                    if in_vni is None:
+                        in_vni = self._holder[subnet.tunnel_id] = {}
+                    in_vni[ip] = in_vni[mac] = holder
+                    members = self._members.get(sid)
+                    if members is None:
+                        self._members[sid] = {holder}
+                    else:
+                        members.add(holder)
+                    return None
         keys, sids = endpoint_keys(res, subnets)
-        first_of = self._holder
-        shared = False
+        rid = holder[1]
         for key in keys:
-            if key in first_of:
-                rid = holder[1]
-                other = next((h for h in self.holders(key) if h[1] != rid and h not in leaving), None)
-                if other is not None:
-                    return key, other
-                shared = True
-        if shared:
-            self._hold(holder, keys, sids)
-            return None
-        for key in keys:  # the common case, inline: every key was free
-            first_of[key] = holder
-        members = self._members
-        for sid in sids:
-            group = members.get(sid)
-            if group is None:
-                members[sid] = {holder}
-            else:
-                group.add(holder)
+            other = next((h for h in self.holders(key) if h[1] != rid and h not in leaving), None)
+            if other is not None:
+                return key, other
+        self._hold(holder, keys, sids)
         return None
 
     def hold(self, holder: Holder, res: Port | Neighbor, subnets: Mapping[str, Subnet]) -> None:
@@ -122,12 +127,16 @@ class AddressClaims:
         first_of, more = self._holder, self._more
         keys, sids = endpoint_keys(res, subnets)
         for key in keys:
+            vni, address = key
+            in_vni = first_of[vni]
             rest = more.get(key)
             if rest is None:
-                del first_of[key]
+                del in_vni[address]
+                if not in_vni:
+                    del first_of[vni]
                 continue
-            if first_of[key] == holder:
-                first_of[key] = rest.pop(0)
+            if in_vni[address] == holder:
+                in_vni[address] = rest.pop(0)
             else:
                 rest.remove(holder)
             if not rest:
@@ -142,13 +151,20 @@ class AddressClaims:
     def _hold(self, holder: Holder, keys: list[Key], sids: list[str]) -> None:
         first_of = self._holder
         for key in keys:
-            first = first_of.setdefault(key, holder)
+            vni, address = key
+            in_vni = first_of.get(vni)
+            if in_vni is None:
+                in_vni = first_of[vni] = {}
+            first = in_vni.setdefault(address, holder)
             if first is not holder:  # shared: keep every holder, sorted
                 if holder < first:
-                    first_of[key], first = holder, first
+                    in_vni[address], first = holder, first
                 else:
                     first = holder
                 insort(self._more.setdefault(key, []), first)
+        self._join(holder, sids)
+
+    def _join(self, holder: Holder, sids: list[str]) -> None:
         members = self._members
         for sid in sids:
             group = members.get(sid)
