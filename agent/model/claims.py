@@ -86,11 +86,15 @@ class AddressClaims:
         return [first, *self._more.get(key, ())]
 
     def claim(
-        self, holder: Holder, res: Port | Neighbor, subnets: Mapping[str, Subnet], leaving: set[Holder]
+        self,
+        holder: Holder,
+        res: Port | Neighbor,
+        subnets: Mapping[str, Subnet],
+        leaving: set[Holder] | None,
     ) -> tuple[Key, Holder] | None:
         """``holder`` (which holds nothing yet) claims ``res``'s addresses, unless another endpoint
         holds one of them (``leaving`` ones excepted): then nothing changes and that key and
-        holder come back."""
+        holder come back. ``leaving`` None: unchecked (``hold``)."""
         fixed_ips = res.fixed_ips
         if len(fixed_ips) == 1 and not getattr(fixed_ips[0], "tunnel_id", 0):
             # Most endpoints, inline: one fixed IP in a subnet, both addresses free.
@@ -110,17 +114,18 @@ class AddressClaims:
                         members.add(holder)
                     return None
         keys, sids = endpoint_keys(res, subnets)
-        rid = holder[1]
-        for key in keys:
-            other = next((h for h in self.holders(key) if h[1] != rid and h not in leaving), None)
-            if other is not None:
-                return key, other
+        if leaving is not None:
+            rid = holder[1]
+            for key in keys:
+                other = next((h for h in self.holders(key) if h[1] != rid and h not in leaving), None)
+                if other is not None:
+                    return key, other
         self._hold(holder, keys, sids)
         return None
 
     def hold(self, holder: Holder, res: Port | Neighbor, subnets: Mapping[str, Subnet]) -> None:
         """Claim unchecked: what was stored, or moved by its subnet, is kept even if shared."""
-        self._hold(holder, *endpoint_keys(res, subnets))
+        self.claim(holder, res, subnets, None)
 
     def release(self, holder: Holder, res: Port | Neighbor, subnets: Mapping[str, Subnet]) -> None:
         """Give up what ``hold``/``claim`` took for ``res`` (with the same subnets)."""
