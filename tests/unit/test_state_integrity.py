@@ -234,8 +234,8 @@ def _random_message(rng: random.Random) -> Any:
             port_id = rng.choice(IDS)
             states.append(gs.port(port_id, "v1", sid, ip, mac, op=op, revision=revision, pairs=pairs))
         elif kind < 0.9:
-            host = rng.choice([HOST, REMOTE])
-            states.append(gs.neighbor(rng.choice(IDS), "v1", sid, ip, mac, host, op=op, revision=revision))
+            host, kind = rng.choice([HOST, REMOTE]), rng.choice([gs.pb.L2, gs.pb.L3])  # L2/x and L3/x: one id
+            states.append(gs.neighbor(rng.choice(IDS), "v1", sid, ip, mac, host, kind, op, revision))
         else:
             states.append(gs.dhcp(f"d-{rng.randint(1, 3)}", sid, mac, ip, op=op, revision=revision))
     return gs.goal_state_v2(gs.vpc("v1", 100), *states, host_ip=HOST)
