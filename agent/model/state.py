@@ -34,6 +34,13 @@ from agent.model.resources import (
 # goal state (50,000 neighbours deleted at once) and costs about 20 MB at worst (UUID ids).
 MAX_TOMBSTONES = 100_000
 
+# A DELETE at this revision or below leaves no tombstone. Alcor stamps revision_number 1
+# (FORMAT_REVISION_NUMBER) on every resource it sends, and sends a port's subnet and VPC with the
+# port's own operation: at revision 1 a CREATE after a DELETE is as likely the resource coming
+# back (the next port of that subnet, a VM migrating back) as a late message, and refusing it
+# would strand it for good. Revision 0 is unversioned by the contract.
+UNORDERED_REVISION = 1
+
 _RANK = {t: i for i, t in enumerate(APPLY_ORDER)}
 # Enum members as plain names: each ``ResourceType.X`` is an attribute lookup (~80 ns), paid per
 # neighbour on the hot path.
@@ -178,7 +185,8 @@ class DesiredState:
         so a message older than the DELETE cannot bring the resource back."""
         key = (req.type, req.id)
         before = self.tombstones.get(key, 0)
-        revision = max(req.revision or (held.revision if held is not None else 0), before)
+        revision = req.revision or (held.revision if held is not None else 0)
+        revision = max(revision if revision > UNORDERED_REVISION else 0, before)
         if held is not None:
             self._put(req.type, req.id, None)
         elif revision == before:

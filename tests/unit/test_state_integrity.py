@@ -187,6 +187,25 @@ def test_unversioned_requests_keep_todays_behaviour() -> None:
     assert "p-1" in state.ports
 
 
+def test_alcor_revision_one_leaves_no_tombstone() -> None:
+    """Alcor sends every resource at revision 1, and a port's subnet with the port's operation:
+    the subnet deleted with one port comes back with the next, at revision 1 again."""
+    state = DesiredState()
+    _status(state, *_base(), gs.port("p-1", "v1", "s1", "10.0.1.5", MAC.format(5)))
+    deleted = _status(
+        state,
+        gs.subnet("s1", "v1", "10.0.1.0/24", 100, op=gs.DELETE),
+        gs.port("p-1", "v1", "s1", "10.0.1.5", MAC.format(5), op=gs.DELETE),
+    )
+    assert set(deleted.values()) == {Status.SUCCESS} and state.tombstones == {}
+    again = _status(
+        state,
+        gs.subnet("s1", "v1", "10.0.1.0/24", 100, "10.0.1.1", op=gs.CREATE),
+        gs.port("p-1", "v1", "s1", "10.0.1.5", MAC.format(5)),
+    )
+    assert again == {"subnet:s1": Status.SUCCESS, "port:p-1": Status.SUCCESS}
+
+
 def test_stale_context_of_a_deleted_resource_is_ignored() -> None:
     state = DesiredState()
     _status(state, *_base(), gs.subnet("s2", "v1", "10.0.2.0/24", 100, op=gs.CREATE, revision=2))
@@ -199,12 +218,12 @@ def test_tombstones_are_bounded_newest_kept(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setattr(state_module, "MAX_TOMBSTONES", 3)
     monkeypatch.setattr(store_module, "MAX_TOMBSTONES", 3)
     state, store = DesiredState(), Store(tmp_path)
-    for i in range(5):
+    for i in range(1, 6):
         for outcome in state.apply(
             decode_v2(gs.goal_state_v2(gs.vpc(f"v{i}", 100 + i, op=gs.DELETE, revision=i + 1)), "")
         ):
             store.materialize(state, [(outcome.request.type, outcome.request.id)])
-    expected = {(ResourceType.VPC, f"v{i}"): i + 1 for i in (2, 3, 4)}
+    expected = {(ResourceType.VPC, f"v{i}"): i + 1 for i in (3, 4, 5)}
     assert state.tombstones == expected
     assert list(store.load_tombstones()) == list(expected)
     store.close()
