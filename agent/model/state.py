@@ -97,11 +97,11 @@ class DesiredState:
 
     @property
     def ports(self) -> dict[str, Port]:
-        return self.resources[ResourceType.PORT]  # type: ignore[return-value]
+        return self.resources[_PORT]  # type: ignore[return-value]
 
     @property
     def neighbors(self) -> dict[str, Neighbor]:
-        return self.resources[ResourceType.NEIGHBOR]  # type: ignore[return-value]
+        return self.resources[_NEIGHBOR]  # type: ignore[return-value]
 
     def count(self) -> dict[str, int]:
         return {t.name.lower(): len(items) for t, items in self.resources.items()}
@@ -122,8 +122,8 @@ class DesiredState:
     def revert(self, outcomes: list[Outcome]) -> None:
         """Undo the ``apply`` that returned ``outcomes`` (all of them, in the order it returned
         them): resources, address claims and tombstones are as before it. Only for the last apply
-        (a later one may have built on it); the core calls it when the goal state could not be
-        journaled, so a resend is a change again and gets programmed."""
+        (a later one may have built on it): for the core when the goal state could not be made
+        durable, so that a resend is a change again and gets programmed."""
         for i in reversed(_application_order([o.request for o in outcomes])):
             outcome = outcomes[i]
             if not outcome.changed:
@@ -203,20 +203,19 @@ class DesiredState:
     def _upsert(self, req: Request, held: Resource | None, new: Resource, leaving: set[c.Holder]) -> str:
         """Hold ``new``; a port or neighbour only if its addresses are free (else the reason)."""
         rtype, rid = req.type, req.id
-        if rtype is _SUBNET:
-            self._put_subnet(rid, held, new)  # type: ignore[arg-type]
+        if rtype is not _PORT and rtype is not _NEIGHBOR:
+            self._put(rtype, rid, new)
             return ""
-        if rtype is _PORT or rtype is _NEIGHBOR:
-            holder = (rtype, rid)
-            subnets = self.resources[_SUBNET]
+        holder = (rtype, rid)
+        subnets = self.resources[_SUBNET]
+        if held is not None:
+            self.claims.release(holder, held, subnets)  # type: ignore[arg-type]
+        taken = self.claims.claim(holder, new, subnets, leaving)  # type: ignore[arg-type]
+        if taken is not None:
             if held is not None:
-                self.claims.release(holder, held, subnets)  # type: ignore[arg-type]
-            taken = self.claims.claim(holder, new, subnets, leaving)  # type: ignore[arg-type]
-            if taken is not None:
-                if held is not None:
-                    self.claims.hold(holder, held, subnets)  # type: ignore[arg-type]
-                key, (holder_type, holder_id) = taken
-                return f"{c.describe(key)} is held by {holder_type.name.lower()} {holder_id}"
+                self.claims.hold(holder, held, subnets)  # type: ignore[arg-type]
+            key, (holder_type, holder_id) = taken
+            return f"{c.describe(key)} is held by {holder_type.name.lower()} {holder_id}"
         self.resources[rtype][rid] = new
         return ""
 
