@@ -27,9 +27,11 @@ CHUNK = 10_000
 
 
 def _port(j: int, sample: int, op: int = gs.CREATE) -> object:
+    """Port ``lat-port-j`` as sample ``sample`` creates (then deletes) it: each time at a newer
+    revision, as a controller does when an id comes back (an older one would meet its tombstone)."""
     ip = f"10.190.{sample // 250 % 250}.{sample % 250 + 2}"
     mac = f"fa:16:3f:00:{(sample >> 8) & 0xFF:02x}:{sample & 0xFF:02x}"
-    return gs.port(f"lat-port-{j}", VPC, SUBNET, ip, mac, op=op)
+    return gs.port(f"lat-port-{j}", VPC, SUBNET, ip, mac, op=op, revision=sample + 1)
 
 
 def main(argv: list[str] | None = None) -> int:

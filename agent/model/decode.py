@@ -264,7 +264,7 @@ def decode_state(rtype: ResourceType, state: Any, map_key: str = "", acted_on: b
     if not rid:
         return Request(rtype, op, "", update_type, error="resource id is empty", acted_on=acted)
     if op is Op.DELETE:
-        return Request(rtype, op, rid, update_type, acted_on=acted)
+        return Request(rtype, op, rid, update_type, acted_on=acted, revision=config.revision_number)
     try:
         resource = _DECODERS[rtype](config)
     except v.Invalid as exc:

@@ -244,3 +244,4 @@ class Request:
     resource: Resource | None = None
     error: str = ""
     acted_on: bool = True  # False: context only (INFO/GET, or listed for another host)
+    revision: int = 0  # a DELETE's revision_number (others carry theirs in ``resource``)

@@ -1,8 +1,9 @@
 """Accepted desired state on disk (SQLite, WAL), durable before the reply or the Kafka commit.
 
 A restarted agent reloads it and reprograms from it without waiting for the controller.
-Two tables: ``resource`` holds one JSON row per held resource (readable with the sqlite3
-shell); ``journal`` holds goal states exactly as they arrived, appended before the reply.
+``resource`` holds one JSON row per held resource (readable with the sqlite3 shell);
+``journal`` holds goal states exactly as they arrived, appended before the reply; ``tombstone``
+holds the revisions deleted resources were deleted at, folded like the rows.
 Appending one blob costs milliseconds where JSON rows for a 10,000-neighbour message cost
 ~75 ms, so the hot path only journals; the agent folds journaled messages into ``resource``
 rows when it is idle (``materialize``), and a restart replays what was not folded yet through
@@ -23,7 +24,7 @@ from typing import Any
 
 from agent.model.decode import Wire, decode_wire
 from agent.model.resources import RESOURCE_CLASSES, Resource, ResourceType
-from agent.model.state import DesiredState
+from agent.model.state import MAX_TOMBSTONES, DesiredState
 
 SCHEMA_VERSION = 1
 
@@ -63,6 +64,14 @@ def from_json(rtype: ResourceType, text: str) -> Resource:
     return _build(RESOURCE_CLASSES[rtype], json.loads(text))
 
 
+# Deleted resources' revisions (``DesiredState.tombstones``); rowid order is the order they were
+# folded in, so the newest ``MAX_TOMBSTONES`` are the ones kept.
+_TOMBSTONE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS tombstone ("
+    " type INTEGER NOT NULL, id TEXT NOT NULL, revision INTEGER NOT NULL, PRIMARY KEY (type, id))"
+)
+
+
 class Store:
     """One SQLite file in the state directory; every goal state is one transaction."""
 
@@ -83,6 +92,7 @@ class Store:
             " seq INTEGER PRIMARY KEY, version INTEGER NOT NULL, host_ip TEXT NOT NULL, body BLOB NOT NULL)"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.execute(_TOMBSTONE_TABLE)
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def load(self) -> dict[ResourceType, dict[str, Resource]]:
@@ -91,6 +101,12 @@ class Store:
             t = ResourceType(rtype)
             out[t][rid] = from_json(t, body)
         return out
+
+    def load_tombstones(self) -> dict[tuple[ResourceType, str], int]:
+        rows = self._db.execute(
+            "SELECT type, id, revision FROM tombstone ORDER BY rowid DESC LIMIT ?", (MAX_TOMBSTONES,)
+        ).fetchall()
+        return {(ResourceType(rtype), rid): revision for rtype, rid, revision in reversed(rows)}
 
     def journal(self, wire: Wire) -> int:
         """Append a goal state as received (one durable transaction); its sequence number."""
@@ -107,15 +123,22 @@ class Store:
     def materialize(
         self, state: DesiredState, keys: Iterable[tuple[ResourceType, str]], journal_through: int = 0
     ) -> None:
-        """Rows for ``keys`` as ``state`` holds them now (absent: deleted) and, in the same
-        transaction, drop journal entries up to ``journal_through`` (their effect is in the rows)."""
-        upserts, deletes = [], []
+        """Rows for ``keys`` as ``state`` holds them now (absent: deleted, with its tombstone if it
+        has one) and, in the same transaction, drop journal entries up to ``journal_through``
+        (their effect is in the rows)."""
+        upserts, deletes, tombstones, untombed = [], [], [], []
         for rtype, rid in keys:
             resource = state.get(rtype, rid)
-            if resource is None:
-                deletes.append((int(rtype), rid))
-            else:
+            if resource is not None:
                 upserts.append((int(rtype), rid, resource.revision, to_json(resource)))
+                untombed.append((int(rtype), rid))  # held again: a tombstone is gone
+                continue
+            deletes.append((int(rtype), rid))
+            revision = state.tombstones.get((rtype, rid))
+            if revision is None:
+                untombed.append((int(rtype), rid))
+            else:
+                tombstones.append((int(rtype), rid, revision))
         if not upserts and not deletes and not journal_through:
             return
         db = self._db
@@ -125,6 +148,15 @@ class Store:
                 db.executemany("DELETE FROM resource WHERE type = ? AND id = ?", deletes)
             if upserts:
                 db.executemany("INSERT OR REPLACE INTO resource VALUES (?, ?, ?, ?)", upserts)
+            if untombed and db.execute("SELECT EXISTS (SELECT 1 FROM tombstone)").fetchone()[0]:
+                db.executemany("DELETE FROM tombstone WHERE type = ? AND id = ?", untombed)
+            if tombstones:
+                db.executemany("INSERT OR REPLACE INTO tombstone VALUES (?, ?, ?)", tombstones)
+                db.execute(
+                    "DELETE FROM tombstone WHERE rowid <= "
+                    "(SELECT rowid FROM tombstone ORDER BY rowid DESC LIMIT 1 OFFSET ?)",
+                    (MAX_TOMBSTONES,),
+                )
             if journal_through:
                 db.execute("DELETE FROM journal WHERE seq <= ?", (journal_through,))
             db.execute("COMMIT")
@@ -137,9 +169,9 @@ class Store:
 
 
 def recover(store: Store) -> DesiredState:
-    """The state held at the last reply: the rows, then every journaled goal state replayed in
-    order (deterministic: the same requests on the same state). Folded into rows at once."""
-    state = DesiredState(store.load())
+    """The state held at the last reply: the rows and tombstones, then every journaled goal state
+    replayed in order (deterministic: the same requests on the same state). Folded at once."""
+    state = DesiredState(store.load(), store.load_tombstones())
     entries = store.journaled()
     if entries:
         changed = {
