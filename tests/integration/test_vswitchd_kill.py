@@ -10,6 +10,7 @@ with SIGSTOP before the push, killed once the bytes queue up), and the switch bu
 
 from __future__ import annotations
 
+import collections
 import os
 import pathlib
 import signal
@@ -125,4 +126,71 @@ def test_vswitchd_killed_mid_bundle_ends_consistent(
         f"replied before the kill: {replied_before_kill}, first answer {sorted(set(answered.values()))}, "
         f"resend {sorted(set(resent.values()))}; missing {len(missing)}: {missing[:3]}, "
         f"extra {len(extra)}: {extra[:3]}"
+    )
+
+
+def test_vswitchd_killed_during_the_replay_after_its_restart(box: Sandbox) -> None:
+    """The replay into a restarted switch is itself cut short by a second crash: the agent must
+    replay again once the switch is back, not leave `br-int` (fail_mode=secure) empty."""
+    message = gs.goal_state_v2(*context_states(), *neighbor_states(0, NEIGHBOURS))
+    (reply,) = box.push_message(HOST, message, timeout=90)
+    assert set(status_by_id(reply).values()) == {"SUCCESS"}
+    before = dump_flows(box, HOST)
+    ovs = box.ovs(HOST)
+    ovs.restart_vswitchd()
+    wait_for(lambda: "event=openflow_reconnected" in _log(box), 30, "the agent to reconnect")
+    replay_done = "event=resync " in _log(box).split("event=openflow_reconnected", 1)[1]
+    ovs.stop_vswitchd(signal.SIGKILL)
+    ovs.start_vswitchd()
+    assert not replay_done, "the replay was over before the second crash: nothing was tested"
+
+    def whole() -> bool:
+        return dump_flows(box, HOST) == before
+
+    try:
+        wait_for(whole, 60, "br-int to hold the agent's flows again")
+    except TimeoutError:
+        status = box.control(HOST, "status")
+        raise AssertionError(
+            f"br-int holds {len(dump_flows(box, HOST))} flows of {len(before)}; agent status "
+            f"dataplane_ready={status['dataplane_ready']} flows_installed={status['flows_installed']}\n"
+            + "\n".join(line for line in _log(box).splitlines()[-40:])
+        ) from None
+    assert box.control(HOST, "status")["dataplane_ready"] is True
+    _reply, fresh = fresh_agent_flows(box, HOST, message)
+    assert before == fresh
+
+
+def test_vswitchd_stalled_past_the_bundle_timeout_answers_truly(box: Sandbox) -> None:
+    """ovs-vswitchd frozen (SIGSTOP) with the bundle queued at it for longer than the agent waits
+    for a reply (its 30 s bundle deadline: this test takes that long), then thawed. The outcome
+    was unknown to the agent; whatever it answered, the controller's resend must be answered
+    SUCCESS only with the flows in OVS."""
+    message = gs.goal_state_v2(*context_states(), *neighbor_states(0, NEIGHBOURS))
+    pid = box.ovs(HOST).vswitchd_pid
+    assert pid is not None
+    replies: list[pb.GoalStateOperationReply] = []
+    pusher = threading.Thread(target=lambda: replies.extend(box.push_message(HOST, message, timeout=90)))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        pusher.start()
+        wait_for(lambda: _mgmt_unread(box) >= UNREAD_BYTES, 60, "the bundle to queue at the switch")
+        pusher.join(90)  # the agent answers once it gave up waiting
+        assert not pusher.is_alive(), "no answer while the switch is frozen"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    (first,) = replies
+    answered = status_by_id(first)
+    if set(answered.values()) == {"SUCCESS"}:
+        survived = dump_flows(box, HOST)
+        resent: dict[str, str] = {}
+    else:
+        (again,) = box.push_message(HOST, message, timeout=90)
+        resent = status_by_id(again)
+        survived = dump_flows(box, HOST)
+    _reply, fresh = fresh_agent_flows(box, HOST, message)
+    first_tally, resend_tally = collections.Counter(answered.values()), collections.Counter(resent.values())
+    assert survived == fresh, (
+        f"first answer {dict(first_tally)}, resend {dict(resend_tally)}: "
+        f"br-int holds {len(survived)} flows, a fresh agent installs {len(fresh)}"
     )
