@@ -194,3 +194,40 @@ def test_vswitchd_stalled_past_the_bundle_timeout_answers_truly(box: Sandbox) ->
         f"first answer {dict(first_tally)}, resend {dict(resend_tally)}: "
         f"br-int holds {len(survived)} flows, a fresh agent installs {len(fresh)}"
     )
+
+
+def test_replay_that_fails_is_tried_again(box: Sandbox) -> None:
+    """The replay into a restarted ovs-vswitchd fails while the OpenFlow connection stays up
+    (ovsdb-server frozen while the agent sets flow-restore-wait); once ovsdb-server is back the
+    agent must replay again instead of leaving `br-int` (fail_mode=secure) empty."""
+    message = gs.goal_state_v2(*context_states(), *neighbor_states(0, 1_000))
+    (reply,) = box.push_message(HOST, message, timeout=90)
+    assert set(status_by_id(reply).values()) == {"SUCCESS"}
+    before = dump_flows(box, HOST)
+    ovs = box.ovs(HOST)
+    agent_pid = box.host(HOST).agent_pid
+    ovsdb_pid = int((ovs.rundir / "ovsdb-server.pid").read_text())
+    assert agent_pid is not None
+    os.kill(agent_pid, signal.SIGSTOP)  # the agent sees the restart only once it is whole
+    try:
+        ovs.restart_vswitchd()
+        wait_for(ovs.mgmt_sock("br-int").exists, 30, "the restarted switch's br-int.mgmt")
+        os.kill(ovsdb_pid, signal.SIGSTOP)
+        try:
+            os.kill(agent_pid, signal.SIGCONT)
+            wait_for(lambda: "event=openflow_reconnected" in _log(box), 30, "the agent to reconnect")
+            wait_for(lambda: "event=task_failed" in _log(box), 60, "the replay to give up on ovsdb-server")
+        finally:
+            os.kill(ovsdb_pid, signal.SIGCONT)
+    finally:
+        os.kill(agent_pid, signal.SIGCONT)
+    try:
+        wait_for(lambda: dump_flows(box, HOST) == before, 30, "br-int to hold the agent's flows again")
+    except TimeoutError:
+        status = box.control(HOST, "status")
+        failure = _log(box).split("event=task_failed", 1)[1].splitlines()[:14]
+        raise AssertionError(
+            f"br-int holds {len(dump_flows(box, HOST))} flows of {len(before)}, 30 s after ovsdb-server "
+            f"came back; agent status dataplane_ready={status['dataplane_ready']}; the replay failed with:\n"
+            + "\n".join(failure)
+        ) from None
