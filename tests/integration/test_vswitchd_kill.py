@@ -211,7 +211,10 @@ def test_replay_that_fails_is_tried_again(box: Sandbox) -> None:
     os.kill(agent_pid, signal.SIGSTOP)  # the agent sees the restart only once it is whole
     try:
         ovs.restart_vswitchd()
-        wait_for(ovs.mgmt_sock("br-int").exists, 30, "the restarted switch's br-int.mgmt")
+        show = ["ovs-ofctl", "-O", "OpenFlow14", "show", "br-int"]
+        wait_for(
+            lambda: box.exec(HOST, show, check=False).returncode == 0, 30, "the restarted switch's br-int"
+        )
         os.kill(ovsdb_pid, signal.SIGSTOP)
         try:
             os.kill(agent_pid, signal.SIGCONT)
@@ -226,8 +229,9 @@ def test_replay_that_fails_is_tried_again(box: Sandbox) -> None:
     except TimeoutError:
         status = box.control(HOST, "status")
         failure = _log(box).split("event=task_failed", 1)[1].splitlines()[:14]
+        other_config = ovs.vsctl("get", "Open_vSwitch", ".", "other_config").strip()
         raise AssertionError(
             f"br-int holds {len(dump_flows(box, HOST))} flows of {len(before)}, 30 s after ovsdb-server "
-            f"came back; agent status dataplane_ready={status['dataplane_ready']}; the replay failed with:\n"
-            + "\n".join(failure)
+            f"came back; agent status dataplane_ready={status['dataplane_ready']}, switch other_config "
+            f"{other_config}; the replay failed with:\n" + "\n".join(failure)
         ) from None
