@@ -26,10 +26,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from agent._pb import goalstate_pb2 as pb
 from agent.sandbox import goalstates as g
 from agent.sandbox.hosts import HostInfo, Sandbox
-from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker, running_broker
+from agent.sandbox.kafka import KafkaBroker, running_broker
 from agent.sandbox.poll import wait_for
 from tests.support.agent_host import scratch_sandbox, statuses
 from tests.support.fresh_agent import fresh_agent_flows
+from tests.support.kafka_agent import agent_config, committed_offset
 from tests.support.parts import require_ovs, require_tansu
 from tests.support.traffic import dump_flows
 
@@ -187,16 +188,7 @@ class ChaosHost:
     broker: KafkaBroker
 
     def committed(self) -> int:
-        """The agent group's committed offset, read by a client that does not join the group."""
-
-        def read() -> int:
-            consumer = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": GROUP})
-            try:
-                return consumer.committed([TopicPartition(TOPIC, 0)], timeout=5)[0].offset
-            finally:
-                consumer.close()
-
-        return self.broker.call(read)
+        return committed_offset(self.broker, TOPIC, GROUP)
 
     def applied(self) -> int:
         """Goal states the agent applied so far, over all its lives (redeliveries included)."""
@@ -228,18 +220,6 @@ class ChaosHost:
         return self.broker.call(read)
 
 
-def _agent_config(host: HostInfo, broker: KafkaBroker) -> pathlib.Path:
-    """The broker on the host namespace's loopback, replies on, fast group joins and fetches."""
-    options = {**FAST_GROUP_OPTIONS, "fetch.wait.max.ms": "20"}
-    lines = "\n".join(f'"{key}" = "{value}"' for key, value in options.items())
-    path = pathlib.Path(host.dir) / "agent.toml"
-    path.write_text(
-        f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\nreply_topic = "{REPLIES}"\n\n'
-        f"[kafka.options]\n{lines}\n"
-    )
-    return path
-
-
 @pytest.fixture
 def chaos_host() -> Iterator[ChaosHost]:
     with contextlib.ExitStack() as stack:
@@ -251,7 +231,8 @@ def chaos_host() -> Iterator[ChaosHost]:
         stack.callback(sandbox.stop_agent, HOST)  # unwound first: leaves the group while the broker runs
         broker.create_topic(TOPIC)
         broker.create_topic(REPLIES)
-        host = sandbox.restart_agent(HOST, agent_args=["--config", str(_agent_config(host, broker))])
+        config = agent_config(host, broker, REPLIES, {"fetch.wait.max.ms": "20"})  # quick fetches
+        host = sandbox.restart_agent(HOST, agent_args=["--config", str(config)])
         yield ChaosHost(sandbox, host, broker)
 
 
