@@ -123,8 +123,13 @@ class OvsInstance:
                 os.kill(pid, signal.SIGKILL)
         (self.rundir / f"{name}.pid").unlink(missing_ok=True)
 
-    def stop_vswitchd(self) -> None:
-        self._kill("ovs-vswitchd")
+    @property
+    def vswitchd_pid(self) -> int | None:
+        return self._pid("ovs-vswitchd")
+
+    def stop_vswitchd(self, sig: int = signal.SIGTERM) -> None:
+        """Stop ovs-vswitchd; ``SIGKILL`` plays a crash (no clean-up of its own, flows lost)."""
+        self._kill("ovs-vswitchd", sig)
         (self.rundir / "ovs-vswitchd.ctl").unlink(missing_ok=True)
 
     def restart_vswitchd(self) -> None:

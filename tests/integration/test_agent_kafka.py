@@ -22,9 +22,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from agent._pb import goalstate_pb2 as pb
 from agent.sandbox import goalstates as g
 from agent.sandbox.hosts import HostInfo, Sandbox
-from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker, running_broker
+from agent.sandbox.kafka import KafkaBroker, running_broker
 from agent.sandbox.poll import wait_for
 from tests.support.agent_host import scratch_sandbox, statuses
+from tests.support.kafka_agent import agent_config, committed_offset
 from tests.support.parts import require_ovs, require_tansu
 
 pytestmark = pytest.mark.integration
@@ -51,16 +52,7 @@ class KafkaHost:
         return self.broker.produce(TOPIC, value, headers={"alcor-format": "v1"} if v1 else None)
 
     def committed(self) -> int:
-        """The agent group's committed offset, read by a client that does not join the group."""
-
-        def read() -> int:
-            consumer = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": GROUP})
-            try:
-                return consumer.committed([TopicPartition(TOPIC, 0)], timeout=5)[0].offset
-            finally:
-                consumer.close()
-
-        return self.broker.call(read)
+        return committed_offset(self.broker, TOPIC, GROUP)
 
     def wait_committed(self, offset: int) -> None:
         wait_for(lambda: self.committed() == offset + 1, what=f"commit past offset {offset}")
@@ -91,17 +83,6 @@ class KafkaHost:
         return {n["id"]: n for n in self.sandbox.control(HOST, "neighbours")}
 
 
-def _write_config(host: HostInfo, broker: KafkaBroker) -> pathlib.Path:
-    """The agent's TOML: the broker on the host namespace's loopback, replies on, fast group timings."""
-    options = "\n".join(f'"{key}" = "{value}"' for key, value in FAST_GROUP_OPTIONS.items())
-    path = pathlib.Path(host.dir) / "agent.toml"
-    path.write_text(
-        f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\nreply_topic = "{REPLIES}"\n\n'
-        f"[kafka.options]\n{options}\n"
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def kafka_host() -> Iterator[KafkaHost]:
     with contextlib.ExitStack() as stack:
@@ -112,7 +93,7 @@ def kafka_host() -> Iterator[KafkaHost]:
         stack.callback(sandbox.stop_agent, HOST)
         broker.create_topic(TOPIC)
         broker.create_topic(REPLIES)
-        host = sandbox.restart_agent(HOST, agent_args=["--config", str(_write_config(host, broker))])
+        host = sandbox.restart_agent(HOST, agent_args=["--config", str(agent_config(host, broker, REPLIES))])
         yield KafkaHost(sandbox, host, broker)
 
 

@@ -1,0 +1,41 @@
+"""An agent consuming its Kafka topic inside a sandbox host: its configuration and the group's
+committed offset, as tests read them."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+
+from confluent_kafka import Consumer, TopicPartition
+
+from agent.sandbox.hosts import HostInfo
+from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker
+
+
+def agent_config(
+    host: HostInfo, broker: KafkaBroker, reply_topic: str, options: Mapping[str, str] | None = None
+) -> pathlib.Path:
+    """The agent's TOML: the broker (on the host namespace's loopback), replies on, fast group
+    timings plus ``options`` (librdkafka keys)."""
+    merged = {**FAST_GROUP_OPTIONS, **(options or {})}
+    lines = "\n".join(f'"{key}" = "{value}"' for key, value in merged.items())
+    path = pathlib.Path(host.dir) / "agent.toml"
+    path.write_text(
+        f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\nreply_topic = "{reply_topic}"\n\n'
+        f"[kafka.options]\n{lines}\n"
+    )
+    return path
+
+
+def committed_offset(broker: KafkaBroker, topic: str, group: str) -> int:
+    """``group``'s committed offset on partition 0 of ``topic``, read by a client that does not
+    join the group."""
+
+    def read() -> int:
+        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group})
+        try:
+            return consumer.committed([TopicPartition(topic, 0)], timeout=5)[0].offset
+        finally:
+            consumer.close()
+
+    return broker.call(read)
