@@ -17,6 +17,9 @@ class OvsSettings:
     bridge: str = "br-int"
     datapath_type: str = "system"
     tunnel_port: str = "vxlan0"
+    # How long a bundle or a flow dump may wait for ovs-vswitchd; past it the outcome is unknown
+    # and the agent resyncs (docs/reliability.md).
+    openflow_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ovs-rundir", help="directory holding <bridge>.mgmt")
     p.add_argument("--bridge")
     p.add_argument("--datapath-type", choices=["system", "netdev"])
+    p.add_argument("--openflow-timeout", type=float, help="seconds a bundle or dump may wait for OVS")
     p.add_argument("--kafka-bootstrap")
     p.add_argument("--kafka-topic")
     p.add_argument("--kafka-reply-topic")
@@ -152,6 +156,7 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         "rundir": args.ovs_rundir,
         "bridge": args.bridge,
         "datapath_type": args.datapath_type,
+        "openflow_timeout": args.openflow_timeout,
     }
     kafka = {
         "bootstrap_servers": args.kafka_bootstrap,

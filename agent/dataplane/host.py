@@ -33,13 +33,14 @@ log = logging.getLogger("aca.dataplane")
 class OpenFlowDriver:
     """The reconciler's FlowDriver over one bridge's OpenFlow connection."""
 
-    def __init__(self, conn: OpenFlowConnection) -> None:
+    def __init__(self, conn: OpenFlowConnection, timeout: float = 30.0) -> None:
         self.conn = conn
+        self.timeout = timeout  # per bundle and per dump: past it, the outcome is unknown
 
     @contextlib.contextmanager
     def bundle(self) -> Iterator[Bundle]:
         try:
-            with self.conn.bundle() as bundle:
+            with self.conn.bundle(self.timeout) as bundle:
                 yield bundle
         except OpenFlowError as exc:
             raise BundleRejected(str(exc)) from exc
@@ -53,9 +54,8 @@ class OpenFlowDriver:
     def dump(self) -> dict[FlowKey, DecodedFlow]:
         """Only this agent's flows (by cookie tag); anything else on the bridge is left alone, and
         so are its on-demand route cache flows (they live outside the desired state)."""
-        flows = self.conn.dump_flows(
-            cookie=cookies.LAYOUT_TAG << cookies.TAG_SHIFT, cookie_mask=cookies.AGENT_MASK
-        )
+        ours = cookies.LAYOUT_TAG << cookies.TAG_SHIFT
+        flows = self.conn.dump_flows(cookie=ours, cookie_mask=cookies.AGENT_MASK, timeout=self.timeout)
         return {f.key: f for f in flows if cookies.kind_of(f.cookie) is not cookies.Kind.ROUTE_CACHE}
 
     def delete_flows(self, cookie: int, cookie_mask: int) -> None:
@@ -96,7 +96,7 @@ class HostDataplane:
             str(pathlib.Path(settings.rundir) / f"{settings.bridge}.mgmt"),
             on_state_change=self._on_openflow_state,
         )
-        self.flows = OpenFlowDriver(self.conn)
+        self.flows = OpenFlowDriver(self.conn, settings.openflow_timeout)
         self._datapath_id: int | None = None
         self._reconnected = False  # ovs-vswitchd came back: the next recovery is a full replay
 

@@ -15,15 +15,15 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from agent._pb import goalstate_pb2 as pb
 from agent.planner.cookies import Kind, cookie
 from agent.sandbox import goalstates as g
 from agent.sandbox.hosts import HostInfo, Sandbox
-from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker, running_broker
+from agent.sandbox.kafka import running_broker
 from agent.sandbox.poll import wait_for
 from tests.support.agent_host import scratch_sandbox
+from tests.support.kafka_agent import agent_config, committed_offset
 from tests.support.parts import require_ovs, require_tansu
 from tests.support.traffic import dump_cookies
 
@@ -32,7 +32,8 @@ pytestmark = pytest.mark.integration
 require_ovs()
 
 HOST = "df1"
-TOPIC = f"host-{HOST}"
+TOPIC, GROUP = f"host-{HOST}", f"aca-agent-{HOST}"
+REPLIES = f"{TOPIC}-replies"
 NEIGHBOURS = 3000
 
 
@@ -111,31 +112,20 @@ def test_kafka_disk_full_leaves_the_message_uncommitted_until_it_is_applied() ->
     require_tansu()
     with small_disk_host() as (sb, host), running_broker(netns=host.netns) as broker:
         broker.create_topic(TOPIC)
-        options = "\n".join(f'"{k}" = "{v}"' for k, v in FAST_GROUP_OPTIONS.items())
-        config = pathlib.Path(host.dir) / "agent.toml"
-        config.write_text(
-            f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\n\n[kafka.options]\n{options}\n'
-        )
-        sb.restart_agent(HOST, agent_args=["--config", str(config)])
+        broker.create_topic(REPLIES)
+        sb.restart_agent(HOST, agent_args=["--config", str(agent_config(host, broker, REPLIES))])
+
+        def committed() -> int:
+            return committed_offset(broker, TOPIC, GROUP)
+
         base_offset = broker.produce(TOPIC, _base(host).SerializeToString())
-        wait_for(lambda: _committed(broker) == base_offset + 1, 30, "the base goal state committed")
+        wait_for(lambda: committed() == base_offset + 1, 30, "the base goal state committed")
         big_offset = broker.produce(TOPIC, _big(host).SerializeToString())
         wait_for(lambda: _journal_failures(host) >= 2, 30, "two failed attempts at the big goal state")
-        assert _committed(broker) == big_offset  # not committed: not lost
+        assert committed() == big_offset  # not committed: not lost
         assert _neighbour_flows(sb) == 0
 
         _grow_disk(host)  # the intake's retry now applies it, then commits
-        wait_for(lambda: _committed(broker) == big_offset + 1, 60, "the big goal state committed")
+        wait_for(lambda: committed() == big_offset + 1, 60, "the big goal state committed")
         assert _neighbour_flows(sb) >= 2 * NEIGHBOURS
         sb.stop_agent(HOST)  # leaves the group while the broker still runs
-
-
-def _committed(broker: KafkaBroker) -> int:
-    def read() -> int:
-        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"aca-agent-{HOST}"})
-        try:
-            return consumer.committed([TopicPartition(TOPIC, 0)], timeout=5)[0].offset
-        finally:
-            consumer.close()
-
-    return broker.call(read)
