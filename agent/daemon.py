@@ -29,6 +29,7 @@ from agent.model.state import DesiredState
 from agent.model.store import Store, recover
 from agent.planner.plan import Planner
 from agent.reconciler.flows import FlowReconciler
+from agent.supervision import Supervisor, io_thread_liveness
 
 if TYPE_CHECKING:
     from agent.dhcp.driver import DhcpDriver
@@ -42,6 +43,8 @@ class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.stop_event = threading.Event()
+        self.supervisor = Supervisor(on_fatal=self.stop_event.set)
+        self.ready = False  # READY=1 sent: listeners up, persisted state programmed
         self.store = Store(cfg.state_dir)
         self.state = recover(self.store)
         self.dhcp = _dhcp_driver(cfg, self.state)
@@ -66,6 +69,7 @@ class Agent:
                 "bridge": cfg.ovs.bridge,
                 "started": time.time(),
             },
+            live=self._health,
         )
 
     def start(self) -> None:
@@ -89,10 +93,54 @@ class Agent:
                 name="aca-resync",
                 daemon=True,
             ).start()
+        self._supervise()
         sdnotify.notify("READY=1\nSTATUS=goal states accepted")
+        self.ready = True
         log.info(
             "event=ready grpc=%s kafka=%s", self.cfg.grpc.listen, self.cfg.kafka.bootstrap_servers or "off"
         )
+
+    def _supervise(self) -> None:
+        """Watch the threads the components own; Kafka's loop is spawned by the supervisor as it
+        starts (restarted on an error). Every watched thread that dies is fatal (see
+        agent/supervision.py): none of them can be resumed in place, the process can."""
+        sup, core, ovsdb = self.supervisor, self.core, self.dataplane.ovsdb
+        sup.install_excepthook()
+        # Loops that wake at least every second even when idle: a heartbeat. 30 s (the limit the
+        # watchdog always gave the worker) leaves room for a big goal state or OVSDB update.
+        sup.watch("core", thread_name="aca-core", progress=lambda: core.last_loop, stall_after=30.0)
+        sup.watch("ovsdb", thread_name="ovsdb-idl", progress=lambda: ovsdb.last_loop, stall_after=30.0)
+        # Blocked in a read for as long as the peer is quiet: alive is the check.
+        conn = self.dataplane.conn
+        sup.watch(
+            "openflow",
+            lambda: conn.reader_alive or "the thread ended",
+            thread_name=f"openflow:{conn.path}",
+        )
+        sup.watch("control", thread_name="aca-control")
+        if self.punts is not None:
+            from agent.routing.punts import THREAD_NAME as PUNTS_THREAD
+
+            punts = self.punts
+            sup.watch(
+                "route-punts", thread_name=PUNTS_THREAD, progress=lambda: punts.last_loop, stall_after=30.0
+            )
+        if self.dhcp is not None:
+            sup.watch("dhcp-io", io_thread_liveness(self.dhcp.engine.io_status))
+        if self.routes is not None:
+            sup.watch("route-io", io_thread_liveness(self.routes.engine.io_status))
+        sup.check()
+
+    def _health(self) -> dict[str, object]:
+        """For `acactl status`: ready (started, OVS connected, every thread healthy) and each
+        thread's state as of the last check."""
+        states = self.supervisor.states()
+        healthy = all(state == "running" for state in states.values())
+        return {
+            "ready": self.ready and self.core.dataplane_ready and healthy,
+            "threads": states,
+            "thread_errors": self.supervisor.errors(),
+        }
 
     def _start_punts(self, routes: RouteDriver) -> None:
         from agent.routing.punts import PuntConsumer
@@ -131,7 +179,7 @@ class Agent:
         self.kafka = KafkaIntake(
             settings, apply, metrics=lambda name: self.core.counters.update([f"kafka_{name}"])
         )
-        self.kafka.start()
+        self.kafka.start(self.supervisor)
 
     def reload(self) -> None:
         """SIGHUP / systemctl reload: re-read the config; the log level applies at once."""
@@ -146,15 +194,22 @@ class Agent:
         logs.set_level(fresh.log_level)
         log.warning("event=reloaded log_level=%s", fresh.log_level)
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Until stopped (0) or a supervised thread died (1, systemd restarts the agent): check
+        the threads every second and ping the watchdog only while all of them are healthy."""
         interval = sdnotify.watchdog_interval()
-        while not self.stop_event.wait(interval or 1.0):
-            if interval and time.monotonic() - self.core.last_loop < 30:
+        while not self.stop_event.wait(min(interval or 1.0, 1.0)):
+            if self.supervisor.check() and interval:
                 sdnotify.notify("WATCHDOG=1")
+        if self.supervisor.fatal:
+            log.critical("event=exiting reason=thread_died thread=%r", self.supervisor.fatal)
+            return 1
+        return 0
 
     def stop(self) -> None:
         sdnotify.notify("STOPPING=1")
         self.stop_event.set()
+        self.supervisor.stop()
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=2).wait(3)
         if self.kafka is not None:
@@ -219,13 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=agent.reload, daemon=True).start())
     try:
         agent.start()
-        agent.run()
+        return agent.run()
     except Exception:
         log.exception("event=fatal")
         return 1
     finally:
         agent.stop()
-    return 0
 
 
 if __name__ == "__main__":
