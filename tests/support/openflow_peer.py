@@ -112,7 +112,10 @@ class OpenFlowPeer:
             switch = None
             if self.upstream is not None:
                 switch = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
-                switch.connect(self.upstream)
+                try:
+                    switch.connect(self.upstream)
+                except OSError:
+                    return  # the switch is not there (yet): the agent sees a drop and tries again
                 sel.register(switch, selectors.EVENT_READ, "switch")
             else:
                 self._send(conn, codec.encode_hello(1))
