@@ -42,7 +42,8 @@ class ThreadState(enum.Enum):
     RUNNING = "running"
     STALLED = "stalled"  # alive, but no heartbeat within its limit
     RESTARTING = "restarting"  # died; waiting out its backoff before running again
-    STOPPED = "stopped"  # ended on request (or not running while the agent is not stopping)
+    STOPPED = "stopped"  # ended on request, or not running without an error (a C thread between
+    # its engine's stop and start): unhealthy, not fatal
     DEAD = "dead"  # died and may not be restarted: the process exits
 
 
@@ -136,11 +137,9 @@ class Supervisor:
         """
         entry = _Entry(name, thread_name or name, stall_after, restart=restart)
         self._register(entry)
-        entry.thread = threading.Thread(
-            target=self._run, args=(entry, loop), name=entry.thread_name, daemon=True
-        )
-        entry.thread.start()
-        return entry.thread
+        thread = threading.Thread(target=self._run, args=(entry, loop), name=entry.thread_name, daemon=True)
+        thread.start()
+        return thread
 
     def watch(
         self,
@@ -196,7 +195,7 @@ class Supervisor:
                 return
             if not live:
                 if entry.state is not ThreadState.STOPPED:
-                    log.error("event=thread_not_running name=%s", entry.name)
+                    log.warning("event=thread_not_running name=%s", entry.name)
                 entry.state = ThreadState.STOPPED
                 return
         elif entry.state is ThreadState.STOPPED:  # a spawned loop that returned
