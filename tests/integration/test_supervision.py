@@ -303,12 +303,3 @@ def test_c_io_thread_that_ends_by_itself_is_reported_with_its_error(netns_worker
         engine.stop_io()
     assert engine.io_status()[0] == 0  # stopped: the error went with the thread
     engine.close()
-
-
-def test_c_io_thread_start_failure_is_an_error_to_the_caller() -> None:
-    engine = Engine()
-    with pytest.raises(OSError) as raised:
-        engine.start_io(f"nosuch{uuid.uuid4().hex[:6]}")
-    assert raised.value.errno == errno.ENODEV
-    assert engine.io_status()[0] == 0
-    engine.close()
