@@ -99,8 +99,8 @@ def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
 
 
 class ControlServer:
-    """``live``, if given, adds to every status what is read outside the core (thread health),
-    so it is current even when the core is busy."""
+    """``live``, if given, adds to every status what the agent knows outside the core:
+    readiness and the supervised threads' health."""
 
     def __init__(
         self,
