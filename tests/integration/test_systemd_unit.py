@@ -563,6 +563,9 @@ def test_hung_agent_is_killed_by_the_watchdog_and_comes_back_with_its_state(box:
     (reply,) = push(box, g.goal_state_v2(subnet(), neighbour("nb-wd", 50), host_ip=UNDERLAY_IP))
     assert statuses(reply) == {"nb-wd": "SUCCESS"}
     # The unit runs with the watchdog it ships, and the healthy agent pings it.
+    status = json.loads(box.sh(f"{ACACTL} status").stdout)
+    assert status["ready"] is True
+    assert status["threads"] and set(status["threads"].values()) == {"running"}, status["threads"]
     watchdog = shipped_watchdog_sec()
     assert _seconds(box.show("WatchdogUSec")) == watchdog
     first = int(box.show("WatchdogTimestampMonotonic"))
