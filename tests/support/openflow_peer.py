@@ -3,7 +3,8 @@
 Either a minimal switch of its own (handshake, barrier and echo replies: enough for the agent's
 connection to come up) or, given ``upstream``, a relay to a real ovs-vswitchd management socket.
 ``inject`` writes raw bytes to the current connection between two whole messages, so what the
-agent's reader gets is exactly the message the test made.
+agent's reader gets is exactly the message the test made; ``short_multipart`` makes the own
+switch answer multipart requests (flow dumps) with a bare header.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class OpenFlowPeer:
         self.path = path
         self.upstream = upstream
         self.connections = 0
+        self.short_multipart = False
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
         self._listener.listen(8)
@@ -148,3 +150,5 @@ class OpenFlowPeer:
             self._send(conn, codec.encode_header_only(MsgType.BARRIER_REPLY, xid))
         elif msg_type == MsgType.ECHO_REQUEST:
             self._send(conn, codec.encode_echo(xid, msg[8:], reply=True))
+        elif msg_type == MsgType.MULTIPART_REQUEST and self.short_multipart:
+            self._send(conn, codec.encode_header_only(MsgType.MULTIPART_REPLY, xid))

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.dataplane.openflow import codec
-from agent.dataplane.openflow.codec import MsgType
 from agent.dataplane.openflow.connection import OpenFlowConnection, OpenFlowConnectionError, State
 from agent.sandbox.poll import wait_for
 from tests.support.openflow_peer import DATAPATH_ID, OpenFlowPeer, bad_length, short_error
@@ -63,15 +61,13 @@ def test_garbage_drops_the_connection_and_the_reader_reconnects(
     connection.barrier(5)  # the new connection serves requests
 
 
-def test_a_short_reply_to_a_pending_request_fails_that_request_and_reconnects(
+def test_a_short_reply_fails_its_request_and_the_reader_reconnects(
     peer: OpenFlowPeer, conn: tuple[OpenFlowConnection, list[State]], caplog: pytest.LogCaptureFixture
 ) -> None:
     connection, _states = conn
-    xid = connection._alloc_xids(1)
-    pending = connection._register(xid)
-    peer.inject(codec.encode_header_only(MsgType.MULTIPART_REPLY, xid))  # no multipart header
+    peer.short_multipart = True  # a flow dump is answered by a multipart reply without its body
     with pytest.raises(OpenFlowConnectionError):
-        pending.future.result(10)
+        connection.dump_flows(timeout=10)
     wait_for(lambda: peer.connections == 2 and connection.state is State.CONNECTED, what="the reconnect")
     assert connection.reader_alive
     assert len(malformed_lines(caplog)) == 1
