@@ -101,16 +101,25 @@ class Agent:
         )
 
     def _supervise(self) -> None:
-        """Watch the threads the components own; Kafka's loop is spawned by the supervisor as it
-        starts (restarted on an error). Every watched thread that dies is fatal (see
-        agent/supervision.py): none of them can be resumed in place, the process can."""
+        """Register the threads the components own (Kafka's loop registered itself as it started).
+
+        Which check, and why:
+        * core, ovsdb, route-punts: loops that go round at least every second even when idle
+          (queue timeout, IDL tick, punt wait), so a heartbeat; 30 s without one (the limit the
+          watchdog always gave the worker) leaves room for a big goal state or OVSDB update.
+        * openflow, control, dhcp-io, route-io: blocked in a read for as long as their peer is
+          quiet (a switch with nothing to say, no acactl, no DHCP or punted packet), so a
+          missing heartbeat would mean nothing; alive is the check.
+        What a death does: every thread here is fatal (the agent exits 1, systemd restarts it,
+        the flows stay installed), since none can be resumed in place: the core owns the state,
+        the IDL loop its replica and waiting jobs, the reader its connection's pending replies,
+        the C threads are restarted by the OpenFlow replay path already (between its stop and
+        start they are "stopped": unhealthy, not fatal).
+        """
         sup, core, ovsdb = self.supervisor, self.core, self.dataplane.ovsdb
         sup.install_excepthook()
-        # Loops that wake at least every second even when idle: a heartbeat. 30 s (the limit the
-        # watchdog always gave the worker) leaves room for a big goal state or OVSDB update.
         sup.watch("core", thread_name="aca-core", progress=lambda: core.last_loop, stall_after=30.0)
         sup.watch("ovsdb", thread_name="ovsdb-idl", progress=lambda: ovsdb.last_loop, stall_after=30.0)
-        # Blocked in a read for as long as the peer is quiet: alive is the check.
         conn = self.dataplane.conn
         sup.watch(
             "openflow",
