@@ -113,8 +113,8 @@ class Agent:
         What a death does: every thread here is fatal (the agent exits 1, systemd restarts it,
         the flows stay installed), since none can be resumed in place: the core owns the state,
         the IDL loop its replica and waiting jobs, the reader its connection's pending replies,
-        the C threads are restarted by the OpenFlow replay path already (between its stop and
-        start they are "stopped": unhealthy, not fatal).
+        and the C threads are bound anew only by the OpenFlow replay, which the core runs
+        (between its stop and start they are "stopped": unhealthy for a moment, not fatal).
         """
         sup, core, ovsdb = self.supervisor, self.core, self.dataplane.ovsdb
         sup.install_excepthook()
