@@ -12,6 +12,7 @@ import pathlib
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.core import AgentCore
@@ -119,10 +120,20 @@ def _flow_row(core: AgentCore, flow: Flow) -> dict[str, str]:
 
 
 class ControlServer:
-    def __init__(self, path: str, core: AgentCore, info: dict[str, Any]) -> None:
+    """``live``, if given, adds to every status what the agent knows outside the core:
+    readiness and the supervised threads' health."""
+
+    def __init__(
+        self,
+        path: str,
+        core: AgentCore,
+        info: dict[str, Any],
+        live: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.path = pathlib.Path(path)
         self.core = core
         self.info = info
+        self.live = live
         self._server: socketserver.ThreadingUnixStreamServer | None = None
 
     def start(self) -> None:
@@ -137,6 +148,8 @@ class ControlServer:
                     what = str(request.get("what", "status"))
                     started = time.monotonic()
                     result = control.core.call(lambda: snapshot(control.core, what, control.info)).result(30)
+                    if what == "status" and control.live is not None:
+                        result = {**result, **control.live()}
                     reply: dict[str, Any] = {
                         "ok": True,
                         "result": result,

@@ -29,6 +29,7 @@ from agent.model.state import DesiredState
 from agent.model.store import Store, recover
 from agent.planner.plan import Planner
 from agent.reconciler.flows import FlowReconciler
+from agent.supervision import Supervisor, io_thread_liveness
 
 if TYPE_CHECKING:
     from agent.dhcp.driver import DhcpDriver
@@ -46,6 +47,8 @@ class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.stop_event = threading.Event()
+        self.supervisor = Supervisor(on_fatal=self.stop_event.set)
+        self.ready = False  # READY=1 sent: listeners up, persisted state programmed
         self.store = Store(cfg.state_dir)
         self.state = recover(self.store)
         self.dhcp = _dhcp_driver(cfg, self.state)
@@ -70,6 +73,7 @@ class Agent:
                 "bridge": cfg.ovs.bridge,
                 "started": time.time(),
             },
+            live=self._health,
         )
 
     def start(self) -> None:
@@ -93,10 +97,63 @@ class Agent:
                 name="aca-resync",
                 daemon=True,
             ).start()
+        self._supervise()
         sdnotify.notify("READY=1\nSTATUS=goal states accepted")
+        self.ready = True
         log.info(
             "event=ready grpc=%s kafka=%s", self.cfg.grpc.listen, self.cfg.kafka.bootstrap_servers or "off"
         )
+
+    def _supervise(self) -> None:
+        """Register the threads the components own (Kafka's loop registered itself as it started).
+
+        Which check, and why:
+        * core, ovsdb, route-punts: loops that go round at least every second even when idle
+          (queue timeout, IDL tick, punt wait), so a heartbeat; 30 s without one (the limit the
+          watchdog always gave the worker) leaves room for a big goal state or OVSDB update.
+        * openflow, control, dhcp-io, route-io: blocked in a read for as long as their peer is
+          quiet (a switch with nothing to say, no acactl, no DHCP or punted packet), so a
+          missing heartbeat would mean nothing; alive is the check.
+        What a death does: every thread here is fatal (the agent exits 1, systemd restarts it,
+        the flows stay installed), since none can be resumed in place: the core owns the state,
+        the IDL loop its replica and waiting jobs, the reader its connection's pending replies,
+        and the C threads are bound anew only by the OpenFlow replay, which the core runs
+        (between its stop and start they are "stopped": unhealthy for a moment, not fatal).
+        """
+        sup, core, ovsdb = self.supervisor, self.core, self.dataplane.ovsdb
+        sup.install_excepthook()
+        sup.watch("core", thread_name="aca-core", progress=lambda: core.last_loop, stall_after=30.0)
+        sup.watch("ovsdb", thread_name="ovsdb-idl", progress=lambda: ovsdb.last_loop, stall_after=30.0)
+        conn = self.dataplane.conn
+        sup.watch(
+            "openflow",
+            lambda: conn.reader_alive or "the thread ended",
+            thread_name=f"openflow:{conn.path}",
+        )
+        sup.watch("control", thread_name="aca-control")
+        if self.punts is not None:
+            from agent.routing.punts import THREAD_NAME as PUNTS_THREAD
+
+            punts = self.punts
+            sup.watch(
+                "route-punts", thread_name=PUNTS_THREAD, progress=lambda: punts.last_loop, stall_after=30.0
+            )
+        if self.dhcp is not None:
+            sup.watch("dhcp-io", io_thread_liveness(self.dhcp.engine.io_status))
+        if self.routes is not None:
+            sup.watch("route-io", io_thread_liveness(self.routes.engine.io_status))
+        sup.check()
+
+    def _health(self) -> dict[str, object]:
+        """For `acactl status`: ready (started, OVS connected, every thread healthy) and each
+        thread's state as of the last check."""
+        states = self.supervisor.states()
+        healthy = all(state == "running" for state in states.values())
+        return {
+            "ready": self.ready and self.core.dataplane_ready and healthy,
+            "threads": states,
+            "thread_errors": self.supervisor.errors(),
+        }
 
     def _start_punts(self, routes: RouteDriver) -> None:
         from agent.routing.punts import PuntConsumer
@@ -139,7 +196,7 @@ class Agent:
         self.kafka = KafkaIntake(
             settings, apply, metrics=lambda name: self.core.counters.update([f"kafka_{name}"])
         )
-        self.kafka.start()
+        self.kafka.start(self.supervisor)
 
     def reload(self) -> None:
         """SIGHUP / systemctl reload: re-read the config; the log level applies at once."""
@@ -154,15 +211,22 @@ class Agent:
         logs.set_level(fresh.log_level)
         log.warning("event=reloaded log_level=%s", fresh.log_level)
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Until stopped (0) or a supervised thread died (1, systemd restarts the agent): check
+        the threads every second and ping the watchdog only while all of them are healthy."""
         interval = sdnotify.watchdog_interval()
-        while not self.stop_event.wait(interval or 1.0):
-            if interval and time.monotonic() - self.core.last_loop < 30:
+        while not self.stop_event.wait(min(interval or 1.0, 1.0)):
+            if self.supervisor.check() and interval:
                 sdnotify.notify("WATCHDOG=1")
+        if self.supervisor.fatal:
+            log.critical("event=exiting reason=thread_died thread=%r", self.supervisor.fatal)
+            return 1
+        return 0
 
     def stop(self) -> None:
         sdnotify.notify("STOPPING=1")
         self.stop_event.set()
+        self.supervisor.stop()
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=2).wait(3)
         if self.kafka is not None:
@@ -227,13 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=agent.reload, daemon=True).start())
     try:
         agent.start()
-        agent.run()
+        return agent.run()
     except Exception:
         log.exception("event=fatal")
         return 1
     finally:
         agent.stop()
-    return 0
 
 
 if __name__ == "__main__":

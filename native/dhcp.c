@@ -761,3 +761,5 @@ int dhcp_io_start(dhcp_engine *e, const char *ifname)
 }
 
 void dhcp_io_stop(dhcp_engine *e) { pktio_stop(&e->io); }
+
+int dhcp_io_status(dhcp_engine *e, uint64_t *loops) { return pktio_status(&e->io, loops); }

@@ -96,5 +96,8 @@ void dhcp_sizes(dhcp_engine *e, uint64_t *leases, uint64_t *ports, uint64_t *sub
 /* I/O thread on interface ``ifname`` (AF_PACKET, batched receive and send); 0 or -errno. */
 int dhcp_io_start(dhcp_engine *e, const char *ifname);
 void dhcp_io_stop(dhcp_engine *e);
+/* 1 while the I/O thread runs, 0 when not started or stopped, -errno when it ended by itself
+ * (the socket became unusable); ``loops`` (may be NULL) receives its wake-up count. */
+int dhcp_io_status(dhcp_engine *e, uint64_t *loops);
 
 #endif

@@ -24,7 +24,7 @@ void pktio_init(struct pktio *io)
     io->stop_fd = -1;
 }
 
-struct buffers {
+struct pktio_buffers {
     struct mmsghdr rx[PKTIO_BATCH], tx[PKTIO_BATCH];
     struct iovec rx_iov[PKTIO_BATCH], tx_iov[PKTIO_BATCH];
     struct sockaddr_ll from[PKTIO_BATCH], to[PKTIO_BATCH];
@@ -33,12 +33,21 @@ struct buffers {
     uint8_t tx_buf[PKTIO_BATCH][PKTIO_BUF];
 };
 
+/* The thread ends by itself: keep why, for pktio_status. */
+static void *io_failed(struct pktio *io, int err)
+{
+    __atomic_store_n(&io->error, err, __ATOMIC_RELEASE);
+    __atomic_store_n(&io->alive, 0, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* recvmmsg errors that mean the socket itself is unusable (not a passing condition). */
+static int socket_broken(int err) { return err == EBADF || err == ENOTSOCK || err == EFAULT || err == EINVAL; }
+
 static void *io_main(void *arg)
 {
     struct pktio *io = arg;
-    struct buffers *b = calloc(1, sizeof(*b));
-    if (b == NULL)
-        return NULL;
+    struct pktio_buffers *b = io->buf;
     for (int i = 0; i < PKTIO_BATCH; i++) {
         b->rx_iov[i].iov_base = b->rx_buf[i];
         b->rx_iov[i].iov_len = PKTIO_BUF;
@@ -50,10 +59,13 @@ static void *io_main(void *arg)
         if (poll(fds, 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
-            break;
+            return io_failed(io, errno);
         }
-        if (fds[1].revents)
+        __atomic_add_fetch(&io->loops, 1, __ATOMIC_RELAXED);
+        if (fds[1].revents & POLLIN)
             break;
+        if ((fds[0].revents | fds[1].revents) & POLLNVAL)
+            return io_failed(io, EBADF);
         for (int i = 0; i < PKTIO_BATCH; i++) {
             memset(&b->rx[i].msg_hdr, 0, sizeof(b->rx[i].msg_hdr));
             b->rx[i].msg_hdr.msg_iov = &b->rx_iov[i];
@@ -62,6 +74,8 @@ static void *io_main(void *arg)
             b->rx[i].msg_hdr.msg_namelen = sizeof(b->from[i]);
         }
         int n = recvmmsg(io->fd, b->rx, PKTIO_BATCH, MSG_DONTWAIT, NULL);
+        if (n < 0 && socket_broken(errno))
+            return io_failed(io, errno);
         if (n <= 0)
             continue;
         unsigned k = 0;
@@ -110,7 +124,7 @@ static void *io_main(void *arg)
             sent += (unsigned)r;
         }
     }
-    free(b);
+    __atomic_store_n(&io->alive, 0, __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -143,16 +157,28 @@ int pktio_start(struct pktio *io, const char *ifname, const struct sock_fprog *f
         close(fd);
         return -err;
     }
+    struct pktio_buffers *buf = calloc(1, sizeof(*buf));
+    if (buf == NULL) {
+        close(fd);
+        close(stop_fd);
+        return -ENOMEM;
+    }
     io->fd = fd;
     io->stop_fd = stop_fd;
     io->batch = batch;
     io->tx_error = tx_error;
     io->ctx = ctx;
+    io->buf = buf;
+    __atomic_store_n(&io->error, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&io->alive, 1, __ATOMIC_RELEASE);
     int rc = pthread_create(&io->thread, NULL, io_main, io);
     if (rc != 0) {
+        __atomic_store_n(&io->alive, 0, __ATOMIC_RELEASE);
         close(fd);
         close(stop_fd);
+        free(buf);
         io->fd = io->stop_fd = -1;
+        io->buf = NULL;
         return -rc;
     }
     io->running = 1;
@@ -169,8 +195,21 @@ void pktio_stop(struct pktio *io)
     pthread_join(io->thread, NULL);
     close(io->fd);
     close(io->stop_fd);
+    free(io->buf);
+    io->buf = NULL;
     io->fd = io->stop_fd = -1;
     io->running = 0;
+    __atomic_store_n(&io->error, 0, __ATOMIC_RELEASE);
+}
+
+int pktio_status(struct pktio *io, uint64_t *loops)
+{
+    if (loops != NULL)
+        *loops = __atomic_load_n(&io->loops, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&io->alive, __ATOMIC_ACQUIRE))
+        return 1;
+    int err = __atomic_load_n(&io->error, __ATOMIC_ACQUIRE);
+    return err ? -err : 0;
 }
 
 int pktio_send(struct pktio *io, const uint8_t *frame, size_t len)
@@ -198,6 +237,14 @@ int pktio_start(struct pktio *io, const char *ifname, const struct sock_fprog *f
 }
 
 void pktio_stop(struct pktio *io) { (void)io; }
+
+int pktio_status(struct pktio *io, uint64_t *loops)
+{
+    (void)io;
+    if (loops != NULL)
+        *loops = 0;
+    return 0;
+}
 
 int pktio_send(struct pktio *io, const uint8_t *frame, size_t len)
 {

@@ -5,6 +5,10 @@
  * The thread hands each received batch to the engine's ``batch`` callback, which writes the
  * frames to send back into ``tx`` and returns how many; frames the kernel reports as our own
  * (PACKET_OUTGOING) or truncated never reach the callback.
+ *
+ * The thread allocates nothing: its buffers come from pktio_start, so an allocation failure is
+ * an error returned to the caller. It ends only when stopped, or by itself on an error no retry
+ * can fix (poll failing, the socket unusable); then pktio_status reports that error.
  */
 #ifndef ACA_PKTIO_H
 #define ACA_PKTIO_H
@@ -29,11 +33,17 @@ typedef unsigned (*pktio_batch_fn)(void *ctx, const struct pktio_frame *rx, unsi
 /* ``n`` frames of a batch could not be sent. */
 typedef void (*pktio_error_fn)(void *ctx, unsigned n);
 
+struct pktio_buffers;
+
 struct pktio {
     int fd;
     int stop_fd;
-    int running;
+    int running; /* started and not yet joined */
+    int alive;   /* the thread is in its loop (atomic) */
+    int error;   /* errno that ended the thread by itself (atomic), 0 otherwise */
+    uint64_t loops; /* wake-ups of the thread (atomic) */
     pthread_t thread;
+    struct pktio_buffers *buf;
     pktio_batch_fn batch;
     pktio_error_fn tx_error;
     void *ctx;
@@ -44,6 +54,9 @@ void pktio_init(struct pktio *io);
 int pktio_start(struct pktio *io, const char *ifname, const struct sock_fprog *filter, pktio_batch_fn batch,
                 pktio_error_fn tx_error, void *ctx);
 void pktio_stop(struct pktio *io);
+/* 1 while the thread runs, 0 when it is not started (or stopped), -errno when it ended by itself;
+ * ``loops`` (may be NULL) receives its wake-up count. */
+int pktio_status(struct pktio *io, uint64_t *loops);
 /* Send one frame on the running socket from any thread; 0 or -errno. */
 int pktio_send(struct pktio *io, const uint8_t *frame, size_t len);
 

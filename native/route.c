@@ -489,3 +489,5 @@ int aca_route_io_start(aca_route_engine *e, const char *ifname)
 }
 
 void aca_route_io_stop(aca_route_engine *e) { pktio_stop(&e->io); }
+
+int aca_route_io_status(aca_route_engine *e, uint64_t *loops) { return pktio_status(&e->io, loops); }

@@ -112,5 +112,8 @@ uint64_t aca_route_bench(aca_route_engine *e, const uint8_t *frame, size_t len, 
 /* I/O thread on interface ``ifname`` (AF_PACKET, batched); 0 or -errno. */
 int aca_route_io_start(aca_route_engine *e, const char *ifname);
 void aca_route_io_stop(aca_route_engine *e);
+/* 1 while the I/O thread runs, 0 when not started or stopped, -errno when it ended by itself;
+ * ``loops`` (may be NULL) receives its wake-up count. */
+int aca_route_io_status(aca_route_engine *e, uint64_t *loops);
 
 #endif

@@ -34,6 +34,7 @@ import ovs.stream
 log = logging.getLogger(__name__)
 
 DB_NAME = "Open_vSwitch"
+_TICK_MS = 1000
 
 # Only what the agent reads or writes is replicated. Columns are not registered as
 # ``readonly``: ovs 4.0's IDL then hands out unset integer columns (cur_cfg before
@@ -418,6 +419,7 @@ class Ovsdb:
         os.set_blocking(self._wake_r, False)
         self._stopping = False
         self._reported: tuple[str, list[InterfaceInfo]] | None = None
+        self.last_loop = time.monotonic()  # the IDL loop's heartbeat (it wakes at least every tick)
 
     # ------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 10.0) -> None:
@@ -572,6 +574,7 @@ class Ovsdb:
         active: list[_Job] = []
         seen_seqno = -1
         while not self._stopping:
+            self.last_loop = time.monotonic()
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_r, 4096)
             with self._lock:
@@ -596,6 +599,7 @@ class Ovsdb:
             poller = ovs.poller.Poller()
             idl.wait(poller)
             poller.fd_wait(self._wake_r, select.POLLIN)
+            poller.timer_wait(_TICK_MS)  # go round even when idle: the heartbeat shows the loop lives
             if active:
                 poller.timer_wait(max(1, int((min(j.deadline for j in active) - now) * 1000)))
             poller.block()

@@ -112,3 +112,9 @@ class Engine:
 
     def stop_io(self) -> None:
         lib.dhcp_io_stop(self._e)
+
+    def io_status(self) -> tuple[int, int]:
+        """(1 running, 0 not started or stopped, -errno: the I/O thread ended by itself; its
+        wake-up count)."""
+        loops = ffi.new("uint64_t *")
+        return lib.dhcp_io_status(self._e, loops), loops[0]

@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from google.protobuf.message import DecodeError
 
 from agent._pb import goalstate_pb2
+from agent.supervision import Heartbeat, Supervisor
 
 log = logging.getLogger("aca.kafka")
 
@@ -36,6 +37,11 @@ _LOG_INTERVAL_S = 30.0
 _BACKOFF_MIN_S = 0.2
 _BACKOFF_MAX_S = 5.0
 _REPLY_FLUSH_TIMEOUT_S = 10.0
+THREAD_NAME = "aca-kafka-intake"
+# Longest a round of the loop may take and still count as healthy: an apply waits for the core
+# (a big goal state takes seconds; a hung core is the core's own stall), a reply flush takes at
+# most _REPLY_FLUSH_TIMEOUT_S, a synchronous commit at most librdkafka's request timeout (60 s).
+_STALL_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -146,10 +152,25 @@ class KafkaIntake:
         return self._state
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        """Create the clients here so a bad configuration fails the caller, then consume."""
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Create the clients here so a bad configuration fails the caller, then consume.
+
+        Under ``supervisor`` a loop that raises is restarted (new clients, after a backoff):
+        safe, because a message is committed only once applied and answered, so the one in hand
+        comes again to the new consumer and re-applying it is a no-op for the core.
+        """
         if self._thread is not None:
             raise RuntimeError("KafkaIntake already started")
+        self._open()
+        if supervisor is None:
+            self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+            self._thread.start()
+        else:
+            self._thread = supervisor.spawn(
+                "kafka", self.serve, restart=True, stall_after=_STALL_S, thread_name=THREAD_NAME
+            )
+
+    def _open(self) -> None:
         self._consumer = Consumer({**self._settings.consumer_config(), "error_cb": self._on_error})
         if self._settings.reply_topic:
             self._producer = Producer({**self._settings.producer_config(), "error_cb": self._on_error})
@@ -160,8 +181,6 @@ class KafkaIntake:
             on_lost=self._on_revoke,
         )
         self._set_state(IntakeState.JOINING)
-        self._thread = threading.Thread(target=self._run, name="aca-kafka-intake", daemon=True)
-        self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Finish the message in hand, leave the group and close; False if `apply` outlived `timeout`."""
@@ -175,10 +194,24 @@ class KafkaIntake:
         return True
 
     def _run(self) -> None:
-        assert self._consumer is not None
+        try:
+            self.serve()
+        except Exception:
+            # A bug here must not die silently on a daemon thread; the state shows it stopped.
+            log.exception("event=kafka_intake_crashed topic=%s", self._settings.topic)
+
+    def serve(self, heartbeat: Heartbeat | None = None) -> None:
+        """Consume until stopped (then return) or until something unexpected raises; the clients
+        are closed either way, and opened anew when called again (a supervised restart)."""
+        if self._consumer is None:
+            self._open()
+        consumer = self._consumer
+        assert consumer is not None
         try:
             while not self._stop.is_set():
-                msg = self._consumer.poll(self._settings.poll_timeout_s)
+                if heartbeat is not None:
+                    heartbeat.beat()
+                msg = consumer.poll(self._settings.poll_timeout_s)
                 if msg is None:
                     continue
                 err = msg.error()
@@ -186,15 +219,14 @@ class KafkaIntake:
                     self._on_error(err)
                     continue
                 self._handle(msg)
-        except Exception:
-            # A bug here must not die silently on a daemon thread; the state shows it stopped.
-            log.exception("event=kafka_intake_crashed topic=%s", self._settings.topic)
         finally:
-            self._consumer.close()
+            self._consumer = None
+            consumer.close()
             if self._producer is not None:
                 # Anything still queued answers a message that was not committed: it comes again.
                 self._producer.purge()
                 self._producer.close()
+                self._producer = None
             self._set_state(IntakeState.STOPPED)
 
     # ------------------------------------------------------------ per message

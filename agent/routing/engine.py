@@ -158,6 +158,12 @@ class RouteEngine:
     def stop_io(self) -> None:
         lib.aca_route_io_stop(self._e)
 
+    def io_status(self) -> tuple[int, int]:
+        """(1 running, 0 not started or stopped, -errno: the I/O thread ended by itself; its
+        wake-up count)."""
+        loops = ffi.new("uint64_t *")
+        return lib.aca_route_io_status(self._e, loops), loops[0]
+
 
 def punted_fields(frame: bytes) -> tuple[int, int] | None:
     """(router tag, source VNI) from a punted frame's tagged addresses, or None if untagged."""

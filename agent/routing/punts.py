@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from agent.routing.engine import Hit, Punt, RouteEngine, Verdict, punted_fields
 
 log = logging.getLogger("aca.routing")
+THREAD_NAME = "aca-route-punts"
 
 Key = tuple[int, str]
 # (tunnel id, source IP, source port, destination IP, destination port, IP protocol) → routable
@@ -82,7 +83,8 @@ class PuntConsumer:
         self._held = 0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="aca-on-demand")
-        self._thread = threading.Thread(target=self._run, name="aca-route-punts", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+        self.last_loop = time.monotonic()  # heartbeat: the loop goes round at least every 0.2 s
 
     def start(self) -> None:
         self._thread.start()
@@ -96,6 +98,7 @@ class PuntConsumer:
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         while True:
+            self.last_loop = time.monotonic()
             with self._lock:
                 waiting = bool(self._pending)  # an answer may come any moment: look often
             try:

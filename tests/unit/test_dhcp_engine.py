@@ -386,3 +386,10 @@ def test_relay_agent_port_with_many_pair_macs_is_answered_at_its_giaddr(engine: 
     assert msg_type(bytes(reply)) == OFFER
     with pytest.raises(Exception, match="rejected"):
         engine.set_port(PORT_A, VNI_A, [MAC] * 1025)
+
+
+def test_io_thread_status_before_start_and_after_a_failed_start(engine: Engine) -> None:
+    assert engine.io_status() == (0, 0)  # not started: not running, no error
+    with pytest.raises(OSError):
+        engine.start_io("aca-no-such0")
+    assert engine.io_status() == (0, 0)  # a failed start is the caller's error, never the thread's

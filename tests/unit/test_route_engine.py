@@ -160,3 +160,10 @@ def test_inject_without_io_reports_the_socket_error(engine: RouteEngine) -> None
     with pytest.raises(OSError):
         engine.inject(punted())
     assert engine.counters()["tx_errors"] == 1
+
+
+def test_io_thread_status_before_start_and_after_a_failed_start(engine: RouteEngine) -> None:
+    assert engine.io_status() == (0, 0)  # not started: not running, no error
+    with pytest.raises(OSError):
+        engine.start_io("aca-no-such0")
+    assert engine.io_status() == (0, 0)  # a failed start is the caller's error, never the thread's

@@ -3,6 +3,8 @@
 A background thread owns connecting, the handshake and reading; callers write requests and
 block on futures keyed by xid. When the socket drops (ovs-vswitchd restart) the thread
 reconnects with backoff and reports each state, so the owner knows to resync its flows.
+A malformed message (short, garbage) is never fatal to the reader: nothing after it can be
+framed reliably, so the connection is dropped and made anew, like any other loss.
 
 Callbacks run on the reader thread: they must return quickly and must not call blocking
 methods of this connection (that would wait for replies only the reader thread can read).
@@ -16,6 +18,7 @@ import enum
 import itertools
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -60,6 +63,14 @@ class OpenFlowError(Exception):
 
 class OpenFlowConnectionError(ConnectionError):
     """Not connected, or the connection dropped while waiting for a reply."""
+
+
+class MalformedMessage(ValueError):
+    """The switch sent bytes that are not a well-formed OpenFlow message."""
+
+
+# What decoding a short or garbage message raises (struct unpacking past its end, bad fields).
+_MALFORMED = (struct.error, ValueError, IndexError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +131,7 @@ def _frames(sock: socket.socket) -> Iterator[bytes]:
         while len(buf) - pos >= 8:
             length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
             if length < 8:
-                raise ConnectionError(f"malformed OpenFlow message length {length}")
+                raise MalformedMessage(f"message length {length} below the 8-byte header")
             if len(buf) - pos < length:
                 break
             yield bytes(buf[pos : pos + length])
@@ -160,6 +171,12 @@ class OpenFlowConnection:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def reader_alive(self) -> bool:
+        """The connection thread (connecting, reading, reconnecting) is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     @property
     def datapath_id(self) -> int | None:
@@ -225,7 +242,9 @@ class OpenFlowConnection:
                 self._set_state(State.CONNECTED)
                 for msg in frames:
                     self._dispatch(msg)
-            except (OSError, ConnectionError, ValueError) as exc:
+            except _MALFORMED as exc:
+                log.warning("event=openflow_malformed path=%s error=%r action=reconnect", self.path, str(exc))
+            except OSError as exc:
                 if not self._stop.is_set():
                     log.info("openflow %s: %s", self.path, exc)
             finally:
@@ -279,6 +298,8 @@ class OpenFlowConnection:
         with self._lock:
             pending = self._pending.get(xid)
             bundle = next((b for b in self._bundles if b.flow_of(xid) is not None), None)
+        if pending is not None and pending.future.done():
+            pending = None  # a second answer to one request (a confused peer): not ours to take
         if msg_type == MsgType.ERROR:
             error = codec.decode_error(msg)
             if bundle is not None:
@@ -288,8 +309,9 @@ class OpenFlowConnection:
             else:
                 self._unsolicited(msg_type, xid, msg)
         elif pending is not None and msg_type == MsgType.MULTIPART_REPLY:
+            more = codec.multipart_more(msg)
             pending.parts.append(msg)
-            if not codec.multipart_more(msg):
+            if not more:
                 pending.future.set_result(pending.parts)
         elif pending is not None and msg_type in _REPLY_TYPES:
             pending.future.set_result([msg])
