@@ -21,6 +21,8 @@ import statistics
 import tempfile
 import time
 
+from agent.model.decode import Wire
+from agent.model.store import Store
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
 from bench.common import (
@@ -89,6 +91,21 @@ def one_run(message: gs.pb.GoalStateV2) -> Run:
     )
 
 
+def journal_ms(message: gs.pb.GoalStateV2, samples: int) -> list[float]:
+    """The agent's journal append of this message alone (fsync included), each into a fresh store
+    on the file system the sandbox keeps the agent's state on: the durability part of agent_ms."""
+    wire = Wire(2, message.SerializeToString())
+    out = []
+    for _ in range(samples):
+        with tempfile.TemporaryDirectory() as state_dir:
+            store = Store(state_dir)
+            t0 = time.perf_counter()
+            store.journal(wire)
+            out.append((time.perf_counter() - t0) * 1e3)
+            store.close()
+    return out
+
+
 def _spread(name: str, values: list[float], digits: int = 1) -> str:
     return (
         f"{name}_median={statistics.median(values):.{digits}f} "
@@ -116,13 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             f"dp {run.dataplane_ms:.1f})  ovs-ofctl --bundle {run.raw_ms:7.1f} ms  ratio {run.ratio:.2f}  "
             f"RSS {run.rss_mb:.1f} MB"
         )
+    journal = journal_ms(message, args.runs)
+    print(f"journal append alone: {' '.join(f'{ms:.1f}' for ms in journal)} ms")
     flows = {run.flows for run in runs}
     assert len(flows) == 1, f"runs installed different flow counts: {flows}"
     print(f"load_1m after={os.getloadavg()[0]:.2f}")
     print(
         f"RESULT runs={len(runs)} neighbours={args.neighbours} flows={flows.pop()} "
         f"{_spread('agent_ms', [r.agent_ms for r in runs])} {_spread('raw_ms', [r.raw_ms for r in runs])} "
-        f"{_spread('agent_vs_raw_ratio', [r.ratio for r in runs], 2)} "
+        f"{_spread('agent_vs_raw_ratio', [r.ratio for r in runs], 2)} {_spread('journal_ms', journal)} "
         f"config_ms_median={statistics.median(r.config_ms for r in runs):.1f} "
         f"dataplane_ms_median={statistics.median(r.dataplane_ms for r in runs):.1f} "
         f"agent_rss_mb_max={max(r.rss_mb for r in runs):.1f}"
