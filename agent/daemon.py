@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,6 +31,7 @@ from agent.model.state import DesiredState
 from agent.model.store import Store, recover
 from agent.planner.plan import Planner
 from agent.reconciler.flows import FlowReconciler
+from agent.state_dir_lock import StateDirInUse, lock_state_dir
 from agent.supervision import Supervisor, io_thread_liveness
 
 if TYPE_CHECKING:
@@ -46,9 +49,12 @@ class NotAccepted(Exception):
 class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
+        # Before anything touches the store, the sockets or the bridge: StateDirInUse if taken.
+        self.state_dir_lock = lock_state_dir(cfg.state_dir)
         self.stop_event = threading.Event()
         self.supervisor = Supervisor(on_fatal=self.stop_event.set)
         self.ready = False  # READY=1 sent: listeners up, persisted state programmed
+        # Always opens: an unusable file is quarantined, bad rows and journal entries skipped.
         self.store = Store(cfg.state_dir)
         self.state = recover(self.store)
         self.dhcp = _dhcp_driver(cfg, self.state)
@@ -72,6 +78,8 @@ class Agent:
                 "underlay_ip": cfg.underlay_ip,
                 "bridge": cfg.ovs.bridge,
                 "started": time.time(),
+                "state_dir": cfg.state_dir,
+                "state_recovery": dataclasses.asdict(self.store.recovery),
             },
             live=self._health,
         )
@@ -98,7 +106,11 @@ class Agent:
                 daemon=True,
             ).start()
         self._supervise()
-        sdnotify.notify("READY=1\nSTATUS=goal states accepted")
+        quarantined = self.store.recovery.quarantined
+        sdnotify.notify(
+            "READY=1\nSTATUS=goal states accepted"
+            + (f"; desired state quarantined to {quarantined}" if quarantined else "")
+        )
         self.ready = True
         log.info(
             "event=ready grpc=%s kafka=%s", self.cfg.grpc.listen, self.cfg.kafka.bootstrap_servers or "off"
@@ -284,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     # Desired state and flow mirrors are large, long-lived object graphs: default GC thresholds
     # would rescan them over and over while a big goal state is planned.
     gc.set_threshold(50_000, 20, 100)
-    agent = Agent(cfg)
+    try:
+        agent = Agent(cfg)
+    except StateDirInUse as exc:
+        log.error("event=state_dir_in_use state_dir=%s error=%r", cfg.state_dir, str(exc))
+        print(f"aca-agent: {exc}", file=sys.stderr)
+        return os.EX_TEMPFAIL  # a unit's Restart= retries: the other agent may be going away
     gc.freeze()  # what start-up loaded is permanent; keep it out of every collection
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import pathlib
+import platform
+import sqlite3
 import statistics
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 
@@ -20,12 +24,13 @@ VPC, SUBNET, VNI, CIDR = "vpc-bench", "subnet-bench", 5000, "10.128.0.0/10"
 
 @contextlib.contextmanager
 def sandbox(prefix: str, hosts: int = 1) -> Iterator[Sandbox]:
-    """A private sandbox with ``hosts`` agents, always torn down."""
+    """A private sandbox with ``hosts`` agents at the shipped defaults (INFO logging included),
+    always torn down."""
     with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as root:
         box = Sandbox(pathlib.Path(root) / "sandbox", prefix=prefix)
         try:
             for i in range(1, hosts + 1):
-                box.host_up(f"host{i}")  # at the shipped defaults (INFO logging included)
+                box.host_up(f"host{i}")
             yield box
         finally:
             box.down()
@@ -43,6 +48,24 @@ def controller_channel(box: Sandbox, host: str) -> Iterator[Callable[..., list]]
 
         send(gs.pb.GoalStateV2(format_version=1))
         yield send
+
+
+def environment(state_dir: str | None = None) -> str:
+    """What a run ran against, as ``key=value`` pairs: OVS, kernel, cores, and with ``state_dir``
+    the SQLite version and file system the agent's journal is fsynced on (tmpfs makes it free)."""
+    ovs = subprocess.run(["ovs-vswitchd", "--version"], capture_output=True, text=True).stdout.split()
+    pairs = {
+        "ovs": ovs[ovs.index("vSwitch)") + 1] if "vSwitch)" in ovs else "unknown",
+        "kernel": platform.release(),
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+    }
+    if state_dir is not None:
+        fs = subprocess.run(
+            ["findmnt", "-n", "-o", "FSTYPE", "-T", state_dir], capture_output=True, text=True
+        )
+        pairs |= {"sqlite": sqlite3.sqlite_version, "state_fs": fs.stdout.strip() or "unknown"}
+    return " ".join(f"{k}={v}" for k, v in pairs.items())
 
 
 def neighbor_states(start: int, count: int, remote_hosts: int = 50) -> list:
