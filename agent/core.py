@@ -110,6 +110,11 @@ class AgentCore:
         self._unsettled = 0  # goal states since the last settle
         self._repair_at: float | None = None  # monotonic time of the next repair, if one is due
         self._repair_backoff = _REPAIR_MIN_S
+        # After the stored state was quarantined the agent starts empty: until this (monotonic)
+        # time a resync leaves flows of ours it does not know in place, so VMs keep forwarding
+        # until the controller's resync refills the state; then they are swept.
+        self.strays_kept_until = 0.0
+        self._sweep_at: float | None = None
 
     # ------------------------------------------------------------------ public, any thread
     def start(self) -> None:
@@ -140,8 +145,9 @@ class AgentCore:
     # ------------------------------------------------------------------ worker
     def _wait_s(self) -> float:
         wait = _SETTLE_IDLE_S if self._unsettled else 1.0
-        if self._repair_at is not None:
-            wait = min(wait, max(0.0, self._repair_at - time.monotonic()))
+        for due in (self._repair_at, self._sweep_at):
+            if due is not None:
+                wait = min(wait, max(0.0, due - time.monotonic()))
         return wait
 
     def _run(self) -> None:
@@ -152,6 +158,10 @@ class AgentCore:
                 self.last_loop = time.monotonic()
                 if self._repair_at is not None and self.last_loop >= self._repair_at:
                     self._repair()
+                if self._sweep_at is not None and self.last_loop >= self._sweep_at:
+                    self._sweep_at = None
+                    self.dataplane_ready = False  # a full resync, now deleting the strays
+                    self.repair_now()
                 if self._unsettled:
                     self._settle()
                 continue
@@ -404,14 +414,17 @@ class AgentCore:
         }
         self._apply_dhcp(owners, failures)
         self._apply_routes(owners, failures)
-        result = self.reconciler.resync(dict(self._planned(owners, failures)))
+        keep = time.monotonic() < self.strays_kept_until
+        result = self.reconciler.resync(dict(self._planned(owners, failures)), keep_strays=keep)
+        if keep:
+            self._sweep_at = self.strays_kept_until
         failures.update(result.failed)
         self.failed = failures
         self.dataplane_ready = True
         log.info(
-            "event=resync owners=%d flows=%d added=%d deleted=%d failed=%d us=%d",
+            "event=resync owners=%d flows=%d added=%d deleted=%d failed=%d strays_kept=%s us=%d",
             len(owners), len(self.reconciler.installed), result.added, result.deleted, len(failures),
-            result.elapsed_us,
+            keep, result.elapsed_us,
         )  # fmt: skip
         return result
 

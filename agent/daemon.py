@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("aca.agent")
 
 
+# After a quarantine, how long the switch keeps the flows the lost state had programmed: the
+# controller's resync (AGENT_RESTARTED) refills the state well within it, then the rest goes.
+QUARANTINE_KEEP_FLOWS_S = 120.0
+
+
 class NotAccepted(Exception):
     """The core could not make a goal state durable (e.g. disk full): not to be committed."""
 
@@ -64,6 +69,8 @@ class Agent:
             cfg.ovs, cfg.underlay_ip, self.dhcp, cfg.dhcp.port, self.routes, cfg.routing.port
         )
         self.core = AgentCore(self.state, self.store, planner, FlowReconciler(self.dataplane.flows))
+        if self.store.recovery.quarantined:  # started empty: keep forwarding until refilled
+            self.core.strays_kept_until = time.monotonic() + QUARANTINE_KEEP_FLOWS_S
         self.core.dhcp = self.dhcp
         self.core.routes = self.routes
         self.punts: PuntConsumer | None = None

@@ -168,9 +168,10 @@ class FlowReconciler:
         ]
         return drift
 
-    def resync(self, updates: Mapping[Owner, list[Flow]]) -> ApplyResult:
+    def resync(self, updates: Mapping[Owner, list[Flow]], keep_strays: bool = False) -> ApplyResult:
         """Full state against what the switch reports: unchanged flows are left alone (no flush),
-        changed ones replaced, flows of ours that nobody wants any more are deleted. If the switch
+        changed ones replaced, flows of ours that nobody wants any more are deleted (unless
+        ``keep_strays``: then left in place, outside the mirror). If the switch
         rejects that bundle, the strays go alone and each owner's flows in a bundle of its own: an
         owner the switch refuses fails alone and keeps no flows (nothing stale in its name)."""
         start = time.perf_counter()
@@ -183,7 +184,7 @@ class FlowReconciler:
             for o, fs in owners.items()
         }
         wanted = {k for fs in owners.values() for k in fs}
-        deletes = [Flow(k[0], k[1], k[2]) for k in on_switch if k not in wanted]
+        deletes = [] if keep_strays else [Flow(k[0], k[1], k[2]) for k in on_switch if k not in wanted]
         try:
             self._apply(deletes, [f for flows in adds.values() for f in flows])
         except BundleRejected as exc:

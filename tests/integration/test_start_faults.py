@@ -79,6 +79,10 @@ def test_corrupt_state_database_is_quarantined_and_the_agent_starts_empty(
     (pathlib.Path(host.state_dir) / DB_NAME).write_bytes(garbage)
 
     box.restart_agent(HOST)  # returns once its gRPC and control sockets are up: it started
+    # Started empty, yet the switch keeps forwarding for the lost state until the controller's
+    # resync refills it (swept after a grace period).
+    wait_for(lambda: box.control(HOST, "status")["dataplane_ready"], 20, "the start-up resync")
+    assert len(_forwarding_flows(box, 11)) == 1
 
     status = box.control(HOST, "status")
     recovery = status["state_recovery"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -205,3 +206,15 @@ def test_rejected_owner_is_retried_by_the_repair_timer(core: AgentCore) -> None:
     core.driver.reject -= keys  # type: ignore[attr-defined]  # the switch takes it now
     wait_for(lambda: not core.failed, 10.0, "the repair timer to re-program the failed owner")
     assert _flows_of(core, "bad") > 0
+
+
+def test_after_a_quarantine_unknown_flows_stay_until_the_sweep(core: AgentCore) -> None:
+    _push(core, *BASE, NB)
+    lost = dict(core.driver.table)  # type: ignore[attr-defined]  # what the quarantined state had
+    fresh = DesiredState()
+    core.state.resources = fresh.resources  # the store started empty
+    core.strays_kept_until = time.monotonic() + 0.5
+    core.call(core.resync).result(5)
+    assert core.driver.table.keys() >= lost.keys()  # type: ignore[attr-defined]  # VMs keep forwarding
+    wait_for(lambda: _flows_of(core, "n1") == 0, 10, "the sweep once the grace is over")
+    assert core.reconciler.installed == core.driver.table  # type: ignore[attr-defined]
