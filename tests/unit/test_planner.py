@@ -161,3 +161,25 @@ def test_flood_flow_of_a_segment_with_thousands_of_hosts_still_encodes(
     ports, remote = list(range(1, 301)), hosts[: overlay.flood_room(300)]
     for f in overlay.flood_flows(100, ports, remote, TUNNEL):
         assert len(encode_bundle_add(1, 0, f, FlowModCommand.ADD, 1)) <= 0xFFFF
+
+
+def test_a_zero_prefix_matches_anything_as_ovs_stores_it() -> None:
+    """A /0 allowed-address pair or route leaves its address field out (OVS drops a zero mask),
+    so the planned flow equals its dump and a restart rewrites nothing."""
+    any_source = gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", pairs=[("0.0.0.0/0", "")])
+    planner = _planner(*BASE, any_source)
+    planner.set_interfaces([("tap-p1", "p1", 3, 0)])
+    flows = _text(planner, port_owner("p1"))
+    security = [f for f in flows if f.startswith("table=PORT_SECURITY") and "udp_src" not in f]
+    assert security == sorted(
+        [
+            "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x806, "
+            "arp_sha=fa:16:3e:00:00:05 actions=goto_table:ARP_RESPONDER",
+            "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x806, "
+            "arp_spa=10.0.1.5, arp_sha=fa:16:3e:00:00:05 actions=goto_table:ARP_RESPONDER",
+            "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800 "
+            "actions=goto_table:L3_GATEWAY",
+            "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
+            "nw_src=10.0.1.5 actions=goto_table:L3_GATEWAY",
+        ]
+    )

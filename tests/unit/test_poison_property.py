@@ -239,7 +239,7 @@ def _encode(planner: Planner, owners: set[Owner]) -> None:
 
 
 @settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
