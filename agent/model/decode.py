@@ -161,7 +161,7 @@ def _neighbor(c: Any) -> Neighbor:
         id=c.id,
         revision=c.revision_number,
         mac=v.mac(v.required(c.mac_address, "mac_address")),
-        host_ip=v.ipv4(v.required(c.host_ip_address, "host_ip_address"), "host_ip_address"),
+        host_ip=v.unicast_ipv4(v.required(c.host_ip_address, "host_ip_address"), "host_ip_address"),
         vpc_id=c.vpc_id,
         name=c.name,
         host_mac=v.mac(c.host_mac_address, "host_mac_address") if c.host_mac_address else "",

@@ -44,6 +44,14 @@ def ipv4(value: str, what: str = "ip_address") -> str:
         raise Invalid(f"{what} {value!r} is not an IPv4 address") from None
 
 
+def unicast_ipv4(value: str, what: str = "ip_address") -> str:
+    """An address a VXLAN packet can be sent to (not 0.0.0.0, broadcast, multicast or loopback)."""
+    address = ipaddress.IPv4Address(ipv4(value, what))
+    if address.is_unspecified or address.is_multicast or address.is_loopback or address.is_reserved:
+        raise Invalid(f"{what} {value} is not a unicast address")
+    return str(address)
+
+
 def cidr(value: str, what: str = "cidr") -> str:
     try:
         return str(ipaddress.ip_network(value, strict=False))

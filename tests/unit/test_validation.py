@@ -64,6 +64,9 @@ BAD = [
     (ResourceType.SUBNET, _with(GOOD[1][1], gateway__ip_address="fd00::1"), "IPv6 is not supported"),
     (ResourceType.PORT, _with(GOOD[2][1], fixed_ips__ip_address="fd00::5"), "IPv6 is not supported"),
     (ResourceType.NEIGHBOR, _with(GOOD[3][1], host_ip_address="fd00::1"), "IPv6 is not supported"),
+    (ResourceType.NEIGHBOR, _with(GOOD[3][1], host_ip_address="0.0.0.0"), "not a unicast address"),
+    (ResourceType.NEIGHBOR, _with(GOOD[3][1], host_ip_address="239.1.1.1"), "not a unicast address"),
+    (ResourceType.NEIGHBOR, _with(GOOD[3][1], host_ip_address="255.255.255.255"), "not a unicast address"),
     (
         ResourceType.DHCP,
         _with(GOOD[4][1], ipv6_address="fd00::5"),
