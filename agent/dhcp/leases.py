@@ -20,18 +20,11 @@ log = logging.getLogger("aca.dhcp")
 
 @dataclass(frozen=True)
 class Settings:
+    """The agent's own DHCP settings (``[dhcp]``; config.DhcpConfig keeps them encodable)."""
+
     mtu: int = 1450  # overlay MTU: 1500 minus VXLAN overhead
     lease_time: int = 86400
     domain: str = ""  # option 15 unless the subnet's extra options give one
-
-    def __post_init__(self) -> None:
-        """Refused at start: a value no DHCP option can carry would fail every subnet's profile."""
-        if not 68 <= self.mtu <= 0xFFFF:
-            raise ValueError(f"dhcp mtu {self.mtu} is not in 68..65535")
-        if not 0 < self.lease_time <= 0xFFFFFFFF:
-            raise ValueError(f"dhcp lease_time {self.lease_time} is not in 1..4294967295")
-        if len(self.domain.encode()) > o.TLV_MAX:
-            raise ValueError(f"dhcp domain is longer than {o.TLV_MAX} bytes")
 
 
 @dataclass(frozen=True)

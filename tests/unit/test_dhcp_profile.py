@@ -87,12 +87,3 @@ def test_the_largest_accepted_subnet_profile_installs() -> None:
 def test_server_id_of_a_single_address_subnet() -> None:
     assert server_ip(Subnet("s", 1, "v", "255.255.255.255/32", 100)) == "255.255.255.255"
     assert server_ip(Subnet("s", 1, "v", "10.0.0.0/24", 100)) == "10.0.0.1"
-
-
-@pytest.mark.parametrize(
-    ("settings", "reason"),
-    [({"mtu": 70000}, "mtu"), ({"lease_time": 0}, "lease_time"), ({"domain": "d" * 256}, "domain")],
-)
-def test_settings_no_option_can_carry_are_refused_at_start(settings: dict[str, Any], reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
-        Settings(**settings)
