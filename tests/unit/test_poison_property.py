@@ -202,6 +202,32 @@ def router_state(draw: Any) -> tuple[str, pb.RouterState]:
 
 
 @st.composite
+def context_state(draw: Any) -> tuple[str, Any, Any]:
+    """A VPC, security group or gateway: decoded and held, never planned (so any value goes)."""
+    kind = draw(st.sampled_from(["vpc", "sg", "gw"]))
+    if kind == "vpc":
+        vpc = pb.VpcConfiguration(
+            id=draw(_id(("v1", "v2"))), cidr=draw(good_cidr | odd_cidr), tunnel_id=draw(odd_vni)
+        )
+        return "vpc_states", vpc.id, pb.VpcState(operation_type=draw(good_op | odd_op), configuration=vpc)
+    if kind == "sg":
+        sg = pb.SecurityGroupConfiguration(id=draw(_id(("g1",))))
+        sg.security_group_rules.add(
+            id="r", ethertype=draw(st.sampled_from([0, 1])), remote_ip_prefix=draw(good_cidr | odd_cidr),
+            port_range_min=draw(st.integers(0, 70000)), port_range_max=draw(st.integers(0, 70000)),
+        )  # fmt: skip
+        return (
+            "security_group_states",
+            sg.id,
+            pb.SecurityGroupState(operation_type=pb.CREATE, configuration=sg),
+        )
+    gw = pb.GatewayConfiguration(id=draw(_id(("gw1",))), gateway_type=draw(st.integers(0, 9)))
+    gw.destinations.add(ip_address=draw(good_ipv4 | odd_address), mac_address=draw(good_mac | odd_mac))
+    gw.arion_info.vni = draw(odd_vni)
+    return "gateway_states", gw.id, pb.GatewayState(operation_type=pb.CREATE, configuration=gw)
+
+
+@st.composite
 def goal_state(draw: Any) -> pb.GoalStateV2:
     msg = pb.GoalStateV2(format_version=1)
     for field, strategy in (
@@ -213,6 +239,13 @@ def goal_state(draw: Any) -> pb.GoalStateV2:
     ):
         for key, state in draw(st.lists(strategy, min_size=1, max_size=3)):
             getattr(msg, field)[key].CopyFrom(state)
+    for field, key, state in draw(st.lists(context_state(), max_size=2)):
+        getattr(msg, field)[key].CopyFrom(state)
+    if draw(st.booleans()):  # this host acts on some resources only; the others are context
+        for rtype, key in draw(
+            st.lists(st.tuples(st.sampled_from([pb.PORT, pb.SUBNET, pb.ROUTER]), _id(IDS)))
+        ):
+            msg.host_resources[LOCAL_IP].resources.add(type=rtype, id=key)
     return msg
 
 
