@@ -76,9 +76,12 @@ def _extra_dhcp_options(items: Iterable[Any]) -> tuple[KeyValue, ...]:
 
 
 def _dns(items: Any) -> tuple[str, ...]:
-    if len(items) > dhcp_options.MAX_DNS:
-        raise v.Invalid(f"dns entries: {len(items)} given, DHCP hands out at most {dhcp_options.MAX_DNS}")
-    return tuple(v.ipv4(d.entry, "dns entry") for d in items)
+    """IPv6 servers are kept but not handed out (DHCPv4 cannot carry them); IPv4 ones must fit."""
+    dns = tuple(v.ip_any(d.entry, "dns entry") for d in items)
+    served = sum(1 for d in dns if ":" not in d)
+    if served > dhcp_options.MAX_DNS:
+        raise v.Invalid(f"dns entries: {served} IPv4 servers, DHCP hands out at most {dhcp_options.MAX_DNS}")
+    return dns
 
 
 def _vpc(c: Any) -> Vpc:

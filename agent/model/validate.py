@@ -52,6 +52,13 @@ def unicast_ipv4(value: str, what: str = "ip_address") -> str:
     return str(address)
 
 
+def ip_any(value: str, what: str = "ip_address") -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise Invalid(f"{what} {value!r} is not an IP address") from None
+
+
 def cidr(value: str, what: str = "cidr") -> str:
     try:
         return str(ipaddress.ip_network(value, strict=False))

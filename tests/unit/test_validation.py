@@ -212,11 +212,12 @@ def test_a_subnet_profile_stays_within_the_dhcp_engine() -> None:
     assert "profile could reach 1201 bytes, the DHCP engine takes at most 1200" in error
 
 
-def test_dns_entries_are_ipv4_and_fit_one_option() -> None:
-    assert "dns entry fd00::53: IPv6" in _decode(ResourceType.SUBNET, _subnet_with(dns=["fd00::53"]))
+def test_ipv4_dns_entries_fit_one_option() -> None:
     many = [f"10.0.1.{n}" for n in range(2, 19)]
-    assert "17 given" in _decode(ResourceType.SUBNET, _subnet_with(dns=many))
-    assert _decode(ResourceType.SUBNET, _subnet_with(dns=many[:16])) == ""
+    assert "17 IPv4 servers" in _decode(ResourceType.SUBNET, _subnet_with(dns=many))
+    # IPv6 servers are not for DHCPv4: kept, not counted, not handed out
+    assert _decode(ResourceType.SUBNET, _subnet_with(dns=[*many[:16], "fd00::53"])) == ""
+    assert "not an IP address" in _decode(ResourceType.SUBNET, _subnet_with(dns=["10.0.1"]))
 
 
 def test_router_routes_are_ipv4_and_fit_option_121() -> None:
