@@ -8,6 +8,7 @@ resources need the held state and are checked when the state applies the request
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ from agent.model.resources import (
     UpdateType,
     Vpc,
 )
+
+log = logging.getLogger("aca.decode")
 
 _OPS: dict[int, Op] = dict(Op._value2member_map_)  # type: ignore[arg-type]
 _NEIGHBOR_TYPES: dict[int, NeighborType] = dict(NeighborType._value2member_map_)  # type: ignore[arg-type]
@@ -331,6 +334,9 @@ def decode_state(rtype: ResourceType, state: Any, map_key: str = "", acted_on: b
     try:
         resource = _DECODERS[rtype](config)
     except v.Invalid as exc:
+        if not acted:  # context gets no status: the resources that reference it would only
+            # say "unknown subnet", so the reason is logged here
+            log.warning("event=context_rejected id=%s type=%s reason=%r", rid, rtype.name, str(exc))
         return Request(rtype, op, rid, update_type, error=str(exc), acted_on=acted)
     if resource.id != rid:
         resource = type(resource)(**{**_fields(resource), "id": rid})

@@ -50,7 +50,9 @@ POISONS = {
     "r-121": "its routes take 257 bytes in DHCP option 121",
     "sn-big": "the DHCP engine takes at most 1200",
     "dhcp-v6": "ipv6_address fd00:41::c: IPv6 is not supported by this agent",
+    "port-ctx": "unknown subnet 'sn-ctx'",  # its subnet came as context (INFO) and was refused
 }
+CONTEXT_REASON = "extra DHCP option no-such-option=1: unknown option name"
 GOOD = ("vpc-p", SUBNET, "port-a", "port-b", "dhcp-a", "nb-good", "r-good")
 
 
@@ -102,7 +104,15 @@ def _goal_state(host: HostInfo) -> pb.GoalStateV2:
         gs.router("r-121", DVR_MAC, [SUBNET], [(SUBNET, f"10.{n}.0.0/16", next_hop, 0) for n in range(36)]),
         _subnet("sn-big", "10.43.0.0/24", 4103, options={f"option:{224 + n}": "x" * 200 for n in range(3)}),
         _dhcp_v6(mac),
+        _context_subnet(),
+        gs.port("port-ctx", VPC, "sn-ctx", "10.44.0.5", "fa:16:3e:44:00:05", host.underlay_ip),
     )
+
+
+def _context_subnet() -> pb.SubnetState:
+    state = _subnet("sn-ctx", "10.44.0.0/24", 4104, options={"no-such-option": "1"})
+    state.operation_type = pb.INFO
+    return state
 
 
 def _dhcp_v6(mac: str) -> pb.DHCPState:
@@ -152,6 +162,8 @@ def test_poisons_are_refused_alone_and_survive_a_sigkill(sandbox: Sandbox) -> No
     for rid, reason in POISONS.items():
         rejected = [ln for ln in log.splitlines() if f"event=resource_rejected id={rid} " in ln]
         assert rejected and "status=INVALID_ARG" in rejected[-1] and reason in rejected[-1], (rid, rejected)
+    context = [ln for ln in log.splitlines() if "event=context_rejected id=sn-ctx " in ln]
+    assert context and CONTEXT_REASON in context[-1], context
 
     wait_for(lambda: _good_flows_in_ovs(sandbox), timeout=15, what="the good resources' flows in OVS")
     assert dump_cookies(sandbox, HOST)[cookie(Kind.PORT, POISON_VM[1])] == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from agent._pb import goalstate_pb2 as pb
@@ -233,3 +235,13 @@ def test_router_routes_are_ipv4_and_fit_option_121() -> None:
     assert _decode(ResourceType.ROUTER, router(fits)) == ""
     error = _decode(ResourceType.ROUTER, router([*fits, "10.200.0.0/16"]))
     assert "routing table of subnet s1: its routes take 257 bytes in DHCP option 121" in error
+
+
+def test_a_refused_context_resource_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """A subnet sent as context (INFO) gets no status; its ports only say it is unknown."""
+    subnet = _subnet_with([("mtu", "70000")])
+    subnet.operation_type = pb.INFO
+    with caplog.at_level(logging.WARNING, "aca.decode"):
+        req = decode_state(ResourceType.SUBNET, subnet)
+    assert not req.acted_on and "mtu=70000" in req.error
+    assert "event=context_rejected id=s1 type=SUBNET reason=" in caplog.text and "mtu=70000" in caplog.text
