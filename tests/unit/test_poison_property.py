@@ -1,12 +1,13 @@
 """Property: whatever decode and the desired state accept, the planner, the OpenFlow encoder, the
-DHCP driver and the route driver can program without raising.
+reconciler, the DHCP driver and the route driver can program without raising.
 
 Goal states are generated with arbitrary and near-valid values in every field the decoder reads
 (IPv4 and IPv6 addresses, CIDRs, MACs, DHCP options, routes, revisions, operations), with ids
 from a small pool so ports, neighbours, subnets, routers and DHCP entries reference each other.
 Each example applies a few messages in turn, binds some ports, and plans every owner both
-incrementally (``touch``) and from scratch (``rebuild``) with a tunnel, DHCP and route port.
-The C engines run for real, without their I/O threads.
+incrementally (``touch``, then ``update``) and from scratch (``rebuild``, then ``resync``) with
+a tunnel, DHCP and route port. The C engines run for real, without their I/O threads; the
+reconciler works against the in-memory switch of the unit tests.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from agent.dhcp.engine import Engine
 from agent.dhcp.leases import Settings
 from agent.model.decode import decode_v2
 from agent.model.state import DesiredState
+from agent.planner.flows import Flow
 from agent.planner.plan import ON_DEMAND, PROACTIVE, Owner, Planner
+from agent.reconciler.flows import FlowReconciler
 from agent.routing.driver import RouteDriver
 from agent.routing.engine import RouteEngine
 from agent.sandbox import goalstates as gs
+from tests.support.recording_driver import RecordingDriver
 
 LOCAL_IP = "172.31.0.1"
 IDS = ("a", "b", "c")
@@ -263,12 +267,15 @@ def _base() -> pb.GoalStateV2:
     )
 
 
-def _encode(planner: Planner, owners: set[Owner]) -> None:
-    """Plan each owner and encode its flows as the reconciler would send them."""
+def _planned(planner: Planner, owners: set[Owner]) -> dict[Owner, list[Flow]]:
+    """Each owner's flows, encoded as the OpenFlow driver would send them."""
+    planned = {}
     for owner in sorted(owners, key=str):
-        for flow in planner.flows(owner):
+        planned[owner] = planner.flows(owner)
+        for flow in planned[owner]:
             encode_bundle_add(1, 0, flow, FlowModCommand.ADD, 1)
         planner.route_targets(owner)
+    return planned
 
 
 @settings(
@@ -287,6 +294,7 @@ def test_accepted_goal_states_always_program(messages: list[pb.GoalStateV2], mod
     try:
         dhcp = DhcpDriver(state, Settings(domain="example.org"), dhcp_engine)
         routes = RouteDriver(planner, route_engine)
+        reconciler = FlowReconciler(RecordingDriver())
         interfaces = [(f"tap{pid}", pid, 10 + n, 100 + n) for n, pid in enumerate(BOUND)]
         for step, msg in enumerate([_base(), *messages]):
             owners: set[Owner] = set()
@@ -296,11 +304,11 @@ def test_accepted_goal_states_always_program(messages: list[pb.GoalStateV2], mod
             if step == 0:  # the dataplane appears after the first message, as at start
                 owners |= planner.set_interfaces(interfaces)
                 owners |= planner.set_tunnel(1) | planner.set_dhcp_port(2) | planner.set_route_port(3)
-            _encode(planner, owners)
+            reconciler.update(_planned(planner, owners).items())
             dhcp.apply(owners, planner.bindings, planner.dhcp_ofport, planner.ifindexes)
             routes.apply(owners)
         everything = planner.rebuild()  # the resync at start plans every owner at once
-        _encode(planner, everything)
+        reconciler.resync(_planned(planner, everything))
         dhcp.apply(everything, planner.bindings, planner.dhcp_ofport, planner.ifindexes)
         routes.apply(everything)
     finally:
