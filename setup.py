@@ -89,7 +89,7 @@ setup(
         "cffi>=1.16",
     ],
     extras_require={
-        "test": ["pytest>=8", "scapy>=2.5", "ruff>=0.5", "grpcio-tools>=1.60"],
+        "test": ["pytest>=8", "scapy>=2.5", "ruff>=0.5", "grpcio-tools>=1.60", "hypothesis>=6.100"],
         "bench": ["matplotlib>=3.6"],  # bench.scale's plots
     },
     # The DHCP engine (native/dhcp.c, native/dhcp.h) as the cffi extension agent._native.

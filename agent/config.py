@@ -41,6 +41,15 @@ class DhcpConfig:
     rate: int = 100  # requests per second per VM port (0: unlimited)
     burst: int = 200
 
+    def __post_init__(self) -> None:
+        """Values no DHCP option can carry would fail every subnet's profile: refused at start."""
+        if not 68 <= self.mtu <= 0xFFFF:
+            raise ValueError(f"[dhcp] mtu {self.mtu} is not in 68..65535")
+        if not 0 < self.lease_time <= 0xFFFFFFFF:
+            raise ValueError(f"[dhcp] lease_time {self.lease_time} is not in 1..4294967295")
+        if len(self.domain.encode()) > 255:
+            raise ValueError("[dhcp] domain is longer than 255 bytes (one DHCP option)")
+
 
 @dataclass(frozen=True)
 class RoutingConfig:

@@ -1,16 +1,20 @@
 """Protobuf goal states → typed ``Request``s, one per resource, each valid or carrying its reason.
 
-Only syntax is checked here (addresses, CIDRs, VNIs, required ids); references between
+Checked here: syntax (addresses, CIDRs, VNIs, required ids) and what one resource needs to be
+programmable at all (IPv4 only, DHCP options that fit their kind and the C engine's limits), so
+nothing accepted can make the planner or the DHCP engine raise later. References between
 resources need the held state and are checked when the state applies the request.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from agent._pb import goalstate_pb2 as pb
+from agent.dhcp import options as dhcp_options
 from agent.model import validate as v
 from agent.model.resources import (
     AddressPair,
@@ -37,6 +41,8 @@ from agent.model.resources import (
     Vpc,
 )
 
+log = logging.getLogger("aca.decode")
+
 _OPS: dict[int, Op] = dict(Op._value2member_map_)  # type: ignore[arg-type]
 _NEIGHBOR_TYPES: dict[int, NeighborType] = dict(NeighborType._value2member_map_)  # type: ignore[arg-type]
 
@@ -46,11 +52,39 @@ def _pairs(items: Iterable[Any]) -> tuple[AddressPair, ...]:
         return ()
     return tuple(
         AddressPair(
-            ip=v.ipv4_or_cidr(p.ip_address, "allowed address pair ip"),
+            ip=v.ipv4_or_cidr(p.ip_address, "allowed address pair"),
             mac=v.mac(p.mac_address, "allowed address pair mac") if p.mac_address else "",
         )
         for p in items
     )
+
+
+def _extra_dhcp_options(items: Iterable[Any]) -> tuple[KeyValue, ...]:
+    """Each option encodes for its kind, and all of them fit one profile of the C engine next to
+    the most the agent adds itself (so no router or setting can push the profile over later)."""
+    encoded: dict[int, bytes] = {}
+    for item in items:
+        try:
+            code, raw = dhcp_options.encode_extra(item.name, item.value)
+        except dhcp_options.OptionError as exc:
+            raise v.Invalid(f"extra DHCP option {item.name}={item.value}: {exc}") from None
+        encoded[code] = raw
+    size = dhcp_options.profile_size(encoded)
+    if size > dhcp_options.PROFILE_MAX:
+        raise v.Invalid(
+            f"extra DHCP options: the subnet's profile could reach {size} bytes, "
+            f"the DHCP engine takes at most {dhcp_options.PROFILE_MAX}"
+        )
+    return tuple(KeyValue(o.name, o.value) for o in items)
+
+
+def _dns(items: Any) -> tuple[str, ...]:
+    """IPv6 servers are kept but not handed out (DHCPv4 cannot carry them); IPv4 ones must fit."""
+    dns = tuple(v.ip_any(d.entry, "dns entry") for d in items)
+    served = sum(1 for d in dns if ":" not in d)
+    if served > dhcp_options.MAX_DNS:
+        raise v.Invalid(f"dns entries: {served} IPv4 servers, DHCP hands out at most {dhcp_options.MAX_DNS}")
+    return dns
 
 
 def _vpc(c: Any) -> Vpc:
@@ -66,8 +100,8 @@ def _vpc(c: Any) -> Vpc:
 
 
 def _subnet(c: Any) -> Subnet:
-    network = v.cidr(v.required(c.cidr, "cidr"))
-    gw_ip = v.ip_any(c.gateway.ip_address, "gateway ip") if c.gateway.ip_address else ""
+    network = v.ipv4_cidr(v.required(c.cidr, "cidr"))
+    gw_ip = v.ipv4(c.gateway.ip_address, "gateway ip") if c.gateway.ip_address else ""
     if gw_ip and not v.in_cidr(gw_ip, network):
         raise v.Invalid(f"gateway ip {gw_ip} is outside {network}")
     return Subnet(
@@ -81,17 +115,30 @@ def _subnet(c: Any) -> Subnet:
         gateway_ip=gw_ip,
         gateway_mac=v.mac(c.gateway.mac_address, "gateway mac") if c.gateway.mac_address else "",
         dhcp_enable=c.dhcp_enable,
-        dns=tuple(v.ip_any(d.entry, "dns entry") for d in c.dns_entry_list),
-        extra_dhcp_options=tuple(KeyValue(o.name, o.value) for o in c.extra_dhcp_options),
+        dns=_dns(c.dns_entry_list),
+        extra_dhcp_options=_extra_dhcp_options(c.extra_dhcp_options),
         availability_zone=c.availability_zone,
     )
 
 
+def _port_macs(mac: str, pairs: tuple[AddressPair, ...]) -> None:
+    """The DHCP engine serves a port for its own MAC and its pairs' MACs, up to a limit."""
+    macs = {mac} | {p.mac for p in pairs if p.mac}
+    if len(macs) > v.MAX_PORT_MACS:
+        raise v.Invalid(
+            f"allowed address pairs: {len(macs)} MACs with the port's own, "
+            f"the DHCP responder takes at most {v.MAX_PORT_MACS}"
+        )
+
+
 def _port(c: Any) -> Port:
+    mac = v.mac(v.required(c.mac_address, "mac_address"))
+    pairs = _pairs(c.allow_address_pairs)
+    _port_macs(mac, pairs)
     return Port(
         id=c.id,
         revision=c.revision_number,
-        mac=v.mac(v.required(c.mac_address, "mac_address")),
+        mac=mac,
         vpc_id=c.vpc_id,
         name=c.name,
         device_id=c.device_id,
@@ -103,7 +150,7 @@ def _port(c: Any) -> Port:
             FixedIp(v.required(f.subnet_id, "fixed ip subnet_id"), v.ipv4(f.ip_address, "fixed ip"))
             for f in c.fixed_ips
         ),
-        address_pairs=_pairs(c.allow_address_pairs),
+        address_pairs=pairs,
         security_group_ids=tuple(s.id for s in c.security_group_ids),
     )
 
@@ -120,7 +167,7 @@ def _neighbor(c: Any) -> Neighbor:
         id=c.id,
         revision=c.revision_number,
         mac=v.mac(v.required(c.mac_address, "mac_address")),
-        host_ip=v.ipv4(v.required(c.host_ip_address, "host_ip_address"), "host_ip_address"),
+        host_ip=v.unicast_ipv4(v.required(c.host_ip_address, "host_ip_address"), "host_ip_address"),
         vpc_id=c.vpc_id,
         name=c.name,
         host_mac=v.mac(c.host_mac_address, "host_mac_address") if c.host_mac_address else "",
@@ -164,15 +211,32 @@ def _security_group(c: Any) -> SecurityGroup:
 
 
 def _dhcp(c: Any) -> Dhcp:
+    """An IPv4 lease: without an address nothing would be served, and DHCPv6 is not."""
+    if c.ipv6_address:
+        raise v.Invalid(f"ipv6_address {c.ipv6_address}: {v.NO_IPV6}")
+    hostname = c.port_host_name
+    if len(hostname.encode()) > dhcp_options.TLV_MAX or "\0" in hostname:
+        raise v.Invalid(f"port_host_name: more than {dhcp_options.TLV_MAX} bytes, or a NUL in it")
     return Dhcp(
         id=c.id,
         revision=c.revision_number,
         subnet_id=v.required(c.subnet_id, "subnet_id"),
         mac=v.mac(v.required(c.mac_address, "mac_address")),
-        ipv4=v.ipv4(c.ipv4_address, "ipv4_address") if c.ipv4_address else "",
-        ipv6=v.ip_any(c.ipv6_address, "ipv6_address") if c.ipv6_address else "",
-        hostname=c.port_host_name,
+        ipv4=v.ipv4(v.required(c.ipv4_address, "ipv4_address"), "ipv4_address"),
+        hostname=hostname,
     )
+
+
+def _option_121(table: SubnetRoutes) -> None:
+    """The subnet's DHCP option 121 carries the table's routes and a default route: 255 bytes."""
+    routes = {(r.destination, r.next_hop_ip) for r in table.rules if r.next_hop_ip}
+    specific = [r for r in routes if not r[0].endswith("/0")]
+    size = len(dhcp_options.classless_routes(specific)) + dhcp_options.DEFAULT_ROUTE_SIZE
+    if size > dhcp_options.TLV_MAX:
+        raise v.Invalid(
+            f"routing table of subnet {table.subnet_id}: its routes take {size} bytes in DHCP "
+            f"option 121 with the default route, at most {dhcp_options.TLV_MAX} fit"
+        )
 
 
 def _router(c: Any) -> Router:
@@ -181,7 +245,7 @@ def _router(c: Any) -> Router:
         rules = tuple(
             RoutingRule(
                 id=r.id,
-                destination=v.cidr(v.required(r.destination, "route destination"), "route destination"),
+                destination=v.ipv4_cidr(v.required(r.destination, "route destination"), "route destination"),
                 next_hop_ip=v.ipv4(r.next_hop_ip, "next_hop_ip") if r.next_hop_ip else "",
                 priority=r.priority,
                 name=r.name,
@@ -196,7 +260,9 @@ def _router(c: Any) -> Router:
             if r.operation_type != Op.DELETE
         )
         removed = tuple(r.id for r in t.routing_rules if r.operation_type == Op.DELETE)
-        tables.append(SubnetRoutes(v.required(t.subnet_id, "routing table subnet_id"), rules, removed))
+        table = SubnetRoutes(v.required(t.subnet_id, "routing table subnet_id"), rules, removed)
+        _option_121(table)
+        tables.append(table)
     return Router(
         id=c.id,
         revision=c.revision_number,
@@ -268,6 +334,9 @@ def decode_state(rtype: ResourceType, state: Any, map_key: str = "", acted_on: b
     try:
         resource = _DECODERS[rtype](config)
     except v.Invalid as exc:
+        if not acted:  # context gets no status: the resources that reference it would only
+            # say "unknown subnet", so the reason is logged here
+            log.warning("event=context_rejected id=%s type=%s reason=%r", rid, rtype.name, str(exc))
         return Request(rtype, op, rid, update_type, error=str(exc), acted_on=acted)
     if resource.id != rid:
         resource = type(resource)(**{**_fields(resource), "id": rid})

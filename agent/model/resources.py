@@ -159,7 +159,6 @@ class Dhcp:
     subnet_id: str
     mac: str
     ipv4: str = ""
-    ipv6: str = ""
     hostname: str = ""
 
 

@@ -22,12 +22,34 @@ def mac(value: str, what: str = "mac_address") -> str:
     return value.lower()
 
 
+NO_IPV6 = "IPv6 is not supported by this agent"
+# native/dhcp.h DHCP_MAX_PORT_MACS: the MACs one port may ask DHCP for (a test keeps them equal).
+MAX_PORT_MACS = 1024
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        return ipaddress.ip_network(value, strict=False).version == 6
+    except ValueError:
+        return False
+
+
 def ipv4(value: str, what: str = "ip_address") -> str:
     """Strict dotted quad (inet_pton: no short forms, no leading zeros), normalised."""
     try:
         return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value))
     except (OSError, ValueError):
+        if _is_ipv6(value):
+            raise Invalid(f"{what} {value}: {NO_IPV6}") from None
         raise Invalid(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def unicast_ipv4(value: str, what: str = "ip_address") -> str:
+    """An address a VXLAN packet can be sent to (not 0.0.0.0, broadcast, multicast or loopback)."""
+    address = ipaddress.IPv4Address(ipv4(value, what))
+    if address.is_unspecified or address.is_multicast or address.is_loopback or address.is_reserved:
+        raise Invalid(f"{what} {value} is not a unicast address")
+    return str(address)
 
 
 def ip_any(value: str, what: str = "ip_address") -> str:
@@ -44,8 +66,16 @@ def cidr(value: str, what: str = "cidr") -> str:
         raise Invalid(f"{what} {value!r} is not a CIDR") from None
 
 
+def ipv4_cidr(value: str, what: str = "cidr") -> str:
+    """An IPv4 network (host bits cleared): what flows can match and DHCP can describe."""
+    network = cidr(value, what)
+    if ":" in network:
+        raise Invalid(f"{what} {value}: {NO_IPV6}")
+    return network
+
+
 def ipv4_or_cidr(value: str, what: str = "ip_address") -> str:
-    return cidr(value, what) if "/" in value else ipv4(value, what)
+    return ipv4_cidr(value, what) if "/" in value else ipv4(value, what)
 
 
 def vni(value: int, what: str = "tunnel_id") -> int:

@@ -133,8 +133,12 @@ Match = tuple[MatchField, ...]
 
 
 def match(*fields: MatchField | tuple[Field, int] | tuple[Field, int, int]) -> Match:
-    """Canonical match: one entry per field, sorted by field order (so equal matches are equal keys)."""
+    """Canonical match: one entry per field, sorted by field order (so equal matches are equal keys).
+
+    A field with an all-zero mask (a /0 prefix) matches anything: OVS drops it, so it is left
+    out here too, or the flow would never equal its dump and be rewritten at every resync."""
     items = [f if isinstance(f, MatchField) else MatchField(*f) for f in fields]
+    items = [f for f in items if f.mask != 0]
     items.sort(key=lambda m: _FIELD_ORDER[m.field])
     for a, b in itertools.pairwise(items):
         if a.field is b.field:

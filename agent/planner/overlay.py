@@ -33,6 +33,16 @@ from agent.planner.flows import (
 from agent.planner.pipeline import VNI_BITS, Flag, Priority, Reg, Table
 
 BROADCAST_BIT = 0x010000000000  # the group bit of a MAC's first octet
+# An OpenFlow message is at most 65,535 bytes. A flood flow's headers and match take under 200
+# of them, its set tunnel id 16, each local port's output 16 and each remote host 32 (tunnel
+# destination and output): about 2,000 remote hosts per segment fit in one flow.
+_FLOOD_BYTES = 65535 - 200 - 16
+_LOCAL_OUTPUT_BYTES, _REMOTE_OUTPUT_BYTES = 16, 32
+
+
+def flood_room(local_ports: int) -> int:
+    """How many remote hosts one segment's flood flow can name next to ``local_ports``."""
+    return max(0, (_FLOOD_BYTES - _LOCAL_OUTPUT_BYTES * local_ports) // _REMOTE_OUTPUT_BYTES)
 
 
 def base_flows(tunnel_ofport: int | None, route_miss: tuple[Action, ...] = ()) -> list[Flow]:

@@ -7,6 +7,7 @@ changed, its segment's flood list — never the whole table.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -17,6 +18,8 @@ from agent.planner.cookies import Kind
 from agent.planner.flows import Flow
 from agent.planner.pipeline import ROUTE_VLAN_MAX
 from agent.planner.routing import Destination, RouterSubnet, RouteTarget, StaticRoute
+
+log = logging.getLogger("aca.planner")
 
 Owner = tuple[Kind, str]
 BASE_OWNER: Owner = (Kind.BASE, "base")
@@ -356,12 +359,13 @@ class Planner:
             return dhcp.flows(self.state, oid, self.bindings, self.dhcp_ofport)
         if kind is Kind.SEGMENT:
             vni = int(oid)
-            return overlay.flood_flows(
-                vni,
-                sorted(self._segment_ports.get(vni, {}).values()),
-                sorted(self._segment_hosts.get(vni, {})),
-                self.tunnel_ofport,
-            )
+            ports = sorted(self._segment_ports.get(vni, {}).values())
+            hosts = sorted(self._segment_hosts.get(vni, {}))
+            room = overlay.flood_room(len(ports))
+            if len(hosts) > room:  # more would not encode: one message, 64 KiB
+                log.warning("event=flood_hosts_left_out vni=%d hosts=%d kept=%d", vni, len(hosts), room)
+                hosts = hosts[:room]
+            return overlay.flood_flows(vni, ports, hosts, self.tunnel_ofport)
         return []
 
     def _dhcp_server_flows(self, subnet_id: str) -> list[Flow]:

@@ -34,3 +34,16 @@ def test_unknown_keys_are_refused(tmp_path: pathlib.Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ValueError):
         load_file(str(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("mtu = 70000", "mtu"), ("lease_time = 0", "lease_time"), (f'domain = "{"d" * 256}"', "domain")],
+)
+def test_dhcp_settings_no_option_can_carry_are_refused(
+    tmp_path: pathlib.Path, text: str, reason: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[dhcp]\n{text}\n")
+    with pytest.raises(ValueError, match=reason):
+        load_file(str(path))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
+from agent.dataplane.openflow.codec import FlowModCommand, encode_bundle_add
 from agent.model.decode import decode_v2
 from agent.model.resources import ResourceType
 from agent.model.state import DesiredState
+from agent.planner import overlay
 from agent.planner.flows import match
 from agent.planner.pipeline import TABLE_NAMES, Table
 from agent.planner.plan import BASE_OWNER, Planner, neighbor_owner, port_owner, segment_owner
@@ -127,3 +133,53 @@ def test_subnet_change_visits_its_members_only() -> None:
     regated = update(gs.subnet("s1", "v1", "10.0.1.0/24", 200, "10.0.1.254", op=gs.UPDATE, revision=3))
     assert {port_owner("p1"), neighbor_owner("n1")} <= regated
     assert not {segment_owner(100), segment_owner(200), neighbor_owner("n2")} & regated
+
+
+def test_flood_flow_of_a_segment_with_thousands_of_hosts_still_encodes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One flow names every remote host; past what one OpenFlow message holds (64 KiB), the
+    last hosts are left out and logged rather than the bundle (and every start) failing."""
+    subnet = gs.subnet("s1", "v1", "10.0.0.0/16", 100)
+    hosts = [f"172.20.{n >> 8}.{n & 0xFF}" for n in range(2500)]
+    neighbours = [
+        gs.neighbor(
+            f"n{n}", "v1", "s1", f"10.0.{n >> 8}.{n & 0xFF}", f"fa:16:3e:01:{n >> 8:02x}:{n & 0xFF:02x}", h
+        )
+        for n, h in enumerate(hosts)
+    ]
+    planner = _planner(BASE[0], subnet, PORT, *neighbours)
+    planner.set_interfaces([("tap-p1", "p1", 3, 0)])
+    with caplog.at_level(logging.WARNING, "aca.planner"):
+        flood = planner.flows(segment_owner(100))
+    sizes = [len(encode_bundle_add(1, 0, f, FlowModCommand.ADD, 1)) for f in flood]
+    assert max(sizes) <= 0xFFFF
+    kept = overlay.flood_room(1)
+    assert f"event=flood_hosts_left_out vni=100 hosts=2500 kept={kept}" in caplog.text
+    assert kept > 2000
+    # With many local ports the room shrinks accordingly, and the flow still encodes.
+    ports, remote = list(range(1, 301)), hosts[: overlay.flood_room(300)]
+    for f in overlay.flood_flows(100, ports, remote, TUNNEL):
+        assert len(encode_bundle_add(1, 0, f, FlowModCommand.ADD, 1)) <= 0xFFFF
+
+
+def test_a_zero_prefix_matches_anything_as_ovs_stores_it() -> None:
+    """A /0 allowed-address pair or route leaves its address field out (OVS drops a zero mask),
+    so the planned flow equals its dump and a restart rewrites nothing."""
+    any_source = gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", pairs=[("0.0.0.0/0", "")])
+    planner = _planner(*BASE, any_source)
+    planner.set_interfaces([("tap-p1", "p1", 3, 0)])
+    flows = _text(planner, port_owner("p1"))
+    security = [f for f in flows if f.startswith("table=PORT_SECURITY") and "udp_src" not in f]
+    assert security == sorted(
+        [
+            "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x806, "
+            "arp_sha=fa:16:3e:00:00:05 actions=goto_table:ARP_RESPONDER",
+            "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x806, "
+            "arp_spa=10.0.1.5, arp_sha=fa:16:3e:00:00:05 actions=goto_table:ARP_RESPONDER",
+            "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800 "
+            "actions=goto_table:L3_GATEWAY",
+            "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
+            "nw_src=10.0.1.5 actions=goto_table:L3_GATEWAY",
+        ]
+    )
