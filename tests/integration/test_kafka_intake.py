@@ -24,6 +24,7 @@ from agent._pb import goalstate_pb2 as pb
 from agent.intake.kafka_consumer import ApplyFn, DecodedGoalState, IntakeState, KafkaIntake, KafkaSettings
 from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker, running_broker
 from agent.sandbox.poll import wait_for
+from tests.support.kafka_agent import group_committed
 from tests.support.parts import require_tansu
 
 pytestmark = pytest.mark.integration
@@ -94,15 +95,6 @@ def goal_state_v1(port_id: str) -> pb.GoalState:
     return pb.GoalState(format_version=1, port_states=[port])
 
 
-def committed(settings: KafkaSettings) -> int:
-    """The group's committed offset, read by a separate client that does not join the group."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group_id})
-    try:
-        return consumer.committed([TopicPartition(settings.topic, 0)], timeout=5)[0].offset
-    finally:
-        consumer.close()
-
-
 @contextlib.contextmanager
 def running_intake(settings: KafkaSettings, apply: ApplyFn) -> Iterator[KafkaIntake]:
     intake = KafkaIntake(settings, apply)
@@ -118,7 +110,7 @@ def test_v2_goal_state_applied_once_then_committed(broker: KafkaBroker, settings
     sent = goal_state_v2("port-a")
     broker.produce(settings.topic, sent.SerializeToString())
     with running_intake(settings, apply) as intake:
-        wait_for(lambda: committed(settings) == 1, what="commit of offset 0")
+        wait_for(lambda: group_committed(settings) == 1, what="commit of offset 0")
         assert apply.calls == [sent]
         assert isinstance(apply.calls[0], pb.GoalStateV2)
         assert intake.counters["applied"] == 1
@@ -131,7 +123,7 @@ def test_v1_selected_by_header(broker: KafkaBroker, settings: KafkaSettings) -> 
     sent = goal_state_v1("port-v1")
     broker.produce(settings.topic, sent.SerializeToString(), headers={"alcor-format": "v1"})
     with running_intake(settings, apply):
-        wait_for(lambda: committed(settings) == 1, what="commit of offset 0")
+        wait_for(lambda: group_committed(settings) == 1, what="commit of offset 0")
     assert apply.calls == [sent]
     assert isinstance(apply.calls[0], pb.GoalState)
 
@@ -146,7 +138,7 @@ def test_poison_is_logged_counted_and_committed_past(
     broker.produce(settings.topic, None)
     broker.produce(settings.topic, good.SerializeToString())
     with running_intake(settings, apply) as intake:
-        wait_for(lambda: committed(settings) == 3, what="commit past the poison")
+        wait_for(lambda: group_committed(settings) == 3, what="commit past the poison")
         assert apply.calls == [good]
         assert intake.counters["poison"] == 2
         assert intake.counters["applied"] == 1
@@ -160,7 +152,7 @@ def test_empty_value_is_an_empty_goal_state(broker: KafkaBroker, settings: Kafka
     apply = RecordingApply()
     broker.produce(settings.topic, b"")
     with running_intake(settings, apply):
-        wait_for(lambda: committed(settings) == 1, what="commit of the warm-up")
+        wait_for(lambda: group_committed(settings) == 1, what="commit of the warm-up")
     assert apply.calls == [pb.GoalStateV2()]
 
 
@@ -171,7 +163,7 @@ def test_reply_is_produced_before_commit(broker: KafkaBroker, settings: KafkaSet
     apply = RecordingApply()
     broker.produce(settings.topic, goal_state_v2("port-r").SerializeToString())
     with running_intake(settings, apply):
-        wait_for(lambda: committed(settings) == 1, what="commit of offset 0")
+        wait_for(lambda: group_committed(settings) == 1, what="commit of offset 0")
 
     reader = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "reply-reader"})
     try:
@@ -197,9 +189,9 @@ def test_failed_apply_is_not_committed_and_is_retried(broker: KafkaBroker, setti
     broker.produce(settings.topic, sent.SerializeToString())
     with running_intake(settings, apply) as intake:
         wait_for(lambda: len(apply.calls) >= 2, what="a retry after the failure")
-        assert committed(settings) == OFFSET_INVALID
+        assert group_committed(settings) == OFFSET_INVALID
         apply.healthy.set()
-        wait_for(lambda: committed(settings) == 1, what="commit after the retry succeeded")
+        wait_for(lambda: group_committed(settings) == 1, what="commit after the retry succeeded")
         assert intake.counters["applied"] == 1
         assert intake.counters["apply_failed"] == len(apply.calls) - 1
     assert all(call == sent for call in apply.calls)
@@ -216,12 +208,12 @@ def test_consumes_again_after_broker_restart() -> None:
         before, after = goal_state_v2("port-before"), goal_state_v2("port-after")
         own.produce(settings.topic, before.SerializeToString())
         with running_intake(settings, apply):
-            wait_for(lambda: committed(settings) == 1, what="commit before the restart")
+            wait_for(lambda: group_committed(settings) == 1, what="commit before the restart")
             own.restart()
             own.create_topic(settings.topic)
             own.produce(settings.topic, after.SerializeToString())
             wait_for(lambda: after in apply.calls, what="the message produced after the restart")
-            wait_for(lambda: committed(settings) == 1, what="commit after the restart")
+            wait_for(lambda: group_committed(settings) == 1, what="commit after the restart")
         assert apply.calls == [before, after]
 
 
@@ -253,9 +245,9 @@ def test_crash_before_commit_redelivers(broker: KafkaBroker, settings: KafkaSett
         child.kill()
         child.join(10)
     assert pb.GoalStateV2.FromString(first) == sent
-    assert committed(settings) == OFFSET_INVALID
+    assert group_committed(settings) == OFFSET_INVALID
 
     apply = RecordingApply()
     with running_intake(settings, apply):
-        wait_for(lambda: committed(settings) == 1, what="commit after redelivery")
+        wait_for(lambda: group_committed(settings) == 1, what="commit after redelivery")
     assert apply.calls == [sent]

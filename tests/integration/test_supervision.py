@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from agent._pb import goalstate_pb2 as pb
 from agent.dhcp.engine import Engine
@@ -35,6 +34,7 @@ from agent.sandbox.ovs import process_gone
 from agent.sandbox.poll import wait_for
 from agent.supervision import Supervisor, io_thread_liveness
 from tests.support.agent_host import scratch_sandbox, status_by_id
+from tests.support.kafka_agent import group_committed
 from tests.support.openflow_peer import OpenFlowPeer, short_error
 from tests.support.parts import require_ovs, require_tansu
 
@@ -194,12 +194,6 @@ def test_broker_outage_keeps_the_intake_running_and_it_consumes_again(agent_host
 
 
 # ---------------------------------------------------------------- in-process: Kafka's restart
-def committed(settings: KafkaSettings) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group_id})
-    try:
-        return consumer.committed([TopicPartition(settings.topic, 0)], timeout=5)[0].offset
-    finally:
-        consumer.close()
 
 
 def test_kafka_loop_that_crashes_is_restarted_and_the_message_comes_again() -> None:
@@ -234,7 +228,7 @@ def test_kafka_loop_that_crashes_is_restarted_and_the_message_comes_again() -> N
         intake = KafkaIntake(settings, apply, metrics=metrics)
         intake.start(supervisor)
         try:
-            wait_for(lambda: committed(settings) == 1, timeout=30, what="the commit after the restart")
+            wait_for(lambda: group_committed(settings) == 1, timeout=30, what="the commit after the restart")
             assert applied == [sent, sent]
             assert supervisor.check()
             assert supervisor.states() == {"kafka": "running"}

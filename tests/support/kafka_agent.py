@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from confluent_kafka import Consumer, TopicPartition
 
+from agent.intake.kafka_consumer import KafkaSettings
 from agent.sandbox.hosts import HostInfo
 from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker
 
@@ -39,3 +40,13 @@ def committed_offset(broker: KafkaBroker, topic: str, group: str) -> int:
             consumer.close()
 
     return broker.call(read)
+
+
+def group_committed(settings: KafkaSettings) -> int:
+    """The group's committed offset for an in-process intake (broker on this namespace's
+    loopback), read by a separate client that does not join the group."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.group_id})
+    try:
+        return consumer.committed([TopicPartition(settings.topic, 0)], timeout=5)[0].offset
+    finally:
+        consumer.close()

@@ -139,12 +139,18 @@ def test_flood_flow_of_a_segment_with_thousands_of_hosts_still_encodes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """One flow names every remote host; past what one OpenFlow message holds (64 KiB), the
-    last hosts are left out and logged rather than the bundle (and every start) failing."""
+    last hosts are left out and logged rather than the bundle (and every start) failing.
+    (The neighbours' addresses stay clear of PORT's: a second claim would be refused.)"""
     subnet = gs.subnet("s1", "v1", "10.0.0.0/16", 100)
     hosts = [f"172.20.{n >> 8}.{n & 0xFF}" for n in range(2500)]
     neighbours = [
         gs.neighbor(
-            f"n{n}", "v1", "s1", f"10.0.{n >> 8}.{n & 0xFF}", f"fa:16:3e:01:{n >> 8:02x}:{n & 0xFF:02x}", h
+            f"n{n}",
+            "v1",
+            "s1",
+            f"10.0.{100 + (n >> 8)}.{n & 0xFF}",
+            f"fa:16:3e:01:{n >> 8:02x}:{n & 0xFF:02x}",
+            h,
         )
         for n, h in enumerate(hosts)
     ]
