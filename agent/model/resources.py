@@ -244,3 +244,4 @@ class Request:
     resource: Resource | None = None
     error: str = ""
     acted_on: bool = True  # False: context only (INFO/GET, or listed for another host)
+    partial: str = ""  # applied, but this part of it is not enforced: answered INVALID_ARG with it

@@ -72,7 +72,9 @@ class DesiredState:
         upserts = sorted((p for p in indexed if p[1].op is not Op.DELETE), key=lambda p: rank[p[1].type])
         deletes = sorted((p for p in indexed if p[1].op is Op.DELETE), key=lambda p: -rank[p[1].type])
         for i, req in upserts + deletes:
-            outcomes[i] = self._apply_one(req)
+            outcomes[i] = outcome = self._apply_one(req)
+            if req.partial and outcome.status is Status.SUCCESS:  # held and applied, partly enforced
+                outcome.status, outcome.reason = Status.INVALID_ARG, req.partial
         return [outcomes[i] for i in range(len(requests))]
 
     def _apply_one(self, req: Request) -> Outcome:

@@ -16,12 +16,17 @@ class Table(enum.IntEnum):
 
     CLASSIFY = 0  # where did it come from: a bound VM port or the tunnel; set the segment
     PORT_SECURITY = 10  # a VM may send only from its own MAC/IPs (and allowed pairs)
+    SG_EGRESS = 12  # IP from a port with security groups enters conntrack in the port's zone
+    SG_EGRESS_RULES = 13  # its egress rules (new and established originals); replies pass
+    SG_EGRESS_COMMIT = 14  # new connections committed in the port's zone
     DHCP = 15  # DHCP requests from bound ports go to the agent's responder
     ARP_RESPONDER = 20  # ARP requests for known addresses are answered here, never flooded
     L3_GATEWAY = 30  # IP sent to a router's gateway MAC: echo answered, else enter the router
     L3_ROUTING = 35  # (router, destination IP) → DVR rewrite into the destination's segment
     DVR_RESTORE = 38  # routed packets from other hosts get their gateway MAC back as source
     L2_LOOKUP = 40  # (segment, destination MAC) → local port or tunnel to the remote host
+    SG_INGRESS_RULES = 45  # IP to a port with security groups: its ingress rules, after conntrack
+    SG_INGRESS_COMMIT = 46  # new connections committed in the port's zone, then delivered
 
 
 TABLE_NAMES: dict[int, str] = {t.value: t.name for t in Table}
@@ -33,6 +38,7 @@ class Reg:
     SEGMENT = Field.REG0  # the VNI of the packet's segment (24 bits used)
     FLAGS = Field.REG1  # bit flags below
     ROUTER = Field.REG2  # the router a packet entered (32-bit id derived from the router id)
+    SG_PORT = Field.REG3  # the port whose security groups check the packet (its ofport = its zone)
 
 
 class Flag(enum.IntFlag):
@@ -51,6 +57,12 @@ class Priority(enum.IntEnum):
     DHCP = 105  # DHCP from a port's MAC (any source IP) to the responder, above anti-spoofing
     GATEWAY_ECHO = 110  # ICMP echo to a gateway IP, above entering the router
     ROUTE = 1000  # + 10 * prefix length + min(rule priority, 9): longest prefix wins
+    SG_RULE = 100  # a security group rule's allow (all rules share it: every rule allows)
+    SG_INTO_PORT = 101  # L2_LOOKUP: IP to a port with groups goes through conntrack first
+    SG_GATEWAY = 110  # echo to the port's gateway is answered whatever the rules say
+    SG_COMMIT = 120  # a new connection is committed, then goes on like the others
+    SG_REPLY = 200  # replies and related packets of tracked connections pass
+    SG_INVALID = 300  # conntrack said invalid: dropped
 
 
 def route_priority(prefix_len: int, rule_priority: int = 0) -> int:

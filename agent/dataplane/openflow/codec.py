@@ -21,6 +21,7 @@ from agent.planner.flows import (
     OFPP_CONTROLLER,
     Action,
     Controller,
+    Ct,
     DecTtl,
     Field,
     Flow,
@@ -97,6 +98,9 @@ _OFPAT_SET_FIELD = 25
 _OFPAT_EXPERIMENTER = 0xFFFF
 _NXAST_REG_MOVE = 6
 _NXAST_CONTROLLER2 = 37
+_NXAST_CT = 35
+_NX_CT_F_COMMIT = 1
+_NX_CT_RECIRC_NONE = 0xFF
 _NXAC2PT_MAX_LEN = 0
 _NXAC2PT_USERDATA = 3
 _OFPIT_GOTO_TABLE = 1
@@ -119,6 +123,9 @@ _ACT_DEC_TTL = struct.Struct("!HH4x")
 _ACT_SET_FIELD_HDR = struct.Struct("!HH")
 _ACT_REG_MOVE = struct.Struct("!HHIHHHHII")
 _ACT_NX_HDR = struct.Struct("!HHIH6x")
+# nx_action_conntrack: header, vendor, subtype, flags, zone_src (0: immediate), zone_imm,
+# recirc_table, 3 pad, alg; no nested actions.
+_ACT_CT = struct.Struct("!HHIHHIHB3xH")
 _PROP_HDR = struct.Struct("!HH")
 _FEATURES_REPLY = struct.Struct("!QIBB2xII")
 _MULTIPART_HDR = struct.Struct("!HH4x")
@@ -167,6 +174,7 @@ _OXM_IDS: dict[Field, tuple[int, int]] = {
     Field.TUN_IPV4_SRC: (_NXM_NX, 31),
     Field.TUN_IPV4_DST: (_NXM_NX, 32),
     Field.IP_TTL: (_NXM_NX, 29),
+    Field.CT_STATE: (_NXM_NX, 105),
     **{getattr(Field, f"REG{i}"): (_NXM_NX, i) for i in range(8)},
 }
 
@@ -346,6 +354,12 @@ def _encode_controller(action: Controller) -> bytes:
     return _ACT_NX_HDR.pack(_OFPAT_EXPERIMENTER, 16 + len(body), NX_VENDOR_ID, _NXAST_CONTROLLER2) + body
 
 
+def _encode_ct(action: Ct) -> bytes:
+    table = _NX_CT_RECIRC_NONE if action.table is None else action.table
+    flags = _NX_CT_F_COMMIT if action.commit else 0
+    return _ACT_CT.pack(_OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, _NXAST_CT, flags, 0, action.zone, table, 0)
+
+
 _ACTION_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     Output: _encode_output,
     SetField: _encode_set_field,
@@ -353,6 +367,7 @@ _ACTION_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     DecTtl: lambda _: _DEC_TTL,
     PopVlan: lambda _: _POP_VLAN,
     Controller: _encode_controller,
+    Ct: _encode_ct,
 }
 
 

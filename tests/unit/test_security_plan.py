@@ -1,0 +1,188 @@
+"""Security-group planning: rules → flows (golden text), the contract's readings, and what a
+change touches."""
+
+from __future__ import annotations
+
+from agent._pb import goalstate_pb2 as pb
+from agent.model.decode import decode_v2
+from agent.model.resources import ResourceType, Status
+from agent.model.state import DesiredState
+from agent.planner import security
+from agent.planner.flows import match
+from agent.planner.pipeline import TABLE_NAMES
+from agent.planner.plan import Planner
+from agent.sandbox import goalstates as gs
+
+HOST = "172.31.0.11"
+BASE = (gs.vpc("v1", 100), gs.subnet("s1", "v1", "10.0.1.0/24", 100, "10.0.1.1", "fa:16:3e:00:00:01"))
+IN, OUT = gs.INGRESS, gs.EGRESS
+
+
+def _apply(state: DesiredState, *states) -> list:
+    return state.apply(decode_v2(gs.goal_state_v2(*states, host_ip=HOST), HOST))
+
+
+def _planner(*states) -> Planner:
+    state = DesiredState()
+    _apply(state, *BASE, *states)
+    planner = Planner(state, HOST)
+    planner.set_tunnel(9)
+    planner.rebuild()
+    planner.set_interfaces([("tap-p1", "p1", 3, 0), ("tap-p2", "p2", 4, 0), ("tap-p3", "p3", 5, 0)])
+    return planner
+
+
+def _port(pid: str, last: int, groups=(), op=gs.CREATE, revision=1):
+    return gs.port(
+        pid,
+        "v1",
+        "s1",
+        f"10.0.1.{last}",
+        f"fa:16:3e:00:00:{last:02x}",
+        op=op,
+        revision=revision,
+        groups=groups,
+    )
+
+
+def _text(planner: Planner, port_id: str) -> list[str]:
+    return sorted(f.text(TABLE_NAMES) for f in planner.flows(security.port_owner(port_id)))
+
+
+def _rule_lines(planner: Planner, port_id: str) -> list[str]:
+    return [t for t in _text(planner, port_id) if "_RULES" in t.split(",")[0]]
+
+
+def test_port_flows_golden() -> None:
+    group = gs.security_group("g1", [gs.sg_rule("r1", IN, gs.TCP, (22, 22), "10.0.0.0/8")])
+    planner = _planner(group, _port("p1", 5, ["g1"]))
+    assert _text(planner, "p1") == [
+        "table=L2_LOOKUP, priority=101, reg0=0x64, dl_dst=fa:16:3e:00:00:05, dl_type=0x800 "
+        "actions=set_field:0x3->reg3,ct(zone=3,table=45)",
+        "table=SG_EGRESS, priority=100, in_port=3, dl_type=0x800 "
+        "actions=set_field:0x3->reg3,ct(zone=3,table=13)",
+        "table=SG_EGRESS, priority=110, in_port=3, dl_dst=fa:16:3e:00:00:01, dl_type=0x800, nw_proto=1, "
+        "nw_dst=10.0.1.1, icmp_type=8 actions=goto_table:L3_GATEWAY",
+        "table=SG_EGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+new+trk "
+        "actions=ct(commit,zone=3),goto_table:L3_GATEWAY",
+        "table=SG_INGRESS_COMMIT, priority=100, reg3=0x3 actions=output:3",
+        "table=SG_INGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+new+trk "
+        "actions=ct(commit,zone=3),output:3",
+        "table=SG_INGRESS_RULES, priority=100, reg3=0x3, dl_type=0x800, nw_proto=6, nw_src=10.0.0.0/8, "
+        "tcp_dst=22, ct_state=-rpl+trk actions=goto_table:SG_INGRESS_COMMIT",
+    ]
+    rule_flows = [f for f in planner.flows(security.port_owner("p1")) if f.table == 45]
+    assert {f.cookie for f in rule_flows} == {security.rule_cookie("p1", "r1")}
+
+
+def test_port_without_groups_has_no_security_flows() -> None:
+    planner = _planner(_port("p1", 5))
+    assert _text(planner, "p1") == []
+
+
+def test_no_protocol_reads_as_any_and_port_ranges_as_masks() -> None:
+    group = gs.security_group(
+        "g1",
+        [
+            gs.sg_rule("any", IN),  # upstream's "no protocol": TCP, ports 0/0
+            gs.sg_rule("tcp-all", OUT, gs.TCP, (1, 65535)),
+            gs.sg_rule("udp-all", OUT, gs.UDP),
+            gs.sg_rule("range", OUT, gs.UDP, (1000, 1999)),
+            gs.sg_rule("echo", OUT, gs.ICMP, (8, 0)),
+        ],
+    )
+    planner = _planner(group, _port("p1", 5, ["g1"]))
+    lines = _rule_lines(planner, "p1")
+    ingress = [t for t in lines if t.startswith("table=SG_INGRESS_RULES")]
+    assert ingress == [
+        "table=SG_INGRESS_RULES, priority=100, reg3=0x3, dl_type=0x800, ct_state=-rpl+trk "
+        "actions=goto_table:SG_INGRESS_COMMIT"
+    ]
+    egress = [t.split(" actions")[0].split("dl_type=0x800, ")[1] for t in lines if "SG_EGRESS_RULES" in t]
+    assert "nw_proto=6, ct_state=-rpl+trk" in egress  # TCP 1-65535: every TCP port, no port match
+    assert "nw_proto=17, ct_state=-rpl+trk" in egress  # UDP with no range: every UDP port
+    assert "nw_proto=1, icmp_type=8, ct_state=-rpl+trk" in egress
+    blocks = [t for t in egress if "udp_dst=" in t]
+    assert len(blocks) == len(security.port_masks(1000, 1999))
+
+
+def test_port_masks_cover_the_range_exactly() -> None:
+    for lo, hi in ((1, 65535), (0, 65535), (1000, 1999), (22, 22), (8080, 8089), (1, 1), (65535, 65535)):
+        covered = set()
+        for value, mask in security.port_masks(lo, hi):
+            block = {p for p in range(value, value + (~mask & 0xFFFF) + 1)}
+            assert not covered & block
+            covered |= block
+        assert covered == set(range(lo, hi + 1)), (lo, hi)
+    assert len(security.port_masks(1, 65535)) == 16
+
+
+def test_rule_change_rewrites_only_that_rules_flows() -> None:
+    rules = [gs.sg_rule("a", IN, gs.TCP, (80, 80)), gs.sg_rule("b", IN, gs.UDP, (53, 53))]
+    planner = _planner(gs.security_group("g1", rules), _port("p1", 5, ["g1"]), _port("p2", 6, ["g1"]))
+    before = {f.key: f for f in planner.flows(security.port_owner("p1"))}
+    (outcome,) = _apply(
+        planner.state, gs.security_group("g1", [rules[1], gs.sg_rule("c", OUT, gs.ICMP)], gs.UPDATE, 2)
+    )
+    assert outcome.status is Status.SUCCESS
+    touched = planner.touch(ResourceType.SECURITYGROUP, "g1")
+    assert touched == {security.port_owner("p1"), security.port_owner("p2")}
+    after = {f.key: f for f in planner.flows(security.port_owner("p1"))}
+    removed = [before[k] for k in set(before) - set(after)]
+    added = [after[k] for k in set(after) - set(before)]
+    assert {f.cookie for f in removed} == {security.rule_cookie("p1", "a")}
+    assert {f.cookie for f in added} == {security.rule_cookie("p1", "c")}
+    assert all(before[k] == after[k] for k in set(before) & set(after))  # the rest: not rewritten
+
+
+def test_remote_group_members_and_what_a_membership_change_touches() -> None:
+    db = gs.security_group("db", [gs.sg_rule("r", IN, gs.TCP, (5432, 5432), remote_group_id="app")])
+    app = gs.security_group("app", [])
+    planner = _planner(db, app, _port("p1", 5, ["db"]), _port("p2", 6, ["app"]), _port("p3", 7))
+    assert [t for t in _rule_lines(planner, "p1") if "nw_src" in t] == [
+        "table=SG_INGRESS_RULES, priority=100, reg3=0x3, dl_type=0x800, nw_proto=6, nw_src=10.0.1.6, "
+        "tcp_dst=5432, ct_state=-rpl+trk actions=goto_table:SG_INGRESS_COMMIT"
+    ]
+    _apply(planner.state, _port("p3", 7, ["app"], gs.UPDATE, 2))
+    touched = planner.touch(ResourceType.PORT, "p3")
+    assert security.port_owner("p1") in touched  # db's port sees the new member
+    assert security.port_owner("p2") not in touched  # app's rules do not name app
+    sources = [t.split("nw_src=")[1].split(",")[0] for t in _rule_lines(planner, "p1") if "nw_src" in t]
+    assert sources == ["10.0.1.6", "10.0.1.7"]
+
+
+def test_unenforced_rules_are_invalid_arg_and_the_rest_is_enforced() -> None:
+    group = gs.security_group(
+        "g1",
+        [
+            gs.sg_rule("v4", IN, gs.TCP, (80, 80)),
+            gs.sg_rule("v6", IN, gs.TCP, (22, 22), ethertype=pb.IPV6),
+            gs.sg_rule("http", IN, pb.HTTP),
+        ],
+    )
+    state = DesiredState()
+    (outcome,) = _apply(state, group)
+    assert outcome.status is Status.INVALID_ARG and outcome.changed
+    assert "rule v6: IPv6" in outcome.reason and "rule http: protocol 3" in outcome.reason
+    held = state.resources[ResourceType.SECURITYGROUP]["g1"]
+    assert [r.id for r in held.rules] == ["v4"]  # type: ignore[union-attr]
+
+
+def test_group_update_replaces_the_rule_list_even_as_delta() -> None:
+    state = DesiredState()
+    _apply(state, gs.security_group("g1", [gs.sg_rule("a", IN), gs.sg_rule("b", OUT)]))
+    update = gs.security_group("g1", [], gs.UPDATE, 2)
+    update.configuration.update_type = pb.DELTA
+    _apply(state, update)
+    assert state.resources[ResourceType.SECURITYGROUP]["g1"].rules == ()  # type: ignore[union-attr]
+    deleted = gs.sg_rule("b", OUT)
+    deleted.operation_type = pb.DELETE
+    _apply(state, gs.security_group("g1", [gs.sg_rule("a", IN), deleted], gs.UPDATE, 3))
+    assert [r.id for r in state.resources[ResourceType.SECURITYGROUP]["g1"].rules] == ["a"]  # type: ignore[union-attr]
+
+
+def test_builders_emit_canonical_matches() -> None:
+    group = gs.security_group("g1", [gs.sg_rule("r", IN, gs.UDP, (10, 20), remote_group_id="g1")])
+    planner = _planner(group, _port("p1", 5, ["g1"]), _port("p2", 6, ["g1"]))
+    for flow in planner.flows(security.port_owner("p1")) + security.base_flows(1):
+        assert match(*flow.match) == flow.match, flow.text()
