@@ -52,6 +52,7 @@ class Field(enum.Enum):
     TUN_IPV4_DST = ("tun_dst", 32)
     IP_TTL = ("nw_ttl", 8)
     CT_STATE = ("ct_state", 32)  # conntrack state bits (CT_* below), after a ct() lookup
+    CONJ_ID = ("conj_id", 32)  # the conjunction a packet completed (see Conjunction)
 
     # Members are singletons: identity hashing is exact and, unlike Enum's, runs in C. Flow keys
     # are hashed on every dict access of the reconciler, so this matters at 100k flows.
@@ -257,7 +258,21 @@ class Ct:
         return f"ct({','.join(parts)})"
 
 
-Action = Output | SetField | Move | DecTtl | PopVlan | Controller | Ct
+@dataclass(frozen=True, slots=True)
+class Conjunction:
+    """Clause ``clause`` (1-based) of ``n_clauses`` of conjunctive match ``id``: once a packet
+    matched one flow of every clause (same table, same priority), the flow matching
+    ``conj_id=id`` applies."""
+
+    id: int
+    clause: int
+    n_clauses: int
+
+    def text(self) -> str:
+        return f"conjunction({self.id},{self.clause}/{self.n_clauses})"
+
+
+Action = Output | SetField | Move | DecTtl | PopVlan | Controller | Ct | Conjunction
 
 
 # ------------------------------------------------------------------ flows

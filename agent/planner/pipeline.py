@@ -61,8 +61,9 @@ class Priority(enum.IntEnum):
     SG_INTO_PORT = 101  # L2_LOOKUP: IP to a port with groups goes through conntrack first
     SG_GATEWAY = 110  # echo to the port's gateway is answered whatever the rules say
     SG_COMMIT = 120  # a new connection is committed, then goes on like the others
-    SG_REPLY = 200  # replies and related packets of tracked connections pass
-    SG_INVALID = 300  # conntrack said invalid: dropped
+    SG_REMOTE = 1000  # + a remote group's slot (< SG_REMOTE_SLOTS): its conjunction's flows
+    SG_REPLY = 64000  # replies and related packets of tracked connections pass
+    SG_INVALID = 65000  # conntrack said invalid: dropped
 
 
 def route_priority(prefix_len: int, rule_priority: int = 0) -> int:
@@ -76,6 +77,7 @@ DVR_MAC_RANGE = ("fe:16:11:00:00:00", "ff:ff:ff:00:00:00")
 
 
 VNI_BITS = 24
+SG_REMOTE_SLOTS = 60000  # remote groups in use at once: each has a priority (and conj_id) of its own
 
 # The route fast path (native/route.c) on the agent's internal port. A packet L3_ROUTING has no
 # flow for goes there with the router (reg2) in the low 32 bits of its Ethernet source and its

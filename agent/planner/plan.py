@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from agent.model.resources import Neighbor, Port, ResourceType, Router, SecurityGroup
+from agent.model.resources import Neighbor, Port, ResourceType, Router
 from agent.model.state import DesiredState
 from agent.planner import cookies, dhcp, overlay, routing, security
 from agent.planner.cookies import Kind
 from agent.planner.flows import Flow
 from agent.planner.pipeline import ROUTE_VLAN_MAX
 from agent.planner.routing import Destination, RouterSubnet, RouteTarget, StaticRoute
+from agent.planner.sg_index import SecurityIndex
 
 Owner = tuple[Kind, str]
 BASE_OWNER: Owner = (Kind.BASE, "base")
@@ -75,8 +76,7 @@ class Planner:
         self._member_subnets: dict[Member, frozenset[str]] = {}
         self._subnet_vnis: dict[str, int] = {}  # subnet → the VNI its members were indexed with
         self.unplannable: dict[Owner, str] = {}  # owners whose index failed at the last rebuild
-        self._port_groups: dict[str, frozenset[str]] = {}  # port → its security groups, as indexed
-        self._group_ports: dict[str, set[str]] = defaultdict(set)  # security group → ports naming it
+        self.security = SecurityIndex(state)
 
     # ------------------------------------------------------------------ what a change touches
     def touch(self, rtype: ResourceType, rid: str) -> set[Owner]:
@@ -91,7 +91,7 @@ class Planner:
         if rtype is ResourceType.DHCP:
             return {dhcp.lease_owner(rid)}
         if rtype is ResourceType.SECURITYGROUP:
-            return {security.port_owner(p) for p in self._group_ports.get(rid, ())}
+            return self.security.group_changed(rid)
         return set()
 
     def set_interfaces(self, interfaces: list[Interface]) -> set[Owner]:
@@ -139,7 +139,7 @@ class Planner:
         owners |= {route_segment_owner(v) for v in self.route_vlans}
         owners |= dhcp.all_owners(self.state)
         owners |= {port_owner(p) for p in self.state.ports}
-        owners |= {security.port_owner(p) for p in self.state.ports}
+        owners |= self.security.owners()
         owners |= {neighbor_owner(n) for n in self.state.neighbors}
         owners |= {segment_owner(v) for v in set(self._segment_ports) | set(self._segment_hosts)}
         owners |= {router_owner(r) for r in self.state.resources[ResourceType.ROUTER]}
@@ -158,8 +158,7 @@ class Planner:
         self._subnet_members.clear()
         self._member_subnets.clear()
         self._subnet_vnis = {sid: sn.tunnel_id for sid, sn in self.state.subnets.items() if sn.tunnel_id}
-        self._port_groups.clear()
-        self._group_ports.clear()
+        self.security.reset()
         self.unplannable = {}
         for rtype, touch in (
             (ResourceType.ROUTER, self._touch_router),
@@ -215,7 +214,7 @@ class Planner:
         port = self.state.ports.get(port_id)
         subnet_ids = frozenset(f.subnet_id for f in port.fixed_ips) if port else _NO_SUBNETS
         self._index_member((ResourceType.PORT, port_id), subnet_ids)
-        owners = self._replan((ResourceType.PORT, port_id)) | self._index_groups(port_id, port)
+        owners = self._replan((ResourceType.PORT, port_id)) | self.security.port_changed(port_id, port)
         ofport = self._ofport_of(port_id)
         if ofport is None:
             self.bindings.pop(port_id, None)
@@ -234,57 +233,6 @@ class Planner:
                 self._segment_ports[vni][port_id] = ofport
                 owners.add(segment_owner(vni))
         return owners
-
-    def _index_groups(self, port_id: str, port: Port | None) -> set[Owner]:
-        """Index the port's security groups; the ports whose rules name one of its old or new
-        groups as remote group are re-planned (its addresses may have joined or left them)."""
-        new = frozenset(port.security_group_ids) if port is not None else frozenset()
-        old = self._port_groups.pop(port_id, frozenset())
-        for gid in old - new:
-            self._group_ports[gid].discard(port_id)
-            if not self._group_ports[gid]:
-                del self._group_ports[gid]
-        for gid in new - old:
-            self._group_ports[gid].add(port_id)
-        if new:
-            self._port_groups[port_id] = new
-        return self._remote_dependents(old | new)
-
-    def _remote_dependents(self, group_ids: frozenset[str]) -> set[Owner]:
-        """The security owners of ports in groups whose rules use one of ``group_ids`` as remote."""
-        if not group_ids:
-            return set()
-        owners: set[Owner] = set()
-        for gid, group in self.state.resources[ResourceType.SECURITYGROUP].items():
-            if any(r.remote_group_id in group_ids for r in group.rules):  # type: ignore[union-attr]
-                owners |= {security.port_owner(p) for p in self._group_ports.get(gid, ())}
-        return owners
-
-    def _security_flows(self, port_id: str) -> list[Flow]:
-        port = self.state.ports.get(port_id)
-        ofport = self.bindings.get(port_id)
-        if port is None or ofport is None or not port.admin_up or not port.security_group_ids:
-            return []
-        vni = self.state.segment_of_port(port)
-        if not vni:
-            return []
-        held = self.state.resources[ResourceType.SECURITYGROUP]
-        groups: list[SecurityGroup] = [held[g] for g in port.security_group_ids if g in held]  # type: ignore[misc]
-        remote_ids = {r.remote_group_id for g in groups for r in g.rules if r.remote_group_id}
-        members = {
-            gid: sorted({a for p in self._group_ports.get(gid, ()) for a in self._member_addresses(p)})
-            for gid in remote_ids
-        }
-        gateways = []
-        for fip in port.fixed_ips:
-            sn = self.state.subnets.get(fip.subnet_id)
-            if sn is not None and sn.gateway_ip and sn.gateway_mac and ":" not in sn.gateway_ip:
-                gateways.append(security.Gateway(sn.gateway_ip, sn.gateway_mac))
-        return security.port_flows(port, ofport, vni, groups, members, gateways)
-
-    def _member_addresses(self, port_id: str) -> list[str]:
-        port = self.state.ports.get(port_id)
-        return security.member_addresses(port) if port is not None else []
 
     def _touch_neighbor(self, nb_id: str) -> set[Owner]:
         nb = self.state.neighbors.get(nb_id)
@@ -408,7 +356,7 @@ class Planner:
         if kind is Kind.DHCP:
             return dhcp.flows(self.state, oid, self.bindings, self.dhcp_ofport)
         if kind is Kind.SECURITY:
-            return self._security_flows(oid)
+            return self.security.flows(oid, self.bindings)
         if kind is Kind.SEGMENT:
             vni = int(oid)
             return overlay.flood_flows(

@@ -7,9 +7,10 @@ and established packets of the original direction (so removing it stops its conn
 the next packet); replies and related packets of tracked connections pass; invalid ones drop;
 anything else drops. New connections are committed after a rule allowed them.
 
-One owner per port (kind ``SECURITY``, owner id = the port id) holds all of the port's flows;
-each rule's flows carry a cookie of their own (the port and the rule id), so a rule change
-rewrites that rule's flows only and ``acactl dump sg`` counts packets per rule.
+Owners (kind ``SECURITY``): ``port:<port id>`` holds all of a port's flows, each rule's flows
+with a cookie of their own (the port and the rule id), so a rule change rewrites that rule's
+flows only and ``acactl dump sg`` counts packets per rule; ``remote:<group id>`` holds a remote
+group's member flows, shared by every rule naming it (conjunctions).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from agent.planner.flows import (
     IP_PROTO_ICMP,
     IP_PROTO_TCP,
     IP_PROTO_UDP,
+    Conjunction,
     Ct,
     Field,
     Flow,
@@ -52,8 +54,12 @@ _DST_PORT = {TCP: Field.TCP_DST, UDP: Field.UDP_DST}
 _IS_IP = MatchField(Field.ETH_TYPE, ETH_TYPE_IPV4)
 
 
+PORT_PREFIX = "port:"
+REMOTE_PREFIX = "remote:"
+
+
 def port_owner(port_id: str) -> tuple[Kind, str]:
-    return (Kind.SECURITY, port_id)
+    return (Kind.SECURITY, PORT_PREFIX + port_id)
 
 
 def rule_cookie(port_id: str, rule_id: str) -> int:
@@ -125,29 +131,58 @@ def base_flows(ck: int) -> list[Flow]:
     return flows
 
 
-def _remotes(rule: SecurityGroupRule, members: Mapping[str, list[str]]) -> list[str | None]:
-    """The remote side of a rule as CIDRs (None: anyone). A remote group with no member known
-    here allows nobody."""
-    if rule.remote_group_id:
-        return list(members.get(rule.remote_group_id, ()))
-    return [rule.remote_ip_prefix or None]
+def _tables(direction: int) -> tuple[Table, Table, Field]:
+    """(rules table, commit table, the field the remote side is matched in) of a direction."""
+    if direction == INGRESS:
+        return Table.SG_INGRESS_RULES, Table.SG_INGRESS_COMMIT, Field.IPV4_SRC
+    return Table.SG_EGRESS_RULES, Table.SG_EGRESS_COMMIT, Field.IPV4_DST
 
 
-def rule_flows(
-    port_id: str, ofport: int, rule: SecurityGroupRule, members: Mapping[str, list[str]]
-) -> list[Flow]:
-    """One rule's allow flows on one port: original-direction packets, new or established."""
-    ingress = rule.direction == INGRESS
-    table = Table.SG_INGRESS_RULES if ingress else Table.SG_EGRESS_RULES
-    goto = Table.SG_INGRESS_COMMIT if ingress else Table.SG_EGRESS_COMMIT
-    remote_field = Field.IPV4_SRC if ingress else Field.IPV4_DST
+def rule_flows(port_id: str, ofport: int, rule: SecurityGroupRule, slots: Mapping[str, int]) -> list[Flow]:
+    """One rule's flows on one port, for original-direction packets, new or established: allows
+    (a remote prefix, or anyone), or, for a remote group, the port's clause (1/2) of the group's
+    conjunction, at the group's priority (``slots``: remote group → its slot)."""
+    table, goto, remote_field = _tables(rule.direction)
     ck = rule_cookie(port_id, rule.id)
     base = (MatchField(Reg.SG_PORT, ofport), _IS_IP, ct_state(CT_TRK, CT_RPL))
+    if rule.remote_group_id:
+        slot = slots.get(rule.remote_group_id)
+        if slot is None:
+            return []
+        clause = (Conjunction(conj_id(slot), 1, 2),)
+        priority = Priority.SG_REMOTE + slot
+        return [Flow(table, priority, match(*base, *l4), clause, cookie=ck) for l4 in _l4_matches(rule)]
+    remote = rule.remote_ip_prefix
+    peer = () if not remote or remote == "0.0.0.0/0" else (cidr_match(remote_field, remote),)
+    return [
+        Flow(table, Priority.SG_RULE, match(*base, *peer, *l4), goto=goto, cookie=ck)
+        for l4 in _l4_matches(rule)
+    ]
+
+
+def conj_id(slot: int) -> int:
+    return slot + 1  # conj_id 0 is no conjunction
+
+
+def remote_owner(group_id: str) -> tuple[Kind, str]:
+    return (Kind.SECURITY, REMOTE_PREFIX + group_id)
+
+
+def remote_flows(group_id: str, slot: int, directions: Iterable[int], addresses: Iterable[str]) -> list[Flow]:
+    """A remote group's shared flows, per direction its rules use it in: one clause-2 flow per
+    member address and the flow a completed conjunction takes to the commit table. Every port's
+    rules naming the group share them: a member joining or leaving changes its own flow only."""
+    ck = cookies.cookie(Kind.SECURITY, REMOTE_PREFIX + group_id)
+    priority = Priority.SG_REMOTE + slot
+    member = (Conjunction(conj_id(slot), 2, 2),)
     flows = []
-    for remote in _remotes(rule, members):
-        peer = () if remote is None or remote == "0.0.0.0/0" else (cidr_match(remote_field, remote),)
-        for l4 in _l4_matches(rule):
-            flows.append(Flow(table, Priority.SG_RULE, match(*base, *peer, *l4), goto=goto, cookie=ck))
+    for direction in sorted(set(directions)):
+        table, goto, remote_field = _tables(direction)
+        flows.append(Flow(table, priority, match((Field.CONJ_ID, conj_id(slot))), goto=goto, cookie=ck))
+        flows += [
+            Flow(table, priority, match(_IS_IP, cidr_match(remote_field, a)), member, cookie=ck)
+            for a in sorted(set(addresses))
+        ]
     return flows
 
 
@@ -156,12 +191,12 @@ def port_flows(
     ofport: int,
     vni: int,
     groups: Iterable[SecurityGroup],
-    members: Mapping[str, list[str]],
+    slots: Mapping[str, int],
     gateways: Iterable[Gateway],
 ) -> list[Flow]:
     """Every security-group flow of one bound port with groups (zone = its ofport). Two rules
     with the same match share one flow (the first rule's cookie)."""
-    ck = cookies.cookie(Kind.SECURITY, port.id)
+    ck = cookies.cookie(Kind.SECURITY, PORT_PREFIX + port.id)
     in_port = MatchField(Field.IN_PORT, ofport)
     sg_port = MatchField(Reg.SG_PORT, ofport)
     into_port = SetField(Reg.SG_PORT, ofport)
@@ -217,7 +252,7 @@ def port_flows(
     seen = {f.key for f in flows}
     for group in groups:
         for rule in group.rules:
-            for flw in rule_flows(port.id, ofport, rule, members):
+            for flw in rule_flows(port.id, ofport, rule, slots):
                 if flw.key not in seen:
                     seen.add(flw.key)
                     flows.append(flw)

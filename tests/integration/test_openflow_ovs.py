@@ -392,7 +392,8 @@ def test_delete_flows_by_cookie_mask(conn: OpenFlowConnection) -> None:
 def test_security_group_flows_are_accepted_and_dump_back_byte_equal(
     bridge: Bridge, conn: OpenFlowConnection
 ) -> None:
-    """ct() (lookup with recirculation, commit) and ct_state matches as the planner builds them,
+    """ct() (lookup with recirculation, commit), ct_state matches and conjunctions (a remote
+    group's clauses and conj_id flow) as the planner builds them,
     compared with what ovs-ofctl installs from their text and with the dump (a restart must
     find them byte-equal, or it would rewrite them)."""
     from agent.model.resources import FixedIp, Port, SecurityGroup, SecurityGroupRule
@@ -408,9 +409,13 @@ def test_security_group_flows_are_accepted_and_dump_back_byte_equal(
             SecurityGroupRule("r3", 1, 0, 1, 53, 53, remote_group_id="g1"),
         ),
     )
-    flows = security.port_flows(
-        port, 7, 0x66, [group], {"g1": ["10.0.1.6/32"]}, [security.Gateway("10.0.1.1", "fa:16:3e:00:00:01")]
-    ) + security.base_flows(0xA9)
+    flows = (
+        security.port_flows(
+            port, 7, 0x66, [group], {"g1": 41}, [security.Gateway("10.0.1.1", "fa:16:3e:00:00:01")]
+        )
+        + security.remote_flows("g1", 41, [0, 1], ["10.0.1.6/32", "10.0.2.0/24"])
+        + security.base_flows(0xA9)
+    )
     conn.apply_bundle([], flows)
     reference = Bridge(bridge.ovs, bridge.name + "ref")
     _add_bridge(reference.ovs, reference.name)

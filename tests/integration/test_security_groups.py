@@ -253,14 +253,20 @@ def test_no_protocol_rule_allows_every_protocol(sandbox: Sandbox, net: Any) -> N
 
 def test_remote_group_follows_its_members(sandbox: Sandbox, net: Any) -> None:
     n = net("sc", 4103, "10.43.0.0/24")
-    n.groups["db"] = [gs.sg_rule("r-db", INGRESS, gs.TCP, (5432, 5432), remote_group_id=n.group_id("app"))]
+    n.groups["db"] = [
+        gs.sg_rule("r-db", INGRESS, gs.TCP, (5432, 5432), remote_group_id=n.group_id("app")),
+        # The same port from one more address: a packet completing no conjunction still meets it.
+        gs.sg_rule("r-db-pfx", INGRESS, gs.TCP, (5432, 5432), remote_ip_prefix="10.43.0.13/32"),
+    ]
     n.groups["app"] = [gs.sg_rule("r-app-out", EGRESS, gs.TCP)]
     db = n.vm("db", 10, ("db",))
     app = n.vm("app", 11, ("app",))
     other = n.vm("oth", 12)
+    pfx = n.vm("pfx", 13)
     n.deploy()
     at_db = n.echo("db", 5432)
     assert probe(sandbox, app.name, "tcp", db.ip, 5432, "from-app")
+    assert probe(sandbox, pfx.name, "tcp", db.ip, 5432, "from-pfx")
     _denied(
         at_db,
         lambda: probe(sandbox, other.name, "tcp", db.ip, 5432, "from-oth", timeout=1),

@@ -45,6 +45,10 @@ def _port(pid: str, last: int, groups=(), op=gs.CREATE, revision=1):
     )
 
 
+def _mac(i: int) -> str:
+    return f"fa:16:3e:01:{i >> 8:02x}:{i & 255:02x}"
+
+
 def _text(planner: Planner, port_id: str) -> list[str]:
     return sorted(f.text(TABLE_NAMES) for f in planner.flows(security.port_owner(port_id)))
 
@@ -135,20 +139,58 @@ def test_rule_change_rewrites_only_that_rules_flows() -> None:
     assert all(before[k] == after[k] for k in set(before) & set(after))  # the rest: not rewritten
 
 
-def test_remote_group_members_and_what_a_membership_change_touches() -> None:
+def test_remote_group_is_a_conjunction_shared_by_every_port() -> None:
     db = gs.security_group("db", [gs.sg_rule("r", IN, gs.TCP, (5432, 5432), remote_group_id="app")])
     app = gs.security_group("app", [])
-    planner = _planner(db, app, _port("p1", 5, ["db"]), _port("p2", 6, ["app"]), _port("p3", 7))
-    assert [t for t in _rule_lines(planner, "p1") if "nw_src" in t] == [
-        "table=SG_INGRESS_RULES, priority=100, reg3=0x3, dl_type=0x800, nw_proto=6, nw_src=10.0.1.6, "
-        "tcp_dst=5432, ct_state=-rpl+trk actions=goto_table:SG_INGRESS_COMMIT"
+    planner = _planner(db, app, _port("p1", 5, ["db"]), _port("p2", 6, ["app"]), _port("p3", 7, ["db"]))
+    slot = planner.security.slots["app"]
+    prio, conj = 1000 + slot, slot + 1
+    assert _rule_lines(planner, "p1") == [
+        f"table=SG_INGRESS_RULES, priority={prio}, reg3=0x3, dl_type=0x800, nw_proto=6, tcp_dst=5432, "
+        f"ct_state=-rpl+trk actions=conjunction({conj},1/2)"
     ]
-    _apply(planner.state, _port("p3", 7, ["app"], gs.UPDATE, 2))
+    remote = sorted(f.text(TABLE_NAMES) for f in planner.flows(security.remote_owner("app")))
+    assert remote == [
+        f"table=SG_INGRESS_RULES, priority={prio}, conj_id={conj} actions=goto_table:SG_INGRESS_COMMIT",
+        f"table=SG_INGRESS_RULES, priority={prio}, dl_type=0x800, nw_src=10.0.1.6 "
+        f"actions=conjunction({conj},2/2)",
+    ]
+    # p3 (a db port) joins app: only app's member flows change, no port's own flows.
+    _apply(planner.state, _port("p3", 7, ["db", "app"], gs.UPDATE, 2))
     touched = planner.touch(ResourceType.PORT, "p3")
-    assert security.port_owner("p1") in touched  # db's port sees the new member
-    assert security.port_owner("p2") not in touched  # app's rules do not name app
-    sources = [t.split("nw_src=")[1].split(",")[0] for t in _rule_lines(planner, "p1") if "nw_src" in t]
-    assert sources == ["10.0.1.6", "10.0.1.7"]
+    assert security.remote_owner("app") in touched
+    assert security.port_owner("p1") not in touched
+
+
+def test_one_member_of_a_thousand_touches_only_its_own_flow() -> None:
+    """A remote group with 1,000 members: one joining adds one flow to the bundle, nothing else."""
+    from agent.reconciler.flows import FlowReconciler
+    from tests.support.recording_driver import RecordingDriver
+
+    rule = gs.sg_rule("r", IN, gs.TCP, (22, 22), remote_group_id="big")
+    members = [
+        gs.port(f"m{i}", "v1", "s1", f"10.0.{4 + i // 250}.{i % 250 + 2}", _mac(i), groups=["big"])
+        for i in range(1000)
+    ]
+    wide = gs.subnet("s1", "v1", "10.0.0.0/16", 100, "10.0.0.1", "fa:16:3e:00:00:01")
+    state = DesiredState()
+    _apply(state, BASE[0], wide, gs.security_group("g", [rule]), gs.security_group("big", []), *members)
+    _apply(state, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", groups=["g"]))
+    planner = Planner(state, HOST)
+    planner.rebuild()
+    planner.set_interfaces([("tap-p1", "p1", 3, 0)])
+    driver = RecordingDriver()
+    reconciler = FlowReconciler(driver)
+    reconciler.resync({o: planner.flows(o) for o in planner.all_owners()})
+    assert len(planner.flows(security.remote_owner("big"))) == 1001  # members + the conj_id flow
+    driver.bundles.clear()
+    joining = gs.port("m1000", "v1", "s1", "10.0.9.9", "fa:16:3e:02:00:00", groups=["big"])
+    _apply(state, joining)
+    owners = planner.touch(ResourceType.PORT, "m1000")
+    result = reconciler.update((o, planner.flows(o)) for o in owners)
+    assert (result.added, result.deleted) == (1, 0)
+    ((deletes, adds),) = driver.bundles
+    assert deletes == [] and len(adds) == 1 and "nw_src=10.0.9.9" in adds[0].text()
 
 
 def test_unenforced_rules_are_invalid_arg_and_the_rest_is_enforced() -> None:
@@ -184,5 +226,6 @@ def test_group_update_replaces_the_rule_list_even_as_delta() -> None:
 def test_builders_emit_canonical_matches() -> None:
     group = gs.security_group("g1", [gs.sg_rule("r", IN, gs.UDP, (10, 20), remote_group_id="g1")])
     planner = _planner(group, _port("p1", 5, ["g1"]), _port("p2", 6, ["g1"]))
-    for flow in planner.flows(security.port_owner("p1")) + security.base_flows(1):
+    remote = planner.flows(security.remote_owner("g1"))
+    for flow in planner.flows(security.port_owner("p1")) + remote + security.base_flows(1):
         assert match(*flow.match) == flow.match, flow.text()

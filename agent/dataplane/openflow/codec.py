@@ -20,6 +20,7 @@ from typing import Any
 from agent.planner.flows import (
     OFPP_CONTROLLER,
     Action,
+    Conjunction,
     Controller,
     Ct,
     DecTtl,
@@ -99,6 +100,7 @@ _OFPAT_EXPERIMENTER = 0xFFFF
 _NXAST_REG_MOVE = 6
 _NXAST_CONTROLLER2 = 37
 _NXAST_CT = 35
+_NXAST_CONJUNCTION = 34
 _NX_CT_F_COMMIT = 1
 _NX_CT_RECIRC_NONE = 0xFF
 _NXAC2PT_MAX_LEN = 0
@@ -126,6 +128,8 @@ _ACT_NX_HDR = struct.Struct("!HHIH6x")
 # nx_action_conntrack: header, vendor, subtype, flags, zone_src (0: immediate), zone_imm,
 # recirc_table, 3 pad, alg; no nested actions.
 _ACT_CT = struct.Struct("!HHIHHIHB3xH")
+# nx_action_conjunction: header, vendor, subtype, clause (0-based), n_clauses, id.
+_ACT_CONJUNCTION = struct.Struct("!HHIHBBI")
 _PROP_HDR = struct.Struct("!HH")
 _FEATURES_REPLY = struct.Struct("!QIBB2xII")
 _MULTIPART_HDR = struct.Struct("!HH4x")
@@ -175,6 +179,7 @@ _OXM_IDS: dict[Field, tuple[int, int]] = {
     Field.TUN_IPV4_DST: (_NXM_NX, 32),
     Field.IP_TTL: (_NXM_NX, 29),
     Field.CT_STATE: (_NXM_NX, 105),
+    Field.CONJ_ID: (_NXM_NX, 37),
     **{getattr(Field, f"REG{i}"): (_NXM_NX, i) for i in range(8)},
 }
 
@@ -360,6 +365,18 @@ def _encode_ct(action: Ct) -> bytes:
     return _ACT_CT.pack(_OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, _NXAST_CT, flags, 0, action.zone, table, 0)
 
 
+def _encode_conjunction(action: Conjunction) -> bytes:
+    return _ACT_CONJUNCTION.pack(
+        _OFPAT_EXPERIMENTER,
+        16,
+        NX_VENDOR_ID,
+        _NXAST_CONJUNCTION,
+        action.clause - 1,
+        action.n_clauses,
+        action.id,
+    )
+
+
 _ACTION_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     Output: _encode_output,
     SetField: _encode_set_field,
@@ -368,6 +385,7 @@ _ACTION_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     PopVlan: lambda _: _POP_VLAN,
     Controller: _encode_controller,
     Ct: _encode_ct,
+    Conjunction: _encode_conjunction,
 }
 
 

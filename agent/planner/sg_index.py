@@ -1,0 +1,138 @@
+"""Which security owners a change touches: the planner's indexes for security groups.
+
+Kept apart from ``plan.py``: ports → groups, groups → ports (members), groups → the remote
+groups their rules name, and each remote group's slot (its priority and conj_id). A port's
+change touches its own owner and the shared member flows of its old and new groups; a group's
+change touches the ports using it and the remote groups its rules name (old and new).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from agent.model.resources import Port, ResourceType, SecurityGroup
+from agent.model.state import DesiredState
+from agent.planner import cookies, security
+from agent.planner.cookies import Kind
+from agent.planner.flows import Flow
+from agent.planner.pipeline import SG_REMOTE_SLOTS
+
+Owner = tuple[Kind, str]
+_NONE: frozenset = frozenset()
+
+
+class SecurityIndex:
+    def __init__(self, state: DesiredState) -> None:
+        self.state = state
+        self._port_groups: dict[str, frozenset[str]] = {}  # port → its groups, as indexed
+        self._group_ports: dict[str, set[str]] = defaultdict(set)  # group → ports naming it
+        self._remotes: dict[str, frozenset[tuple[str, int]]] = {}  # group → (remote group, direction)
+        self._users: dict[str, set[str]] = defaultdict(set)  # remote group → groups naming it
+        self.slots: dict[str, int] = {}  # remote group in use → its slot
+        self._taken: set[int] = set()
+
+    @property
+    def _groups(self) -> dict[str, SecurityGroup]:
+        return self.state.resources[ResourceType.SECURITYGROUP]  # type: ignore[return-value]
+
+    def reset(self) -> None:
+        """Forget everything and index every group again, in id order so that slots come out the
+        same at every start; ports are indexed as the planner touches them."""
+        self._port_groups.clear()
+        self._group_ports.clear()
+        self._remotes.clear()
+        self._users.clear()
+        self.slots.clear()
+        self._taken.clear()
+        for gid in sorted(self._groups):
+            self.group_changed(gid)
+
+    def owners(self) -> set[Owner]:
+        return {security.port_owner(p) for p in self.state.ports} | {
+            security.remote_owner(g) for g in self.slots
+        }
+
+    def port_changed(self, port_id: str, port: Port | None) -> set[Owner]:
+        """A port's groups or addresses changed: its groups' member flows (where named as remote)."""
+        new = frozenset(port.security_group_ids) if port is not None else _NONE
+        old = self._port_groups.pop(port_id, _NONE)
+        for gid in old - new:
+            self._group_ports[gid].discard(port_id)
+            if not self._group_ports[gid]:
+                del self._group_ports[gid]
+        for gid in new - old:
+            self._group_ports[gid].add(port_id)
+        if new:
+            self._port_groups[port_id] = new
+        return {security.remote_owner(g) for g in old | new if g in self.slots}
+
+    def group_changed(self, group_id: str) -> set[Owner]:
+        """A group's rules changed: the ports using it, and the remote groups it names or named."""
+        group = self._groups.get(group_id)
+        new = (
+            frozenset((r.remote_group_id, r.direction) for r in group.rules if r.remote_group_id)
+            if group
+            else _NONE
+        )
+        old = self._remotes.pop(group_id, _NONE)
+        if new:
+            self._remotes[group_id] = new
+        for remote in {g for g, _d in old} - {g for g, _d in new}:
+            self._users[remote].discard(group_id)
+            if not self._users[remote]:
+                del self._users[remote]
+                self._taken.discard(self.slots.pop(remote))
+        for remote in sorted({g for g, _d in new} - {g for g, _d in old}):
+            self._users[remote].add(group_id)
+            if remote not in self.slots:
+                self._allocate(remote)
+        owners = {security.port_owner(p) for p in self._group_ports.get(group_id, ())}
+        return owners | {security.remote_owner(g) for g, _d in old | new}
+
+    def _allocate(self, remote: str) -> None:
+        """A slot from the group id's hash, the next free one on a collision (rare: then the
+        slots depend on arrival order and a restart may re-plan those two groups' flows)."""
+        if len(self._taken) >= SG_REMOTE_SLOTS:
+            return  # no slot: rules naming it allow nothing (never more than the slots in use)
+        slot = cookies.object_id(remote) % SG_REMOTE_SLOTS
+        while slot in self._taken:
+            slot = (slot + 1) % SG_REMOTE_SLOTS
+        self.slots[remote] = slot
+        self._taken.add(slot)
+
+    def remote_flows(self, group_id: str) -> list[Flow]:
+        slot = self.slots.get(group_id)
+        if slot is None:
+            return []
+        directions = {
+            d for user in self._users.get(group_id, ()) for g, d in self._remotes[user] if g == group_id
+        }
+        ports = self.state.ports
+        addresses = [
+            a
+            for p in self._group_ports.get(group_id, ())
+            if p in ports
+            for a in security.member_addresses(ports[p])
+        ]
+        return security.remote_flows(group_id, slot, directions, addresses)
+
+    def port_flows(self, port_id: str, ofport: int | None) -> list[Flow]:
+        port = self.state.ports.get(port_id)
+        if port is None or ofport is None or not port.admin_up or not port.security_group_ids:
+            return []
+        vni = self.state.segment_of_port(port)
+        if not vni:
+            return []
+        groups = [self._groups[g] for g in port.security_group_ids if g in self._groups]
+        gateways = []
+        for fip in port.fixed_ips:
+            sn = self.state.subnets.get(fip.subnet_id)
+            if sn is not None and sn.gateway_ip and sn.gateway_mac and ":" not in sn.gateway_ip:
+                gateways.append(security.Gateway(sn.gateway_ip, sn.gateway_mac))
+        return security.port_flows(port, ofport, vni, groups, self.slots, gateways)
+
+    def flows(self, oid: str, bindings: dict[str, int]) -> list[Flow]:
+        if oid.startswith(security.REMOTE_PREFIX):
+            return self.remote_flows(oid[len(security.REMOTE_PREFIX) :])
+        port_id = oid[len(security.PORT_PREFIX) :]
+        return self.port_flows(port_id, bindings.get(port_id))
