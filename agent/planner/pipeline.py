@@ -57,6 +57,7 @@ class Priority(enum.IntEnum):
     DHCP = 105  # DHCP from a port's MAC (any source IP) to the responder, above anti-spoofing
     GATEWAY_ECHO = 110  # ICMP echo to a gateway IP, above entering the router
     ROUTE = 1000  # + 10 * prefix length + min(rule priority, 9): longest prefix wins
+    SG_DROP = 1  # a port's default drop in the rules tables: counted per port
     SG_RULE = 100  # a security group rule's allow (all rules share it: every rule allows)
     SG_INTO_PORT = 101  # L2_LOOKUP: IP to a port with groups goes through conntrack first
     SG_GATEWAY = 110  # echo to the port's gateway is answered whatever the rules say

@@ -62,6 +62,11 @@ def port_owner(port_id: str) -> tuple[Kind, str]:
     return (Kind.SECURITY, PORT_PREFIX + port_id)
 
 
+def port_cookie(port_id: str) -> int:
+    """The cookie of a port's own flows (entry, commit, delivery, default drop)."""
+    return cookies.cookie(Kind.SECURITY, PORT_PREFIX + port_id)
+
+
 def rule_cookie(port_id: str, rule_id: str) -> int:
     """The cookie of one rule's flows on one port (what per-rule counters are read by)."""
     return cookies.cookie(Kind.SECURITY, f"{port_id}/{rule_id}")
@@ -196,7 +201,7 @@ def port_flows(
 ) -> list[Flow]:
     """Every security-group flow of one bound port with groups (zone = its ofport). Two rules
     with the same match share one flow (the first rule's cookie)."""
-    ck = cookies.cookie(Kind.SECURITY, PORT_PREFIX + port.id)
+    ck = port_cookie(port.id)
     in_port = MatchField(Field.IN_PORT, ofport)
     sg_port = MatchField(Reg.SG_PORT, ofport)
     into_port = SetField(Reg.SG_PORT, ofport)
@@ -231,6 +236,8 @@ def port_flows(
             cookie=ck,
         ),
         Flow(Table.SG_INGRESS_COMMIT, Priority.LOCAL, match(sg_port), (Output(ofport),), cookie=ck),
+        Flow(Table.SG_EGRESS_RULES, Priority.SG_DROP, match(sg_port), cookie=ck),
+        Flow(Table.SG_INGRESS_RULES, Priority.SG_DROP, match(sg_port), cookie=ck),
     ]
     for gw in gateways:
         flows.append(

@@ -229,6 +229,28 @@ def test_rules_allow_per_protocol_direction_and_prefix(sandbox: Sandbox, net: An
     # A port without groups is not filtered.
     assert probe(sandbox, oth.name, "tcp", cli.ip, 9002, "to-cli-9002")
 
+    # acactl dump sg: per-rule packets from OVS, new connections and default drops per port
+    # (OVS pulls datapath statistics in the background: wait until every probe is counted).
+    def report() -> dict[str, Any]:
+        return next(p for p in sandbox.control(HOST, "sg") if p["port"] == srv.port_id)
+
+    def counted() -> bool:
+        r = report()
+        rules = {x["rule"]: x for x in r["rules"]}
+        return (
+            rules["r-tcp"]["packets"] >= 6  # 3 connections, >= 2 packets of the client each
+            and rules["r-out"]["packets"] >= 6
+            and rules["r-udp"]["packets"] == 2
+            and (r["ingress_new"], r["egress_new"]) == (7, 3)  # connections, datagrams, echo requests
+            and r["ingress_dropped"] >= 3
+            and r["egress_dropped"] >= 2
+        )
+
+    wait_for(counted, 10, "the probes counted by acactl dump sg")
+    rules = {x["rule"]: x for x in report()["rules"]}
+    assert rules["r-udp"]["remote"] == "10.41.0.11/32" and rules["r-out"]["direction"] == "egress"
+    assert rules["r-tcp"]["flows"] == 1 and rules["r-out"]["ports"] == "9000-9001"
+
 
 def test_no_protocol_rule_allows_every_protocol(sandbox: Sandbox, net: Any) -> None:
     """Upstream's rule without a protocol (TCP, ports 0/0) reads as any protocol; TCP with a
