@@ -136,6 +136,7 @@ def _neighbor(c: Any) -> Neighbor:
             ]
         ),
         address_pairs=_pairs(c.allow_address_pairs),
+        security_group_ids=tuple(c.security_group_ids),
     )
 
 

@@ -129,6 +129,7 @@ class Neighbor:
     host_mac: str = ""
     fixed_ips: tuple[NeighborIp, ...] = ()
     address_pairs: tuple[AddressPair, ...] = ()
+    security_group_ids: tuple[str, ...] = ()  # an aca extension field (100); upstream sends none
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,7 +238,7 @@ class Planner:
         nb = self.state.neighbors.get(nb_id)
         subnet_ids = frozenset(f.subnet_id for f in nb.fixed_ips) if nb else _NO_SUBNETS
         self._index_member((ResourceType.NEIGHBOR, nb_id), subnet_ids)
-        owners = self._replan((ResourceType.NEIGHBOR, nb_id))
+        owners = self._replan((ResourceType.NEIGHBOR, nb_id)) | self.security.neighbor_changed(nb_id, nb)
         new: set[tuple[int, str]] = set()
         if nb is not None and nb.host_ip != self.local_ip:
             new = {(vni, nb.host_ip) for vni, _ip in self.state.neighbor_segments(nb)}

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from agent.model.resources import Port, SecurityGroup, SecurityGroupRule
+from agent.model.resources import Neighbor, Port, SecurityGroup, SecurityGroupRule
 from agent.planner import cookies
 from agent.planner.cookies import Kind
 from agent.planner.flows import (
@@ -266,9 +266,9 @@ def port_flows(
     return flows
 
 
-def member_addresses(port: Port) -> list[str]:
-    """What a port counts as when its groups are a rule's remote group: its fixed IPs and its
-    allowed address pairs (as /32 or their CIDR)."""
-    out = [f"{f.ip}/32" for f in port.fixed_ips]
-    out += [p.ip if "/" in p.ip else f"{p.ip}/32" for p in port.address_pairs]
+def member_addresses(member: Port | Neighbor) -> list[str]:
+    """What a port (here or on another host) counts as when its groups are a rule's remote
+    group: its fixed IPs and its allowed address pairs (as /32 or their CIDR)."""
+    out = [f"{f.ip}/32" for f in member.fixed_ips]
+    out += [p.ip if "/" in p.ip else f"{p.ip}/32" for p in member.address_pairs]
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from agent.model.resources import Port, ResourceType, SecurityGroup
+from agent.model.resources import Neighbor, Port, ResourceType, SecurityGroup
 from agent.model.state import DesiredState
 from agent.planner import cookies, security
 from agent.planner.cookies import Kind
@@ -18,14 +18,15 @@ from agent.planner.flows import Flow
 from agent.planner.pipeline import SG_REMOTE_SLOTS
 
 Owner = tuple[Kind, str]
+Member = tuple[ResourceType, str]  # a port, or a neighbour whose controller named its groups
 _NONE: frozenset = frozenset()
 
 
 class SecurityIndex:
     def __init__(self, state: DesiredState) -> None:
         self.state = state
-        self._port_groups: dict[str, frozenset[str]] = {}  # port → its groups, as indexed
-        self._group_ports: dict[str, set[str]] = defaultdict(set)  # group → ports naming it
+        self._member_groups: dict[Member, frozenset[str]] = {}  # port or neighbour → its groups
+        self._group_members: dict[str, set[Member]] = defaultdict(set)  # group → its members
         self._remotes: dict[str, frozenset[tuple[str, int]]] = {}  # group → (remote group, direction)
         self._users: dict[str, set[str]] = defaultdict(set)  # remote group → groups naming it
         self.slots: dict[str, int] = {}  # remote group in use → its slot
@@ -38,8 +39,8 @@ class SecurityIndex:
     def reset(self) -> None:
         """Forget everything and index every group again, in id order so that slots come out the
         same at every start; ports are indexed as the planner touches them."""
-        self._port_groups.clear()
-        self._group_ports.clear()
+        self._member_groups.clear()
+        self._group_members.clear()
         self._remotes.clear()
         self._users.clear()
         self.slots.clear()
@@ -54,16 +55,23 @@ class SecurityIndex:
 
     def port_changed(self, port_id: str, port: Port | None) -> set[Owner]:
         """A port's groups or addresses changed: its groups' member flows (where named as remote)."""
-        new = frozenset(port.security_group_ids) if port is not None else _NONE
-        old = self._port_groups.pop(port_id, _NONE)
+        return self._member_changed((ResourceType.PORT, port_id), port)
+
+    def neighbor_changed(self, nb_id: str, nb: Neighbor | None) -> set[Owner]:
+        """The same for a port on another host (groups from the extension field, else none)."""
+        return self._member_changed((ResourceType.NEIGHBOR, nb_id), nb)
+
+    def _member_changed(self, member: Member, held: Port | Neighbor | None) -> set[Owner]:
+        new = frozenset(held.security_group_ids) if held is not None else _NONE
+        old = self._member_groups.pop(member, _NONE)
         for gid in old - new:
-            self._group_ports[gid].discard(port_id)
-            if not self._group_ports[gid]:
-                del self._group_ports[gid]
+            self._group_members[gid].discard(member)
+            if not self._group_members[gid]:
+                del self._group_members[gid]
         for gid in new - old:
-            self._group_ports[gid].add(port_id)
+            self._group_members[gid].add(member)
         if new:
-            self._port_groups[port_id] = new
+            self._member_groups[member] = new
         return {security.remote_owner(g) for g in old | new if g in self.slots}
 
     def group_changed(self, group_id: str) -> set[Owner]:
@@ -86,7 +94,11 @@ class SecurityIndex:
             self._users[remote].add(group_id)
             if remote not in self.slots:
                 self._allocate(remote)
-        owners = {security.port_owner(p) for p in self._group_ports.get(group_id, ())}
+        owners = {
+            security.port_owner(rid)
+            for rtype, rid in self._group_members.get(group_id, ())
+            if rtype is ResourceType.PORT
+        }
         return owners | {security.remote_owner(g) for g, _d in old | new}
 
     def _allocate(self, remote: str) -> None:
@@ -107,13 +119,11 @@ class SecurityIndex:
         directions = {
             d for user in self._users.get(group_id, ()) for g, d in self._remotes[user] if g == group_id
         }
-        ports = self.state.ports
-        addresses = [
-            a
-            for p in self._group_ports.get(group_id, ())
-            if p in ports
-            for a in security.member_addresses(ports[p])
-        ]
+        addresses = []
+        for rtype, rid in self._group_members.get(group_id, ()):
+            held = self.state.resources[rtype].get(rid)
+            if held is not None:
+                addresses += security.member_addresses(held)  # type: ignore[arg-type]
         return security.remote_flows(group_id, slot, directions, addresses)
 
     def port_flows(self, port_id: str, ofport: int | None) -> list[Flow]:

@@ -87,6 +87,7 @@ def neighbor(
     kind: int = pb.L2,
     op: int = CREATE,
     revision: int = 1,
+    groups: Iterable[str] = (),
 ) -> pb.NeighborState:
     config = pb.NeighborConfiguration(
         revision_number=revision,
@@ -98,6 +99,7 @@ def neighbor(
         update_type=pb.FULL,
     )
     config.fixed_ips.add(neighbor_type=kind, subnet_id=subnet_id, ip_address=ip)
+    config.security_group_ids.extend(groups)  # the aca extension field (upstream sends none)
     return pb.NeighborState(operation_type=op, configuration=config)
 
 

@@ -35,7 +35,7 @@ require_ovs()
 if shutil.which("python3") is None:
     missing("python3 is not installed (the VMs' echo servers)")
 
-HOST = "sg1"
+HOST, OTHER = "sg1", "sg2"
 INGRESS, EGRESS = gs.INGRESS, gs.EGRESS
 
 
@@ -45,6 +45,7 @@ def sandbox() -> Iterator[Sandbox]:
     sb = Sandbox(root, prefix=f"acas{uuid.uuid4().hex[:4]}-")
     try:
         sb.host_up(HOST)
+        sb.host_up(OTHER)
         yield sb
     finally:
         sb.down()
@@ -58,6 +59,7 @@ class Vm:
     mac: str
     ip: str
     groups: tuple[str, ...] = ()
+    host: str = HOST
 
 
 @dataclass
@@ -73,19 +75,19 @@ class Net:
     servers: list[Any] = field(default_factory=list)
     revision: int = 1
 
-    def vm(self, name: str, last: int, groups: tuple[str, ...] = ()) -> Vm:
+    def vm(self, name: str, last: int, groups: tuple[str, ...] = (), host: str = HOST) -> Vm:
         ip = str(ipaddress.ip_network(self.cidr).network_address + last)
         mac = f"fa:16:3e:{self.vni >> 8 & 0xFF:02x}:{self.vni & 0xFF:02x}:{last:02x}"
-        vm = Vm(f"{self.tag}{name}", f"port-{self.tag}{name}-{uuid.uuid4().hex[:6]}", mac, ip, groups)
+        vm = Vm(f"{self.tag}{name}", f"port-{self.tag}{name}-{uuid.uuid4().hex[:6]}", mac, ip, groups, host)
         self.vms[name] = vm
         prefix = ipaddress.ip_network(self.cidr).prefixlen
-        self.sb.vm_add(HOST, vm.name, vm.mac, f"{ip}/{prefix}", iface_id=vm.port_id)
+        self.sb.vm_add(host, vm.name, vm.mac, f"{ip}/{prefix}", iface_id=vm.port_id)
         return vm
 
     def group_id(self, name: str) -> str:
         return f"sg-{self.tag}-{name}"
 
-    def _context(self, op: int = gs.CREATE) -> list[Any]:
+    def _context(self, op: int) -> list[Any]:
         return [
             gs.vpc(f"vpc-{self.tag}", self.vni, self.cidr, op=op, revision=self.revision),
             gs.subnet(
@@ -99,27 +101,43 @@ class Net:
         ]
 
     def _port(self, vm: Vm, op: int) -> pb.PortState:
-        host_ip = self.sb.host(HOST).underlay_ip
+        host_ip = self.sb.host(vm.host).underlay_ip
         return gs.port(
             vm.port_id, f"vpc-{self.tag}", f"subnet-{self.tag}", vm.ip, vm.mac, host_ip, op,
             self.revision, groups=[self.group_id(g) for g in vm.groups],
         )  # fmt: skip
 
+    def _neighbor(self, vm: Vm, op: int) -> pb.NeighborState:
+        """A VM of another host as this host learns it, naming its groups (the extension field)."""
+        host_ip = self.sb.host(vm.host).underlay_ip
+        return gs.neighbor(
+            vm.port_id, f"vpc-{self.tag}", f"subnet-{self.tag}", vm.ip, vm.mac, host_ip, op=op,
+            revision=self.revision, groups=[self.group_id(g) for g in vm.groups],
+        )  # fmt: skip
+
+    def _states(self, host: str, op: int) -> list[Any]:
+        """What ``host`` is told: every group, its own VMs as ports, the others as neighbours."""
+        return [
+            *(self._group(g, op) for g in self.groups),
+            *(self._port(v, op) if v.host == host else self._neighbor(v, op) for v in self.vms.values()),
+        ]
+
+    def _hosts(self) -> list[str]:
+        return sorted({v.host for v in self.vms.values()} | {HOST})
+
     def _group(self, name: str, op: int) -> pb.SecurityGroupState:
         return gs.security_group(self.group_id(name), self.groups[name], op=op, revision=self.revision)
 
-    def push(self, *states: Any) -> dict[str, int]:
-        host_ip = self.sb.host(HOST).underlay_ip
-        replies = self.sb.push_message(HOST, gs.goal_state_v2(*self._context(), *states, host_ip=host_ip))
+    def push(self, *states: Any, host: str = HOST, op: int = gs.CREATE) -> dict[str, int]:
+        host_ip = self.sb.host(host).underlay_ip
+        message = gs.goal_state_v2(*self._context(op), *states, host_ip=host_ip)
+        replies = self.sb.push_message(host, message)
         return {s.resource_id: s.operation_status for r in replies for s in r.operation_statuses}
 
-    def deploy(self) -> dict[str, int]:
-        statuses = self.push(
-            *(self._group(g, gs.CREATE) for g in self.groups),
-            *(self._port(v, gs.CREATE) for v in self.vms.values()),
-        )
-        assert set(statuses.values()) == {pb.SUCCESS}, statuses
-        return statuses
+    def deploy(self) -> None:
+        for host in self._hosts():
+            statuses = self.push(*self._states(host, gs.CREATE), host=host)
+            assert set(statuses.values()) == {pb.SUCCESS}, (host, statuses)
 
     def update_group(self, name: str, rules: list[Any]) -> int:
         self.groups[name] = rules
@@ -127,10 +145,15 @@ class Net:
         return self.push(self._group(name, gs.UPDATE))[self.group_id(name)]
 
     def update_port(self, name: str, groups: tuple[str, ...]) -> int:
+        """The VM's groups change: its host gets the port, the other hosts the neighbour; the
+        status of its own host."""
         vm = self.vms[name]
         vm.groups = groups
         self.revision += 1
-        return self.push(self._port(vm, gs.UPDATE))[vm.port_id]
+        for host in self._hosts():
+            if host != vm.host:
+                assert self.push(self._neighbor(vm, gs.UPDATE), host=host)[vm.port_id] == pb.SUCCESS
+        return self.push(self._port(vm, gs.UPDATE), host=vm.host)[vm.port_id]
 
     def echo(self, name: str, *ports: int) -> Echo:
         server = Echo(self.sb, self.vms[name].name, ports)
@@ -142,10 +165,8 @@ class Net:
             server.close()
         self.revision += 1
         try:
-            self.push(
-                *(self._port(v, gs.DELETE) for v in self.vms.values()),
-                *(self._group(g, gs.DELETE) for g in self.groups),
-            )
+            for host in self._hosts():
+                self.push(*self._states(host, gs.DELETE), host=host, op=gs.DELETE)
         finally:
             for vm in self.vms.values():
                 if vm.name in self.sb.vms():
@@ -153,7 +174,7 @@ class Net:
 
 
 @pytest.fixture
-def net(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Any]:
+def net(sandbox: Sandbox) -> Iterator[Any]:
     made: list[Net] = []
 
     def make(tag: str, vni: int, cidr: str) -> Net:
@@ -306,6 +327,28 @@ def test_remote_group_follows_its_members(sandbox: Sandbox, net: Any) -> None:
         lambda: probe(sandbox, app.name, "tcp", db.ip, 5432, "from-app-3"),
         "from-oth-left",
     )
+
+
+def test_remote_group_members_on_another_host(sandbox: Sandbox, net: Any) -> None:
+    """Members behind the tunnel count when the controller names their groups on the neighbour
+    (the extension field); a neighbour that names none is not a member."""
+    n = net("sg", 4107, "10.47.0.0/24")
+    n.groups["db"] = [gs.sg_rule("r-db", INGRESS, gs.TCP, (5432, 5432), remote_group_id=n.group_id("app"))]
+    n.groups["app"] = [gs.sg_rule("r-app-out", EGRESS)]
+    db = n.vm("db", 10, ("db",))
+    app = n.vm("app", 11, ("app",), host=OTHER)
+    other = n.vm("oth", 12, host=OTHER)
+    n.deploy()
+    at_db = n.echo("db", 5432)
+    wait_for(lambda: probe(sandbox, app.name, "tcp", db.ip, 5432, "far-app"), 10, "app across the tunnel")
+    _denied(
+        at_db,
+        lambda: probe(sandbox, other.name, "tcp", db.ip, 5432, "far-oth", timeout=1),
+        lambda: probe(sandbox, app.name, "tcp", db.ip, 5432, "far-app-2"),
+        "far-oth",
+    )
+    assert n.update_port("oth", ("app",)) == pb.SUCCESS
+    assert probe(sandbox, other.name, "tcp", db.ip, 5432, "far-oth-member")
 
 
 def test_removed_rule_stops_its_live_connection_and_spares_the_others(sandbox: Sandbox, net: Any) -> None:

@@ -231,3 +231,19 @@ def test_builders_emit_canonical_matches() -> None:
     remote = planner.flows(security.remote_owner("g1"))
     for flow in planner.flows(security.port_owner("p1")) + remote + security.base_flows(1):
         assert match(*flow.match) == flow.match, flow.text()
+
+
+def test_neighbours_naming_their_groups_are_members() -> None:
+    """The extension field (NeighborConfiguration 100) makes a remote port a member; a neighbour
+    without it (an upstream controller) is not one."""
+    db = gs.security_group("db", [gs.sg_rule("r", IN, gs.TCP, (5432, 5432), remote_group_id="app")])
+    far = gs.neighbor("n1", "v1", "s1", "10.0.1.20", "fa:16:3e:00:00:20", "172.31.0.12", groups=["app"])
+    plain = gs.neighbor("n2", "v1", "s1", "10.0.1.21", "fa:16:3e:00:00:21", "172.31.0.12")
+    planner = _planner(db, gs.security_group("app", []), _port("p1", 5, ["db"]), far, plain)
+    sources = [f.text() for f in planner.flows(security.remote_owner("app")) if "nw_src" in f.text()]
+    assert len(sources) == 1 and "nw_src=10.0.1.20" in sources[0]
+    _apply(planner.state, gs.neighbor("n2", "v1", "s1", "10.0.1.21", "fa:16:3e:00:00:21", "172.31.0.12",
+                                      op=gs.UPDATE, revision=2, groups=["app"]))  # fmt: skip
+    touched = planner.touch(ResourceType.NEIGHBOR, "n2")
+    assert security.remote_owner("app") in touched and security.port_owner("p1") not in touched
+    assert sum("nw_src" in f.text() for f in planner.flows(security.remote_owner("app"))) == 2
