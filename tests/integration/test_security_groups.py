@@ -377,6 +377,35 @@ def test_removed_rule_stops_its_live_connection_and_spares_the_others(sandbox: S
         kept.close()
 
 
+def test_toggling_one_rule_100_times_loses_nothing_of_another_rules_connection(
+    sandbox: Sandbox, net: Any
+) -> None:
+    n = net("sh", 4108, "10.48.0.0/24")
+    toggled = gs.sg_rule("r-a", INGRESS, gs.TCP, (8080, 8080))
+    steady = gs.sg_rule("r-b", INGRESS, gs.TCP, (8081, 8081))
+    n.groups["g"] = [toggled, steady]
+    srv = n.vm("srv", 10, ("g",))
+    cli = n.vm("cli", 11)
+    n.deploy()
+    n.echo("srv", 8080, 8081)
+    session = Session(sandbox, cli.name, srv.ip, 8081)
+    log = pathlib.Path(sandbox.host(HOST).log_file)
+    try:
+        assert session.send("b-start")
+        logged = len(log.read_text().splitlines())
+        for i in range(100):
+            assert n.update_group("g", [steady] if i % 2 == 0 else [toggled, steady]) == pb.SUCCESS
+            assert session.send(f"b-{i}"), i
+        # Each goal state's bundle added or deleted the toggled rule's one flow, nothing else.
+        changes = re.findall(
+            r"event=goal_state .* flows_added=(\d+) flows_deleted=(\d+)",
+            "\n".join(log.read_text().splitlines()[logged:]),
+        )
+        assert len(changes) == 100 and set(changes) == {("0", "1"), ("1", "0")}, changes
+    finally:
+        session.close()
+
+
 def test_sigkill_restart_rewrites_no_flow_and_keeps_connections(sandbox: Sandbox, net: Any) -> None:
     n = net("se", 4105, "10.45.0.0/24")
     n.groups["g"] = [gs.sg_rule("r-in", INGRESS, gs.TCP, (8080, 8080))]
