@@ -15,6 +15,7 @@ group's member flows, shared by every rule naming it (conjunctions).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -143,26 +144,30 @@ def _tables(direction: int) -> tuple[Table, Table, Field]:
     return Table.SG_EGRESS_RULES, Table.SG_EGRESS_COMMIT, Field.IPV4_DST
 
 
-def rule_flows(port_id: str, ofport: int, rule: SecurityGroupRule, slots: Mapping[str, int]) -> list[Flow]:
+@functools.lru_cache(maxsize=1 << 16)
+def rule_flows(
+    port_id: str, ofport: int, rule: SecurityGroupRule, slot: int | None = None
+) -> tuple[Flow, ...]:
     """One rule's flows on one port, for original-direction packets, new or established: allows
     (a remote prefix, or anyone), or, for a remote group, the port's clause (1/2) of the group's
-    conjunction, at the group's priority (``slots``: remote group → its slot)."""
+    conjunction at the group's priority (``slot``: the remote group's; None: it has none, the
+    rule allows nothing). Cached: a group change re-plans every port using the group, and all
+    but the changed rules come back as the same flows."""
     table, goto, remote_field = _tables(rule.direction)
     ck = rule_cookie(port_id, rule.id)
     base = (MatchField(Reg.SG_PORT, ofport), _IS_IP, ct_state(CT_TRK, CT_RPL))
     if rule.remote_group_id:
-        slot = slots.get(rule.remote_group_id)
         if slot is None:
-            return []
+            return ()
         clause = (Conjunction(conj_id(slot), 1, 2),)
         priority = Priority.SG_REMOTE + slot
-        return [Flow(table, priority, match(*base, *l4), clause, cookie=ck) for l4 in _l4_matches(rule)]
+        return tuple(Flow(table, priority, match(*base, *l4), clause, cookie=ck) for l4 in _l4_matches(rule))
     remote = rule.remote_ip_prefix
     peer = () if not remote or remote == "0.0.0.0/0" else (cidr_match(remote_field, remote),)
-    return [
+    return tuple(
         Flow(table, Priority.SG_RULE, match(*base, *peer, *l4), goto=goto, cookie=ck)
         for l4 in _l4_matches(rule)
-    ]
+    )
 
 
 def conj_id(slot: int) -> int:
@@ -184,11 +189,17 @@ def remote_flows(group_id: str, slot: int, directions: Iterable[int], addresses:
     for direction in sorted(set(directions)):
         table, goto, remote_field = _tables(direction)
         flows.append(Flow(table, priority, match((Field.CONJ_ID, conj_id(slot))), goto=goto, cookie=ck))
-        flows += [
-            Flow(table, priority, match(_IS_IP, cidr_match(remote_field, a)), member, cookie=ck)
-            for a in sorted(set(addresses))
-        ]
+        flows += [_member_flow(table, priority, remote_field, a, member, ck) for a in sorted(set(addresses))]
     return flows
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _member_flow(
+    table: Table, priority: int, remote_field: Field, address: str, clause: tuple[Conjunction], ck: int
+) -> Flow:
+    """One member's clause-2 flow; cached, so a member joining re-plans its group in O(members)
+    lookups rather than O(members) flow builds."""
+    return Flow(table, priority, match(_IS_IP, cidr_match(remote_field, address)), clause, cookie=ck)
 
 
 def port_flows(
@@ -201,7 +212,25 @@ def port_flows(
 ) -> list[Flow]:
     """Every security-group flow of one bound port with groups (zone = its ofport). Two rules
     with the same match share one flow (the first rule's cookie)."""
-    ck = port_cookie(port.id)
+    flows = list(_port_own_flows(port.id, ofport, vni, port.mac, tuple(gateways)))
+    seen = {f.key for f in flows}
+    for group in groups:
+        for rule in group.rules:
+            slot = slots.get(rule.remote_group_id) if rule.remote_group_id else None
+            for flw in rule_flows(port.id, ofport, rule, slot):
+                if flw.key not in seen:
+                    seen.add(flw.key)
+                    flows.append(flw)
+    return flows
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _port_own_flows(
+    port_id: str, ofport: int, vni: int, mac: str, gateways: tuple[Gateway, ...]
+) -> tuple[Flow, ...]:
+    """The port's flows that no rule owns: conntrack entry both ways, commit, delivery, its
+    default drops and the gateway exemption (cached like the rules' flows)."""
+    ck = port_cookie(port_id)
     in_port = MatchField(Field.IN_PORT, ofport)
     sg_port = MatchField(Reg.SG_PORT, ofport)
     into_port = SetField(Reg.SG_PORT, ofport)
@@ -224,7 +253,7 @@ def port_flows(
         Flow(
             Table.L2_LOOKUP,
             Priority.SG_INTO_PORT,
-            match((Reg.SEGMENT, vni), (Field.ETH_DST, mac_to_int(port.mac)), _IS_IP),
+            match((Reg.SEGMENT, vni), (Field.ETH_DST, mac_to_int(mac)), _IS_IP),
             (into_port, Ct(ofport, table=Table.SG_INGRESS_RULES)),
             cookie=ck,
         ),
@@ -256,14 +285,7 @@ def port_flows(
                 cookie=ck,
             )
         )
-    seen = {f.key for f in flows}
-    for group in groups:
-        for rule in group.rules:
-            for flw in rule_flows(port.id, ofport, rule, slots):
-                if flw.key not in seen:
-                    seen.add(flw.key)
-                    flows.append(flw)
-    return flows
+    return tuple(flows)
 
 
 def member_addresses(member: Port | Neighbor) -> list[str]:

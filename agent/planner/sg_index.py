@@ -75,7 +75,8 @@ class SecurityIndex:
         return {security.remote_owner(g) for g in old | new if g in self.slots}
 
     def group_changed(self, group_id: str) -> set[Owner]:
-        """A group's rules changed: the ports using it, and the remote groups it names or named."""
+        """A group's rules changed: the ports using it, and the remote groups it starts or stops
+        naming (in a direction)."""
         group = self._groups.get(group_id)
         new = (
             frozenset((r.remote_group_id, r.direction) for r in group.rules if r.remote_group_id)
@@ -99,7 +100,7 @@ class SecurityIndex:
             for rtype, rid in self._group_members.get(group_id, ())
             if rtype is ResourceType.PORT
         }
-        return owners | {security.remote_owner(g) for g, _d in old | new}
+        return owners | {security.remote_owner(g) for g, _d in old ^ new}  # a direction more or less
 
     def _allocate(self, remote: str) -> None:
         """A slot from the group id's hash, the next free one on a collision (rare: then the
