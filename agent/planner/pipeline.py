@@ -58,11 +58,12 @@ class Priority(enum.IntEnum):
     GATEWAY_ECHO = 110  # ICMP echo to a gateway IP, above entering the router
     ROUTE = 1000  # + 10 * prefix length + min(rule priority, 9): longest prefix wins
     SG_DROP = 1  # a port's default drop in the rules tables: counted per port
-    SG_RULE = 100  # a security group rule's allow (all rules share it: every rule allows)
+    SG_RULE = 100  # + the group's slot (< SG_SLOTS): a group's plain allows (all allow, so the
+    # order between groups does not matter; the slot keeps two groups' equal rules two flows)
     SG_INTO_PORT = 101  # L2_LOOKUP: IP to a port with groups goes through conntrack first
     SG_GATEWAY = 110  # echo to the port's gateway is answered whatever the rules say
     SG_COMMIT = 120  # a new connection is committed, then goes on like the others
-    SG_REMOTE = 1000  # + a remote group's slot (< SG_REMOTE_SLOTS): its conjunction's flows
+    SG_REMOTE = 30100  # + a remote group's slot (< SG_SLOTS): its conjunction's flows
     SG_REPLY = 64000  # replies and related packets of tracked connections pass
     SG_INVALID = 65000  # conntrack said invalid: dropped
 
@@ -78,7 +79,7 @@ DVR_MAC_RANGE = ("fe:16:11:00:00:00", "ff:ff:ff:00:00:00")
 
 
 VNI_BITS = 24
-SG_REMOTE_SLOTS = 60000  # remote groups in use at once: each has a priority (and conj_id) of its own
+SG_SLOTS = 30000  # security groups in use at once: each has its priorities (and conj_id) of its own
 
 # The route fast path (native/route.c) on the agent's internal port. A packet L3_ROUTING has no
 # flow for goes there with the router (reg2) in the low 32 bits of its Ethernet source and its

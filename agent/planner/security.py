@@ -7,10 +7,13 @@ and established packets of the original direction (so removing it stops its conn
 the next packet); replies and related packets of tracked connections pass; invalid ones drop;
 anything else drops. New connections are committed after a rule allowed them.
 
-Owners (kind ``SECURITY``): ``port:<port id>`` holds all of a port's flows, each rule's flows
-with a cookie of their own (the port and the rule id), so a rule change rewrites that rule's
-flows only and ``acactl dump sg`` counts packets per rule; ``remote:<group id>`` holds a remote
-group's member flows, shared by every rule naming it (conjunctions).
+Owners (kind ``SECURITY``): ``port:<port id>`` holds a port's own flows (entry, commit,
+delivery, default drops); ``rules:<port id>/<group id>`` one group's rules on the port, each
+rule's flows with a cookie of their own (the port and the rule id), so a rule change re-plans
+that group on its ports only, sends that rule's flows only, and ``acactl dump sg`` counts
+packets per rule; ``remote:<group id>`` a remote group's member flows, shared by every rule
+naming it (conjunctions). Each group in use has a slot: its plain rules' priority and, as a
+remote group, its conjunction's.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from agent.planner.flows import (
     Ct,
     Field,
     Flow,
+    FlowKey,
     MatchField,
     Output,
     SetField,
@@ -56,6 +60,7 @@ _IS_IP = MatchField(Field.ETH_TYPE, ETH_TYPE_IPV4)
 
 
 PORT_PREFIX = "port:"
+RULES_PREFIX = "rules:"
 REMOTE_PREFIX = "remote:"
 
 
@@ -146,27 +151,28 @@ def _tables(direction: int) -> tuple[Table, Table, Field]:
 
 @functools.lru_cache(maxsize=1 << 16)
 def rule_flows(
-    port_id: str, ofport: int, rule: SecurityGroupRule, slot: int | None = None
+    port_id: str, ofport: int, rule: SecurityGroupRule, slot: int, remote_slot: int | None
 ) -> tuple[Flow, ...]:
     """One rule's flows on one port, for original-direction packets, new or established: allows
-    (a remote prefix, or anyone), or, for a remote group, the port's clause (1/2) of the group's
-    conjunction at the group's priority (``slot``: the remote group's; None: it has none, the
-    rule allows nothing). Cached: a group change re-plans every port using the group, and all
-    but the changed rules come back as the same flows."""
+    (a remote prefix, or anyone) at its group's priority (``slot``: the group's), or, for a
+    remote group, the port's clause (1/2) of that group's conjunction at the remote group's
+    priority (``remote_slot``; None: it has none, the rule allows nothing). Cached: a group
+    change re-plans every port using the group, and all but the changed rules come back as the
+    same flows."""
     table, goto, remote_field = _tables(rule.direction)
     ck = rule_cookie(port_id, rule.id)
     base = (MatchField(Reg.SG_PORT, ofport), _IS_IP, ct_state(CT_TRK, CT_RPL))
     if rule.remote_group_id:
-        if slot is None:
+        if remote_slot is None:
             return ()
-        clause = (Conjunction(conj_id(slot), 1, 2),)
-        priority = Priority.SG_REMOTE + slot
+        clause = (Conjunction(conj_id(remote_slot), 1, 2),)
+        priority = Priority.SG_REMOTE + remote_slot
         return tuple(Flow(table, priority, match(*base, *l4), clause, cookie=ck) for l4 in _l4_matches(rule))
     remote = rule.remote_ip_prefix
     peer = () if not remote or remote == "0.0.0.0/0" else (cidr_match(remote_field, remote),)
+    priority = Priority.SG_RULE + slot
     return tuple(
-        Flow(table, Priority.SG_RULE, match(*base, *peer, *l4), goto=goto, cookie=ck)
-        for l4 in _l4_matches(rule)
+        Flow(table, priority, match(*base, *peer, *l4), goto=goto, cookie=ck) for l4 in _l4_matches(rule)
     )
 
 
@@ -176,6 +182,10 @@ def conj_id(slot: int) -> int:
 
 def remote_owner(group_id: str) -> tuple[Kind, str]:
     return (Kind.SECURITY, REMOTE_PREFIX + group_id)
+
+
+def rules_owner(port_id: str, group_id: str) -> tuple[Kind, str]:
+    return (Kind.SECURITY, f"{RULES_PREFIX}{port_id}/{group_id}")
 
 
 def remote_flows(group_id: str, slot: int, directions: Iterable[int], addresses: Iterable[str]) -> list[Flow]:
@@ -202,34 +212,32 @@ def _member_flow(
     return Flow(table, priority, match(_IS_IP, cidr_match(remote_field, address)), clause, cookie=ck)
 
 
-def port_flows(
-    port: Port,
-    ofport: int,
-    vni: int,
-    groups: Iterable[SecurityGroup],
-    slots: Mapping[str, int],
-    gateways: Iterable[Gateway],
-) -> list[Flow]:
-    """Every security-group flow of one bound port with groups (zone = its ofport). Two rules
-    with the same match share one flow (the first rule's cookie)."""
-    flows = list(_port_own_flows(port.id, ofport, vni, port.mac, tuple(gateways)))
-    seen = {f.key for f in flows}
-    for group in groups:
-        for rule in group.rules:
-            slot = slots.get(rule.remote_group_id) if rule.remote_group_id else None
-            for flw in rule_flows(port.id, ofport, rule, slot):
-                if flw.key not in seen:
-                    seen.add(flw.key)
-                    flows.append(flw)
-    return flows
+def group_flows(port_id: str, ofport: int, group: SecurityGroup, slots: Mapping[str, int]) -> list[Flow]:
+    """One group's rules on one bound port (owner ``rules:<port id>/<group id>``); two rules of
+    the group with the same match share one flow (the first rule's cookie)."""
+    slot = slots.get(group.id)
+    if slot is None:
+        return []  # no slot left: the group allows nothing
+    flows: dict[FlowKey, Flow] = {}
+    for rule in group.rules:
+        remote_slot = slots.get(rule.remote_group_id) if rule.remote_group_id else None
+        for flw in rule_flows(port_id, ofport, rule, slot, remote_slot):
+            flows.setdefault(flw.key, flw)
+    return list(flows.values())
+
+
+def port_flows(port: Port, ofport: int, vni: int, gateways: Iterable[Gateway]) -> list[Flow]:
+    """A bound port's own security flows (owner ``port:<port id>``), whatever its groups' rules:
+    conntrack entry both ways (zone = its ofport), commit, delivery, its default drops and the
+    gateway exemption."""
+    return list(_port_own_flows(port.id, ofport, vni, port.mac, tuple(gateways)))
 
 
 @functools.lru_cache(maxsize=1 << 14)
 def _port_own_flows(
     port_id: str, ofport: int, vni: int, mac: str, gateways: tuple[Gateway, ...]
 ) -> tuple[Flow, ...]:
-    """The port's flows that no rule owns: conntrack entry both ways, commit, delivery, its
-    default drops and the gateway exemption (cached like the rules' flows)."""
+    """Cached like the rules' flows (a port re-planned with the same binding gets them back)."""
     ck = port_cookie(port_id)
     in_port = MatchField(Field.IN_PORT, ofport)
     sg_port = MatchField(Reg.SG_PORT, ofport)

@@ -1,9 +1,10 @@
 """Which security owners a change touches: the planner's indexes for security groups.
 
-Kept apart from ``plan.py``: ports → groups, groups → ports (members), groups → the remote
-groups their rules name, and each remote group's slot (its priority and conj_id). A port's
-change touches its own owner and the shared member flows of its old and new groups; a group's
-change touches the ports using it and the remote groups its rules name (old and new).
+Kept apart from ``plan.py``: members (ports, and neighbours naming groups) → groups, groups →
+members, groups → the remote groups their rules name, and each group's slot (its priorities and
+conj_id). A port's change touches its own owner, its groups' rule owners on it and the shared
+member flows of its old and new groups; a group's change touches its rule owner on each port
+using it, and the remote groups it starts or stops naming.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from agent.model.state import DesiredState
 from agent.planner import cookies, security
 from agent.planner.cookies import Kind
 from agent.planner.flows import Flow
-from agent.planner.pipeline import SG_REMOTE_SLOTS
+from agent.planner.pipeline import SG_SLOTS
 
 Owner = tuple[Kind, str]
 Member = tuple[ResourceType, str]  # a port, or a neighbour whose controller named its groups
@@ -29,7 +30,7 @@ class SecurityIndex:
         self._group_members: dict[str, set[Member]] = defaultdict(set)  # group → its members
         self._remotes: dict[str, frozenset[tuple[str, int]]] = {}  # group → (remote group, direction)
         self._users: dict[str, set[str]] = defaultdict(set)  # remote group → groups naming it
-        self.slots: dict[str, int] = {}  # remote group in use → its slot
+        self.slots: dict[str, int] = {}  # group held or named as remote → its slot
         self._taken: set[int] = set()
 
     @property
@@ -49,13 +50,20 @@ class SecurityIndex:
             self.group_changed(gid)
 
     def owners(self) -> set[Owner]:
-        return {security.port_owner(p) for p in self.state.ports} | {
-            security.remote_owner(g) for g in self.slots
-        }
+        owners = {security.port_owner(p) for p in self.state.ports}
+        owners |= {security.remote_owner(g) for g in self._users}
+        for (rtype, rid), groups in self._member_groups.items():
+            if rtype is ResourceType.PORT:
+                owners |= {security.rules_owner(rid, g) for g in groups}
+        return owners
 
     def port_changed(self, port_id: str, port: Port | None) -> set[Owner]:
-        """A port's groups or addresses changed: its groups' member flows (where named as remote)."""
-        return self._member_changed((ResourceType.PORT, port_id), port)
+        """A port changed (groups, addresses, binding): its rule owners of its old and new groups,
+        and those groups' member flows (where named as remote)."""
+        old = self._member_groups.get((ResourceType.PORT, port_id), _NONE)
+        owners = self._member_changed((ResourceType.PORT, port_id), port)
+        new = frozenset(port.security_group_ids) if port is not None else _NONE
+        return owners | {security.rules_owner(port_id, g) for g in old | new}
 
     def neighbor_changed(self, nb_id: str, nb: Neighbor | None) -> set[Owner]:
         """The same for a port on another host (groups from the extension field, else none)."""
@@ -72,11 +80,11 @@ class SecurityIndex:
             self._group_members[gid].add(member)
         if new:
             self._member_groups[member] = new
-        return {security.remote_owner(g) for g in old | new if g in self.slots}
+        return {security.remote_owner(g) for g in old | new if g in self._users}
 
     def group_changed(self, group_id: str) -> set[Owner]:
-        """A group's rules changed: the ports using it, and the remote groups it starts or stops
-        naming (in a direction)."""
+        """A group's rules changed: its rules on each port using it, and the remote groups it
+        starts or stops naming (in a direction)."""
         group = self._groups.get(group_id)
         new = (
             frozenset((r.remote_group_id, r.direction) for r in group.rules if r.remote_group_id)
@@ -90,32 +98,40 @@ class SecurityIndex:
             self._users[remote].discard(group_id)
             if not self._users[remote]:
                 del self._users[remote]
-                self._taken.discard(self.slots.pop(remote))
+                self._release(remote)
         for remote in sorted({g for g, _d in new} - {g for g, _d in old}):
             self._users[remote].add(group_id)
-            if remote not in self.slots:
-                self._allocate(remote)
+            self._allocate(remote)
+        if group is None:
+            self._release(group_id)
+        else:
+            self._allocate(group_id)
         owners = {
-            security.port_owner(rid)
+            security.rules_owner(rid, group_id)
             for rtype, rid in self._group_members.get(group_id, ())
             if rtype is ResourceType.PORT
         }
         return owners | {security.remote_owner(g) for g, _d in old ^ new}  # a direction more or less
 
-    def _allocate(self, remote: str) -> None:
+    def _allocate(self, group_id: str) -> None:
         """A slot from the group id's hash, the next free one on a collision (rare: then the
         slots depend on arrival order and a restart may re-plan those two groups' flows)."""
-        if len(self._taken) >= SG_REMOTE_SLOTS:
-            return  # no slot: rules naming it allow nothing (never more than the slots in use)
-        slot = cookies.object_id(remote) % SG_REMOTE_SLOTS
+        if group_id in self.slots or len(self._taken) >= SG_SLOTS:
+            return  # held, or none left: that group's rules allow nothing
+        slot = cookies.object_id(group_id) % SG_SLOTS
         while slot in self._taken:
-            slot = (slot + 1) % SG_REMOTE_SLOTS
-        self.slots[remote] = slot
+            slot = (slot + 1) % SG_SLOTS
+        self.slots[group_id] = slot
         self._taken.add(slot)
+
+    def _release(self, group_id: str) -> None:
+        """Free a group's slot once it is neither held nor named as remote."""
+        if group_id in self.slots and group_id not in self._groups and group_id not in self._users:
+            self._taken.discard(self.slots.pop(group_id))
 
     def remote_flows(self, group_id: str) -> list[Flow]:
         slot = self.slots.get(group_id)
-        if slot is None:
+        if slot is None or group_id not in self._users:
             return []
         directions = {
             d for user in self._users.get(group_id, ()) for g, d in self._remotes[user] if g == group_id
@@ -127,23 +143,38 @@ class SecurityIndex:
                 addresses += security.member_addresses(held)  # type: ignore[arg-type]
         return security.remote_flows(group_id, slot, directions, addresses)
 
-    def port_flows(self, port_id: str, ofport: int | None) -> list[Flow]:
+    def _bound(self, port_id: str, ofport: int | None) -> tuple[Port, int, int] | None:
+        """(port, ofport, VNI) of a bound, enabled port with groups, else None."""
         port = self.state.ports.get(port_id)
         if port is None or ofport is None or not port.admin_up or not port.security_group_ids:
-            return []
+            return None
         vni = self.state.segment_of_port(port)
-        if not vni:
+        return (port, ofport, vni) if vni else None
+
+    def port_flows(self, port_id: str, ofport: int | None) -> list[Flow]:
+        bound = self._bound(port_id, ofport)
+        if bound is None:
             return []
-        groups = [self._groups[g] for g in port.security_group_ids if g in self._groups]
+        port, ofport, vni = bound
         gateways = []
         for fip in port.fixed_ips:
             sn = self.state.subnets.get(fip.subnet_id)
             if sn is not None and sn.gateway_ip and sn.gateway_mac and ":" not in sn.gateway_ip:
                 gateways.append(security.Gateway(sn.gateway_ip, sn.gateway_mac))
-        return security.port_flows(port, ofport, vni, groups, self.slots, gateways)
+        return security.port_flows(port, ofport, vni, gateways)
+
+    def rules_flows(self, port_id: str, group_id: str, ofport: int | None) -> list[Flow]:
+        bound = self._bound(port_id, ofport)
+        group = self._groups.get(group_id)
+        if bound is None or group is None or group_id not in bound[0].security_group_ids:
+            return []
+        return security.group_flows(port_id, bound[1], group, self.slots)
 
     def flows(self, oid: str, bindings: dict[str, int]) -> list[Flow]:
         if oid.startswith(security.REMOTE_PREFIX):
             return self.remote_flows(oid[len(security.REMOTE_PREFIX) :])
+        if oid.startswith(security.RULES_PREFIX):
+            port_id, _, group_id = oid[len(security.RULES_PREFIX) :].rpartition("/")
+            return self.rules_flows(port_id, group_id, bindings.get(port_id))
         port_id = oid[len(security.PORT_PREFIX) :]
         return self.port_flows(port_id, bindings.get(port_id))

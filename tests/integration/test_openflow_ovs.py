@@ -410,9 +410,8 @@ def test_security_group_flows_are_accepted_and_dump_back_byte_equal(
         ),
     )
     flows = (
-        security.port_flows(
-            port, 7, 0x66, [group], {"g1": 41}, [security.Gateway("10.0.1.1", "fa:16:3e:00:00:01")]
-        )
+        security.port_flows(port, 7, 0x66, [security.Gateway("10.0.1.1", "fa:16:3e:00:00:01")])
+        + security.group_flows("p1", 7, group, {"g1": 41})
         + security.remote_flows("g1", 41, [0, 1], ["10.0.1.6/32", "10.0.2.0/24"])
         + security.base_flows(0xA9)
     )

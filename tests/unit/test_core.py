@@ -228,7 +228,8 @@ def test_security_group_success_only_once_its_ports_flows_are_confirmed(core: Ag
     as_held = SecurityGroupRule(
         "r2", direction=1, ethertype=0, protocol=1, port_range_min=53, port_range_max=53
     )
-    core.driver.reject.add(security.rule_flows("p1", 4, as_held)[0].key)  # type: ignore[attr-defined]
+    slot = core.planner.security.slots["g1"]
+    core.driver.reject.add(security.rule_flows("p1", 4, as_held, slot, None)[0].key)  # type: ignore[attr-defined]
     statuses = _push(core, *BASE, gs.security_group("g1", [rule, refused], gs.UPDATE, 2))
     assert statuses["g1"] is Status.FAILURE
     core.driver.reject.clear()  # type: ignore[attr-defined]

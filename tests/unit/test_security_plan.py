@@ -49,8 +49,22 @@ def _mac(i: int) -> str:
     return f"fa:16:3e:01:{i >> 8:02x}:{i & 255:02x}"
 
 
+def _flows(planner: Planner, port_id: str) -> list:
+    """The port's own security flows and its groups' rules on it."""
+    port = planner.state.ports[port_id]
+    owners = [security.port_owner(port_id)] + [
+        security.rules_owner(port_id, g) for g in port.security_group_ids
+    ]
+    return [f for o in owners for f in planner.flows(o)]
+
+
 def _text(planner: Planner, port_id: str) -> list[str]:
-    return sorted(f.text(TABLE_NAMES) for f in planner.flows(security.port_owner(port_id)))
+    return sorted(f.text(TABLE_NAMES) for f in _flows(planner, port_id))
+
+
+def _prio(planner: Planner, group_id: str) -> int:
+    """The priority of a group's plain rules (100 + its slot)."""
+    return 100 + planner.security.slots[group_id]
 
 
 def _rule_lines(planner: Planner, port_id: str) -> list[str]:
@@ -60,6 +74,7 @@ def _rule_lines(planner: Planner, port_id: str) -> list[str]:
 def test_port_flows_golden() -> None:
     group = gs.security_group("g1", [gs.sg_rule("r1", IN, gs.TCP, (22, 22), "10.0.0.0/8")])
     planner = _planner(group, _port("p1", 5, ["g1"]))
+    prio = _prio(planner, "g1")
     assert _text(planner, "p1") == [
         "table=L2_LOOKUP, priority=101, reg0=0x64, dl_dst=fa:16:3e:00:00:05, dl_type=0x800 "
         "actions=set_field:0x3->reg3,ct(zone=3,table=45)",
@@ -74,10 +89,10 @@ def test_port_flows_golden() -> None:
         "table=SG_INGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+new+trk "
         "actions=ct(commit,zone=3),output:3",
         "table=SG_INGRESS_RULES, priority=1, reg3=0x3 actions=drop",
-        "table=SG_INGRESS_RULES, priority=100, reg3=0x3, dl_type=0x800, nw_proto=6, nw_src=10.0.0.0/8, "
+        f"table=SG_INGRESS_RULES, priority={prio}, reg3=0x3, dl_type=0x800, nw_proto=6, nw_src=10.0.0.0/8, "
         "tcp_dst=22, ct_state=-rpl+trk actions=goto_table:SG_INGRESS_COMMIT",
     ]
-    rule_flows = [f for f in planner.flows(security.port_owner("p1")) if f.table == 45 and f.priority == 100]
+    rule_flows = planner.flows(security.rules_owner("p1", "g1"))
     assert {f.cookie for f in rule_flows} == {security.rule_cookie("p1", "r1")}
 
 
@@ -101,8 +116,8 @@ def test_no_protocol_reads_as_any_and_port_ranges_as_masks() -> None:
     lines = _rule_lines(planner, "p1")
     ingress = [t for t in lines if t.startswith("table=SG_INGRESS_RULES")]
     assert ingress == [
-        "table=SG_INGRESS_RULES, priority=100, reg3=0x3, dl_type=0x800, ct_state=-rpl+trk "
-        "actions=goto_table:SG_INGRESS_COMMIT"
+        f"table=SG_INGRESS_RULES, priority={_prio(planner, 'g1')}, reg3=0x3, dl_type=0x800, "
+        "ct_state=-rpl+trk actions=goto_table:SG_INGRESS_COMMIT"
     ]
     egress = [t.split(" actions")[0].split("dl_type=0x800, ")[1] for t in lines if "SG_EGRESS_RULES" in t]
     assert "nw_proto=6, ct_state=-rpl+trk" in egress  # TCP 1-65535: every TCP port, no port match
@@ -126,14 +141,14 @@ def test_port_masks_cover_the_range_exactly() -> None:
 def test_rule_change_rewrites_only_that_rules_flows() -> None:
     rules = [gs.sg_rule("a", IN, gs.TCP, (80, 80)), gs.sg_rule("b", IN, gs.UDP, (53, 53))]
     planner = _planner(gs.security_group("g1", rules), _port("p1", 5, ["g1"]), _port("p2", 6, ["g1"]))
-    before = {f.key: f for f in planner.flows(security.port_owner("p1"))}
+    before = {f.key: f for f in planner.flows(security.rules_owner("p1", "g1"))}
     (outcome,) = _apply(
         planner.state, gs.security_group("g1", [rules[1], gs.sg_rule("c", OUT, gs.ICMP)], gs.UPDATE, 2)
     )
     assert outcome.status is Status.SUCCESS
     touched = planner.touch(ResourceType.SECURITYGROUP, "g1")
-    assert touched == {security.port_owner("p1"), security.port_owner("p2")}
-    after = {f.key: f for f in planner.flows(security.port_owner("p1"))}
+    assert touched == {security.rules_owner("p1", "g1"), security.rules_owner("p2", "g1")}  # not their own
+    after = {f.key: f for f in planner.flows(security.rules_owner("p1", "g1"))}
     removed = [before[k] for k in set(before) - set(after)]
     added = [after[k] for k in set(after) - set(before)]
     assert {f.cookie for f in removed} == {security.rule_cookie("p1", "a")}
@@ -146,7 +161,7 @@ def test_remote_group_is_a_conjunction_shared_by_every_port() -> None:
     app = gs.security_group("app", [])
     planner = _planner(db, app, _port("p1", 5, ["db"]), _port("p2", 6, ["app"]), _port("p3", 7, ["db"]))
     slot = planner.security.slots["app"]
-    prio, conj = 1000 + slot, slot + 1
+    prio, conj = 30100 + slot, slot + 1
     assert _rule_lines(planner, "p1") == [
         f"table=SG_INGRESS_RULES, priority={prio}, reg3=0x3, dl_type=0x800, nw_proto=6, tcp_dst=5432, "
         f"ct_state=-rpl+trk actions=conjunction({conj},1/2)"
@@ -157,11 +172,11 @@ def test_remote_group_is_a_conjunction_shared_by_every_port() -> None:
         f"table=SG_INGRESS_RULES, priority={prio}, dl_type=0x800, nw_src=10.0.1.6 "
         f"actions=conjunction({conj},2/2)",
     ]
-    # p3 (a db port) joins app: only app's member flows change, no port's own flows.
+    # p3 (a db port) joins app: app's member flows change, and p3's own; not p1's.
     _apply(planner.state, _port("p3", 7, ["db", "app"], gs.UPDATE, 2))
     touched = planner.touch(ResourceType.PORT, "p3")
     assert security.remote_owner("app") in touched
-    assert security.port_owner("p1") not in touched
+    assert not {o for o in touched if "p1" in o[1]}
 
 
 def test_one_member_of_a_thousand_touches_only_its_own_flow() -> None:
@@ -229,7 +244,7 @@ def test_builders_emit_canonical_matches() -> None:
     group = gs.security_group("g1", [gs.sg_rule("r", IN, gs.UDP, (10, 20), remote_group_id="g1")])
     planner = _planner(group, _port("p1", 5, ["g1"]), _port("p2", 6, ["g1"]))
     remote = planner.flows(security.remote_owner("g1"))
-    for flow in planner.flows(security.port_owner("p1")) + remote + security.base_flows(1):
+    for flow in _flows(planner, "p1") + remote + security.base_flows(1):
         assert match(*flow.match) == flow.match, flow.text()
 
 
@@ -245,5 +260,5 @@ def test_neighbours_naming_their_groups_are_members() -> None:
     _apply(planner.state, gs.neighbor("n2", "v1", "s1", "10.0.1.21", "fa:16:3e:00:00:21", "172.31.0.12",
                                       op=gs.UPDATE, revision=2, groups=["app"]))  # fmt: skip
     touched = planner.touch(ResourceType.NEIGHBOR, "n2")
-    assert security.remote_owner("app") in touched and security.port_owner("p1") not in touched
+    assert security.remote_owner("app") in touched and not {o for o in touched if "p1" in o[1]}
     assert sum("nw_src" in f.text() for f in planner.flows(security.remote_owner("app"))) == 2
