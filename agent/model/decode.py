@@ -144,7 +144,7 @@ _SG_IPV4 = 0
 _SG_PROTOCOLS = {0: "TCP", 1: "UDP", 2: "ICMP"}  # what the security-group stage enforces
 
 
-def _unenforced(r: Any) -> str:
+def _unenforced(r: Any, stateless: bool) -> str:
     """Why the agent cannot enforce a (well-formed) rule, "" when it can (docs/security-groups.md)."""
     if r.ethertype != _SG_IPV4:
         return f"rule {r.id}: IPv6 rules are not enforced"
@@ -156,6 +156,8 @@ def _unenforced(r: Any) -> str:
         return f"rule {r.id}: remote_ip_prefix and remote_group_id are both set"
     if _SG_PROTOCOLS[r.protocol] == "ICMP" and max(r.port_range_min, r.port_range_max) > 255:
         return f"rule {r.id}: ICMP type/code beyond 255"
+    if stateless and r.remote_group_id:
+        return f"rule {r.id}: a remote group in a stateless group is not enforced"
     return ""
 
 
@@ -172,7 +174,7 @@ def _security_group(c: Any) -> SecurityGroup:
         if max(r.port_range_min, r.port_range_max) > 65535:
             raise v.Invalid(f"rule {r.id}: port range beyond 65535")
         remote = v.cidr(r.remote_ip_prefix, "remote_ip_prefix") if r.remote_ip_prefix else ""
-        if _unenforced(r):
+        if _unenforced(r, c.stateless):
             continue  # held out of the group, reported by _security_group_partial
         rules.append(
             SecurityGroupRule(
@@ -187,13 +189,18 @@ def _security_group(c: Any) -> SecurityGroup:
             )
         )
     return SecurityGroup(
-        id=c.id, revision=c.revision_number, vpc_id=c.vpc_id, name=c.name, rules=tuple(rules)
+        id=c.id,
+        revision=c.revision_number,
+        vpc_id=c.vpc_id,
+        name=c.name,
+        rules=tuple(rules),
+        stateless=c.stateless,
     )
 
 
 def _security_group_partial(c: Any) -> str:
     """The rules of a group the agent does not enforce, as its INVALID_ARG reason."""
-    return "; ".join(filter(None, (_unenforced(r) for r in _live_rules(c))))
+    return "; ".join(filter(None, (_unenforced(r, c.stateless) for r in _live_rules(c))))
 
 
 def _dhcp(c: Any) -> Dhcp:

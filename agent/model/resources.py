@@ -151,6 +151,7 @@ class SecurityGroup:
     vpc_id: str = ""
     name: str = ""
     rules: tuple[SecurityGroupRule, ...] = ()
+    stateless: bool = False  # an aca extension field (100): no conntrack for its rules
 
 
 @dataclass(frozen=True, slots=True)

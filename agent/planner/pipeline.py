@@ -63,6 +63,7 @@ class Priority(enum.IntEnum):
     SG_INTO_PORT = 101  # L2_LOOKUP: IP to a port with groups goes through conntrack first
     SG_GATEWAY = 110  # echo to the port's gateway is answered whatever the rules say
     SG_COMMIT = 120  # a new connection is committed, then goes on like the others
+    SG_STATELESS = 200  # + the group's slot: a stateless group's rules, before conntrack
     SG_REMOTE = 30100  # + a remote group's slot (< SG_SLOTS): its conjunction's flows
     SG_REPLY = 64000  # replies and related packets of tracked connections pass
     SG_INVALID = 65000  # conntrack said invalid: dropped

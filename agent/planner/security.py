@@ -212,7 +212,9 @@ def _member_flow(
     return Flow(table, priority, match(_IS_IP, cidr_match(remote_field, address)), clause, cookie=ck)
 
 
-def group_flows(port_id: str, ofport: int, group: SecurityGroup, slots: Mapping[str, int]) -> list[Flow]:
+def group_flows(
+    port_id: str, ofport: int, vni: int, mac: str, group: SecurityGroup, slots: Mapping[str, int]
+) -> list[Flow]:
     """One group's rules on one bound port (owner ``rules:<port id>/<group id>``); two rules of
     the group with the same match share one flow (the first rule's cookie)."""
     slot = slots.get(group.id)
@@ -220,10 +222,49 @@ def group_flows(port_id: str, ofport: int, group: SecurityGroup, slots: Mapping[
         return []  # no slot left: the group allows nothing
     flows: dict[FlowKey, Flow] = {}
     for rule in group.rules:
-        remote_slot = slots.get(rule.remote_group_id) if rule.remote_group_id else None
-        for flw in rule_flows(port_id, ofport, rule, slot, remote_slot):
+        if group.stateless:
+            planned = stateless_rule_flows(port_id, ofport, vni, mac, rule, slot)
+        else:
+            remote_slot = slots.get(rule.remote_group_id) if rule.remote_group_id else None
+            planned = rule_flows(port_id, ofport, rule, slot, remote_slot)
+        for flw in planned:
             flows.setdefault(flw.key, flw)
     return list(flows.values())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def stateless_rule_flows(
+    port_id: str, ofport: int, vni: int, mac: str, rule: SecurityGroupRule, slot: int
+) -> tuple[Flow, ...]:
+    """A stateless group's rule on one port, matched before conntrack and never tracked: egress
+    in ``SG_EGRESS`` on to the router, ingress in ``L2_LOOKUP`` straight out of the port (above
+    the port's way into conntrack). Replies are not recognised: they need rules of their own."""
+    if rule.remote_group_id:
+        return ()  # not enforced without conntrack (decode reports it): allows nothing
+    ck = rule_cookie(port_id, rule.id)
+    priority = Priority.SG_STATELESS + slot
+    remote = rule.remote_ip_prefix
+    if rule.direction == INGRESS:
+        base: tuple[MatchField, ...] = (
+            MatchField(Reg.SEGMENT, vni),
+            MatchField(Field.ETH_DST, mac_to_int(mac)),
+        )
+        peer = () if not remote or remote == "0.0.0.0/0" else (cidr_match(Field.IPV4_SRC, remote),)
+        return tuple(
+            Flow(Table.L2_LOOKUP, priority, match(*base, _IS_IP, *peer, *l4), (Output(ofport),), cookie=ck)
+            for l4 in _l4_matches(rule)
+        )
+    peer = () if not remote or remote == "0.0.0.0/0" else (cidr_match(Field.IPV4_DST, remote),)
+    return tuple(
+        Flow(
+            Table.SG_EGRESS,
+            priority,
+            match(MatchField(Field.IN_PORT, ofport), _IS_IP, *peer, *l4),
+            goto=Table.L3_GATEWAY,
+            cookie=ck,
+        )
+        for l4 in _l4_matches(rule)
+    )
 
 
 def port_flows(port: Port, ofport: int, vni: int, gateways: Iterable[Gateway]) -> list[Flow]:

@@ -168,7 +168,8 @@ class SecurityIndex:
         group = self._groups.get(group_id)
         if bound is None or group is None or group_id not in bound[0].security_group_ids:
             return []
-        return security.group_flows(port_id, bound[1], group, self.slots)
+        port, ofport, vni = bound
+        return security.group_flows(port_id, ofport, vni, port.mac, group, self.slots)
 
     def flows(self, oid: str, bindings: dict[str, int]) -> list[Flow]:
         if oid.startswith(security.REMOTE_PREFIX):

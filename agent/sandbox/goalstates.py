@@ -171,8 +171,12 @@ def security_group(
     rules: Iterable[pb.SecurityGroupConfiguration.SecurityGroupRule] = (),
     op: int = CREATE,
     revision: int = 1,
+    stateless: bool = False,
 ) -> pb.SecurityGroupState:
-    config = pb.SecurityGroupConfiguration(revision_number=revision, id=group_id, name=group_id)
+    """``stateless`` is the aca extension field (100); upstream never sets it."""
+    config = pb.SecurityGroupConfiguration(
+        revision_number=revision, id=group_id, name=group_id, stateless=stateless
+    )
     for rule in rules:
         config.security_group_rules.add().CopyFrom(rule)
         config.security_group_rules[-1].security_group_id = group_id

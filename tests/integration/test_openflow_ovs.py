@@ -396,6 +396,8 @@ def test_security_group_flows_are_accepted_and_dump_back_byte_equal(
     group's clauses and conj_id flow) as the planner builds them,
     compared with what ovs-ofctl installs from their text and with the dump (a restart must
     find them byte-equal, or it would rewrite them)."""
+    from dataclasses import replace
+
     from agent.model.resources import FixedIp, Port, SecurityGroup, SecurityGroupRule
     from agent.planner import security
 
@@ -411,7 +413,8 @@ def test_security_group_flows_are_accepted_and_dump_back_byte_equal(
     )
     flows = (
         security.port_flows(port, 7, 0x66, [security.Gateway("10.0.1.1", "fa:16:3e:00:00:01")])
-        + security.group_flows("p1", 7, group, {"g1": 41})
+        + security.group_flows("p1", 7, 0x66, port.mac, group, {"g1": 41})
+        + security.group_flows("p1", 7, 0x66, port.mac, replace(group, id="g2", stateless=True), {"g2": 42})
         + security.remote_flows("g1", 41, [0, 1], ["10.0.1.6/32", "10.0.2.0/24"])
         + security.base_flows(0xA9)
     )

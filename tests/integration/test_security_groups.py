@@ -73,6 +73,7 @@ class Net:
     vms: dict[str, Vm] = field(default_factory=dict)
     groups: dict[str, list[Any]] = field(default_factory=dict)
     servers: list[Any] = field(default_factory=list)
+    stateless: set[str] = field(default_factory=set)  # groups sent with the extension field set
     revision: int = 1
 
     def vm(self, name: str, last: int, groups: tuple[str, ...] = (), host: str = HOST) -> Vm:
@@ -126,7 +127,10 @@ class Net:
         return sorted({v.host for v in self.vms.values()} | {HOST})
 
     def _group(self, name: str, op: int) -> pb.SecurityGroupState:
-        return gs.security_group(self.group_id(name), self.groups[name], op=op, revision=self.revision)
+        stateless = name in self.stateless
+        return gs.security_group(
+            self.group_id(name), self.groups[name], op=op, revision=self.revision, stateless=stateless
+        )
 
     def push(self, *states: Any, host: str = HOST, op: int = gs.CREATE) -> dict[str, int]:
         host_ip = self.sb.host(host).underlay_ip
@@ -404,6 +408,30 @@ def test_toggling_one_rule_100_times_loses_nothing_of_another_rules_connection(
         assert len(changes) == 100 and set(changes) == {("0", "1"), ("1", "0")}, changes
     finally:
         session.close()
+
+
+def test_stateless_group_needs_rules_both_ways_and_never_enters_conntrack(sandbox: Sandbox, net: Any) -> None:
+    n = net("si", 4109, "10.49.0.0/24")
+    n.groups["sl"] = [gs.sg_rule("r-sl-in", INGRESS, gs.UDP, (7000, 7000), remote_ip_prefix="10.49.0.11/32")]
+    n.stateless.add("sl")
+    n.groups["sf"] = [gs.sg_rule("r-sf-in", INGRESS, gs.TCP, (8080, 8080))]
+    srv = n.vm("srv", 10, ("sl", "sf"))
+    cli = n.vm("cli", 11)
+    n.deploy()
+    at_srv = n.echo("srv", 7000, 8080)
+    # In without conntrack, but the reply is nobody's: no rule lets it out.
+    assert not probe(sandbox, cli.name, "udp", srv.ip, 7000, "sl-1", timeout=1)
+    at_srv.wait_for("sl-1")
+    rule_out = gs.sg_rule("r-sl-out", EGRESS, gs.UDP, remote_ip_prefix="10.49.0.11/32")
+    assert n.update_group("sl", [*n.groups["sl"], rule_out]) == pb.SUCCESS
+    assert probe(sandbox, cli.name, "udp", srv.ip, 7000, "sl-2")
+    assert probe(sandbox, cli.name, "tcp", srv.ip, 8080, "sf-1")  # the stateful group beside it
+    zone = next(p for p in sandbox.control(HOST, "sg") if p["port"] == srv.port_id)["zone"]
+    vswitchd = f"{sandbox.host(HOST).ovs_rundir}/ovs-vswitchd.ctl"
+    tracked = sandbox.exec(
+        HOST, ["ovs-appctl", "-t", vswitchd, "dpctl/dump-conntrack", f"zone={zone}"]
+    ).stdout
+    assert "dport=8080" in tracked and "dport=7000" not in tracked, tracked
 
 
 def test_sigkill_restart_rewrites_no_flow_and_keeps_connections(sandbox: Sandbox, net: Any) -> None:

@@ -262,3 +262,31 @@ def test_neighbours_naming_their_groups_are_members() -> None:
     touched = planner.touch(ResourceType.NEIGHBOR, "n2")
     assert security.remote_owner("app") in touched and not {o for o in touched if "p1" in o[1]}
     assert sum("nw_src" in f.text() for f in planner.flows(security.remote_owner("app"))) == 2
+
+
+def test_stateless_group_rules_bypass_conntrack() -> None:
+    """The extension field (SecurityGroupConfiguration 100): rules before conntrack, egress on
+    to the router, ingress straight out of the port; a remote group there is reported."""
+    group = gs.security_group(
+        "g1",
+        [
+            gs.sg_rule("in", IN, gs.UDP, (7000, 7000), "10.0.1.6/32"),
+            gs.sg_rule("out", OUT, gs.UDP, remote_ip_prefix="10.0.1.6/32"),
+            gs.sg_rule("rg", IN, gs.TCP, (22, 22), remote_group_id="g1"),
+        ],
+        stateless=True,
+    )
+    planner = _planner(_port("p1", 5, ["g1"]))
+    (outcome,) = _apply(planner.state, group)
+    assert (
+        outcome.status is Status.INVALID_ARG
+        and "rule rg: a remote group in a stateless group" in outcome.reason
+    )
+    planner.touch(ResourceType.SECURITYGROUP, "g1")
+    prio = 200 + planner.security.slots["g1"]
+    assert sorted(f.text(TABLE_NAMES) for f in planner.flows(security.rules_owner("p1", "g1"))) == [
+        f"table=L2_LOOKUP, priority={prio}, reg0=0x64, dl_dst=fa:16:3e:00:00:05, dl_type=0x800, nw_proto=17, "
+        "nw_src=10.0.1.6, udp_dst=7000 actions=output:3",
+        f"table=SG_EGRESS, priority={prio}, in_port=3, dl_type=0x800, nw_proto=17, nw_dst=10.0.1.6 "
+        "actions=goto_table:L3_GATEWAY",
+    ]
