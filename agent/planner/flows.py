@@ -53,6 +53,7 @@ class Field(enum.Enum):
     IP_TTL = ("nw_ttl", 8)
     CT_STATE = ("ct_state", 32)  # conntrack state bits (CT_* below), after a ct() lookup
     CONJ_ID = ("conj_id", 32)  # the conjunction a packet completed (see Conjunction)
+    CT_MARK = ("ct_mark", 32)  # the mark committed with the packet's connection (Ct.mark)
 
     # Members are singletons: identity hashing is exact and, unlike Enum's, runs in C. Flow keys
     # are hashed on every dict access of the reconciler, so this matters at 100k flows.
@@ -244,17 +245,21 @@ class Controller:
 @dataclass(frozen=True, slots=True)
 class Ct:
     """Send the packet through conntrack in ``zone`` (Nicira ct): with ``table``, it continues
-    there with ct_state set (recirculated); ``commit`` stores its connection."""
+    there with ct_state set (recirculated); ``commit`` stores its connection, with ``mark``
+    as its ct_mark when given."""
 
     zone: int
     table: int | None = None
     commit: bool = False
+    mark: int | None = None  # with commit: the connection's ct_mark becomes this
 
     def text(self) -> str:
         parts = ["commit"] if self.commit else []
         parts.append(f"zone={self.zone}")
         if self.table is not None:
             parts.append(f"table={self.table}")
+        if self.mark is not None:
+            parts.append(f"exec(set_field:{self.mark}->ct_mark)")
         return f"ct({','.join(parts)})"
 
 

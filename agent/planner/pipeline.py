@@ -58,6 +58,7 @@ class Priority(enum.IntEnum):
     GATEWAY_ECHO = 110  # ICMP echo to a gateway IP, above entering the router
     ROUTE = 1000  # + 10 * prefix length + min(rule priority, 9): longest prefix wins
     SG_DROP = 1  # a port's default drop in the rules tables: counted per port
+    SG_BLOCK = 2  # an established connection no rule allows any more: marked blocked, dropped
     SG_RULE = 100  # + the group's slot (< SG_SLOTS): a group's plain allows (all allow, so the
     # order between groups does not matter; the slot keeps two groups' equal rules two flows)
     SG_INTO_PORT = 101  # L2_LOOKUP: IP to a port with groups goes through conntrack first

@@ -26,6 +26,7 @@ from agent.model.resources import Neighbor, Port, SecurityGroup, SecurityGroupRu
 from agent.planner import cookies
 from agent.planner.cookies import Kind
 from agent.planner.flows import (
+    CT_EST,
     CT_INV,
     CT_NEW,
     CT_REL,
@@ -57,6 +58,9 @@ ICMP_ECHO_REQUEST = 8
 _IP_PROTO = {TCP: IP_PROTO_TCP, UDP: IP_PROTO_UDP, ICMP: IP_PROTO_ICMP}
 _DST_PORT = {TCP: Field.TCP_DST, UDP: Field.UDP_DST}
 _IS_IP = MatchField(Field.ETH_TYPE, ETH_TYPE_IPV4)
+BLOCKED = 1  # ct_mark of a connection whose rule went away: its replies drop too
+_OPEN = MatchField(Field.CT_MARK, 0, BLOCKED)
+_MARKED = MatchField(Field.CT_MARK, BLOCKED, BLOCKED)
 
 
 PORT_PREFIX = "port:"
@@ -136,8 +140,8 @@ def base_flows(ck: int) -> list[Flow]:
         flows += [
             Flow(rules, Priority.DEFAULT, (), cookie=ck),
             Flow(rules, Priority.SG_INVALID, match(ct_state(CT_TRK | CT_INV)), cookie=ck),
-            Flow(rules, Priority.SG_REPLY, match(ct_state(CT_TRK | CT_RPL)), goto=commit, cookie=ck),
-            Flow(rules, Priority.SG_REPLY, match(ct_state(CT_TRK | CT_REL)), goto=commit, cookie=ck),
+            Flow(rules, Priority.SG_REPLY, match(ct_state(CT_TRK | CT_RPL), _OPEN), goto=commit, cookie=ck),
+            Flow(rules, Priority.SG_REPLY, match(ct_state(CT_TRK | CT_REL), _OPEN), goto=commit, cookie=ck),
         ]
     return flows
 
@@ -283,6 +287,8 @@ def _port_own_flows(
     in_port = MatchField(Field.IN_PORT, ofport)
     sg_port = MatchField(Reg.SG_PORT, ofport)
     into_port = SetField(Reg.SG_PORT, ofport)
+    est = ct_state(CT_TRK | CT_EST, CT_RPL)
+    block = Ct(ofport, commit=True, mark=BLOCKED)
     flows = [
         Flow(
             Table.SG_EGRESS,
@@ -316,6 +322,25 @@ def _port_own_flows(
         Flow(Table.SG_INGRESS_COMMIT, Priority.LOCAL, match(sg_port), (Output(ofport),), cookie=ck),
         Flow(Table.SG_EGRESS_RULES, Priority.SG_DROP, match(sg_port), cookie=ck),
         Flow(Table.SG_INGRESS_RULES, Priority.SG_DROP, match(sg_port), cookie=ck),
+        # An established connection's original packet no rule allows (its rule went away): the
+        # connection is marked blocked, so its replies stop too; a rule allowing it again unmarks it.
+        Flow(Table.SG_EGRESS_RULES, Priority.SG_BLOCK, match(sg_port, _IS_IP, est), (block,), cookie=ck),
+        Flow(Table.SG_INGRESS_RULES, Priority.SG_BLOCK, match(sg_port, _IS_IP, est), (block,), cookie=ck),
+        Flow(
+            Table.SG_EGRESS_COMMIT,
+            Priority.SG_COMMIT,
+            match(sg_port, _IS_IP, est, _MARKED),
+            (Ct(ofport, commit=True, mark=0),),
+            goto=Table.L3_GATEWAY,
+            cookie=ck,
+        ),
+        Flow(
+            Table.SG_INGRESS_COMMIT,
+            Priority.SG_COMMIT,
+            match(sg_port, _IS_IP, est, _MARKED),
+            (Ct(ofport, commit=True, mark=0), Output(ofport)),
+            cookie=ck,
+        ),
     ]
     for gw in gateways:
         flows.append(

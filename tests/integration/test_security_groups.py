@@ -26,7 +26,7 @@ from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
 from agent.sandbox.poll import wait_for
 from tests.support.parts import missing, require_ovs
-from tests.support.sg_traffic import Echo, Session, ping, probe
+from tests.support.sg_traffic import Echo, Session, UdpSession, ping, probe
 from tests.support.traffic import dump_flows
 
 pytestmark = pytest.mark.integration
@@ -379,6 +379,39 @@ def test_removed_rule_stops_its_live_connection_and_spares_the_others(sandbox: S
     finally:
         doomed.close()
         kept.close()
+
+
+def test_removed_rule_blocks_the_replies_of_its_connections_too(sandbox: Sandbox, net: Any) -> None:
+    """Once an established connection's next original packet meets no rule, the connection is
+    marked blocked: the server's packets on it (the reply direction) are dropped as well."""
+    n = net("sj", 4110, "10.50.0.0/24")
+    n.groups["g"] = [
+        gs.sg_rule("r-cli", INGRESS, gs.UDP, (7100, 7101), remote_ip_prefix="10.50.0.11/32"),
+        gs.sg_rule("r-oth", INGRESS, gs.UDP, (7100, 7101), remote_ip_prefix="10.50.0.12/32"),
+        gs.sg_rule("r-out", EGRESS, gs.UDP, remote_ip_prefix="10.50.0.11/32"),
+    ]
+    srv = n.vm("srv", 10, ("g",))
+    cli = n.vm("cli", 11)
+    oth = n.vm("oth", 12)
+    n.deploy()
+    at_srv = n.echo("srv", 7100, 7101)
+    conn = UdpSession(sandbox, cli.name, 40000, srv.ip, 7100)
+    try:
+        conn.send("u-1")
+        wait_for(lambda: conn.seen("u-1"), 5, "the echo of u-1")  # cli:40000 <-> srv:7100 tracked
+        rules = n.groups["g"]
+        assert n.update_group("g", [r for r in rules if r.id != "r-cli"]) == pb.SUCCESS
+        conn.send("u-2")  # the connection's next original packet: no rule, marked blocked, dropped
+        assert probe(sandbox, oth.name, "udp", srv.ip, 7100, "o-1")
+        assert not at_srv.seen("u-2")
+        # srv sends on the blocked connection (from 7100: its reply direction), then on a new
+        # connection (from 7101, allowed out by r-out) that proves cli's socket still receives.
+        assert probe(sandbox, oth.name, "udp", srv.ip, 7100, f"send:{cli.ip}:40000:late")
+        assert probe(sandbox, oth.name, "udp", srv.ip, 7101, f"send:{cli.ip}:40000:proof")
+        wait_for(lambda: conn.seen("proof"), 5, "srv's packet on a new connection")
+        assert not conn.seen("late")
+    finally:
+        conn.close()
 
 
 def test_toggling_one_rule_100_times_loses_nothing_of_another_rules_connection(

@@ -2,9 +2,11 @@
 
 An echo server inside a VM logs every datagram and every line it receives (with the sender's
 address) and echoes it back, so one probe proves both directions: the request arrived (the log)
-and the reply came back (the client's output). "Nothing arrived" is only concluded after a later
-probe on the same server did arrive (``Echo.wait_for``). A ``Session`` is one long-lived TCP
-connection driven line by line from the test.
+and the reply came back (the client's output). A datagram ``send:<ip>:<port>:<payload>`` also
+makes it send ``payload`` from that port to ``ip:port``: a packet the server starts. "Nothing
+arrived" is only concluded after a later probe on the same server did arrive. A ``Session`` is
+one long-lived TCP connection driven line by line from the test, a ``UdpSession`` one UDP
+socket with a fixed port (one conntrack connection).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ def udp(port):
     while True:
         data, src = s.recvfrom(4096)
         note("udp", src, data.decode()); s.sendto(data, src)
+        if data.startswith(b"send:"):  # send:<ip>:<port>:<payload>, from this socket
+            _, ip, to_port, payload = data.decode().split(":", 3)
+            s.sendto(payload.encode(), (ip, int(to_port)))
 for p in host_ports:
     threading.Thread(target=tcp, args=(p,), daemon=True).start()
     threading.Thread(target=udp, args=(p,), daemon=True).start()
@@ -68,6 +73,22 @@ try:
         s.sendall(payload.encode() + b"\n"); print(s.makefile().readline().strip())
 except OSError as exc:
     print(f"failed {type(exc).__name__}")
+"""
+
+_UDP_SESSION = r"""
+import select, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", int(sys.argv[1])))
+peer = (sys.argv[2], int(sys.argv[3]))
+print("bound", flush=True)
+while True:
+    ready = select.select([sys.stdin, s], [], [])[0]
+    if sys.stdin in ready:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        s.sendto(line.strip().encode(), peer)
+    if s in ready:
+        print(s.recvfrom(4096)[0].decode(), flush=True)
 """
 
 _SESSION = r"""
@@ -137,6 +158,34 @@ def probe(sb: Sandbox, vm: str, proto: str, ip: str, port: int, payload: str, ti
 
 def ping(sb: Sandbox, vm: str, ip: str) -> bool:
     return sb.vm_exec(vm, ["ping", "-c", "1", "-W", "1", ip]).returncode == 0
+
+
+class UdpSession:
+    """A UDP socket in ``vm`` bound to ``port`` (one conntrack connection with its peer): ``send``
+    sends to the peer, ``seen`` tells whether a datagram with that payload came back to it
+    (from anyone)."""
+
+    def __init__(self, sb: Sandbox, vm: str, port: int, peer_ip: str, peer_port: int) -> None:
+        cmd = ["ip", "netns", "exec", _netns(sb, vm), "python3", "-u", "-c", _UDP_SESSION, str(port), peer_ip,
+               str(peer_port)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=False)
+        self.lines: list[str] = []
+        assert _read_line(self.proc, time.monotonic() + 10) == "bound"  # type: ignore[arg-type]
+
+    def send(self, payload: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(payload.encode() + b"\n")  # type: ignore[arg-type]
+        self.proc.stdin.flush()
+
+    def seen(self, payload: str) -> bool:
+        assert self.proc.stdout is not None
+        while select.select([self.proc.stdout.fileno()], [], [], 0)[0]:
+            self.lines.append(_read_line(self.proc, time.monotonic() + 5))  # type: ignore[arg-type]
+        return payload in self.lines
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 class Session:

@@ -68,7 +68,10 @@ def _prio(planner: Planner, group_id: str) -> int:
 
 
 def _rule_lines(planner: Planner, port_id: str) -> list[str]:
-    return [t for t in _text(planner, port_id) if "_RULES" in t.split(",")[0] and "priority=1," not in t]
+    own = (" priority=1,", " priority=2,")  # the port's default drop and blocked-connection marker
+    return [
+        t for t in _text(planner, port_id) if "_RULES" in t.split(",")[0] and not any(o in t for o in own)
+    ]
 
 
 def test_port_flows_golden() -> None:
@@ -82,15 +85,23 @@ def test_port_flows_golden() -> None:
         "actions=set_field:0x3->reg3,ct(zone=3,table=13)",
         "table=SG_EGRESS, priority=110, in_port=3, dl_dst=fa:16:3e:00:00:01, dl_type=0x800, nw_proto=1, "
         "nw_dst=10.0.1.1, icmp_type=8 actions=goto_table:L3_GATEWAY",
+        "table=SG_EGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+est-rpl+trk, ct_mark=1/1 "
+        "actions=ct(commit,zone=3,exec(set_field:0->ct_mark)),goto_table:L3_GATEWAY",
         "table=SG_EGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+new+trk "
         "actions=ct(commit,zone=3),goto_table:L3_GATEWAY",
         "table=SG_EGRESS_RULES, priority=1, reg3=0x3 actions=drop",
+        "table=SG_EGRESS_RULES, priority=2, reg3=0x3, dl_type=0x800, ct_state=+est-rpl+trk "
+        "actions=ct(commit,zone=3,exec(set_field:1->ct_mark))",
         "table=SG_INGRESS_COMMIT, priority=100, reg3=0x3 actions=output:3",
+        "table=SG_INGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+est-rpl+trk, ct_mark=1/1 "
+        "actions=ct(commit,zone=3,exec(set_field:0->ct_mark)),output:3",
         "table=SG_INGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+new+trk "
         "actions=ct(commit,zone=3),output:3",
         "table=SG_INGRESS_RULES, priority=1, reg3=0x3 actions=drop",
         f"table=SG_INGRESS_RULES, priority={prio}, reg3=0x3, dl_type=0x800, nw_proto=6, nw_src=10.0.0.0/8, "
         "tcp_dst=22, ct_state=-rpl+trk actions=goto_table:SG_INGRESS_COMMIT",
+        "table=SG_INGRESS_RULES, priority=2, reg3=0x3, dl_type=0x800, ct_state=+est-rpl+trk "
+        "actions=ct(commit,zone=3,exec(set_field:1->ct_mark))",
     ]
     rule_flows = planner.flows(security.rules_owner("p1", "g1"))
     assert {f.cookie for f in rule_flows} == {security.rule_cookie("p1", "r1")}

@@ -180,6 +180,7 @@ _OXM_IDS: dict[Field, tuple[int, int]] = {
     Field.IP_TTL: (_NXM_NX, 29),
     Field.CT_STATE: (_NXM_NX, 105),
     Field.CONJ_ID: (_NXM_NX, 37),
+    Field.CT_MARK: (_NXM_NX, 107),
     **{getattr(Field, f"REG{i}"): (_NXM_NX, i) for i in range(8)},
 }
 
@@ -362,7 +363,11 @@ def _encode_controller(action: Controller) -> bytes:
 def _encode_ct(action: Ct) -> bytes:
     table = _NX_CT_RECIRC_NONE if action.table is None else action.table
     flags = _NX_CT_F_COMMIT if action.commit else 0
-    return _ACT_CT.pack(_OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, _NXAST_CT, flags, 0, action.zone, table, 0)
+    nested = b"" if action.mark is None else _encode_set_field(SetField(Field.CT_MARK, action.mark))
+    header = _ACT_CT.pack(
+        _OFPAT_EXPERIMENTER, 24 + len(nested), NX_VENDOR_ID, _NXAST_CT, flags, 0, action.zone, table, 0
+    )
+    return header + nested
 
 
 def _encode_conjunction(action: Conjunction) -> bytes:
