@@ -28,7 +28,16 @@ from dataclasses import dataclass, field
 from agent.planner.cookies import AGENT_MASK, KIND_SHIFT, LAYOUT_TAG, TAG_SHIFT, Kind
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
-from bench.common import SUBNET, VPC, agent_rss_mb, context_states, controller_channel, percentile, sandbox
+from bench.common import (
+    SUBNET,
+    VPC,
+    agent_rss_mb,
+    context_states,
+    controller_channel,
+    percentile,
+    rss_mb,
+    sandbox,
+)
 
 GROUPS, RULES, REMOTE = 10, 10, "sg-members"
 BASE_IP = int(ipaddress.IPv4Address("10.128.0.0"))
@@ -45,7 +54,7 @@ def _mac(i: int) -> str:
 Rule = tuple[str, int, int, tuple[int, int], str, str]  # id, direction, protocol, ports, prefix, remote group
 
 
-def rules_of(g: int, extra: int = 0) -> list[Rule]:
+def rules_of(g: int, extra: int = 0, remote: str = REMOTE) -> list[Rule]:
     """Group g: 10 rules mixing protocols, ranges and directions, one remote-group rule, and
     ``extra`` more (the rule added and removed)."""
     kinds = [
@@ -64,25 +73,25 @@ def rules_of(g: int, extra: int = 0) -> list[Rule]:
         (f"g{g}-r{i}", d, proto, ports, f"10.{g}.{i}.0/24", "")
         for i, (d, proto, ports) in enumerate(kinds[:RULES])
     ]
-    rules.append((f"g{g}-remote", gs.INGRESS, gs.TCP, (9000 + g, 9000 + g), "", REMOTE))
+    rules.append((f"g{g}-remote", gs.INGRESS, gs.TCP, (9000 + g, 9000 + g), "", remote))
     rules += [(f"g{g}-extra{i}", gs.INGRESS, gs.TCP, (20000 + i, 20000 + i), "", "") for i in range(extra)]
     return rules
 
 
-def group(g: int, extra: int = 0, revision: int = 1) -> gs.pb.SecurityGroupState:
+def group(g: int, extra: int = 0, revision: int = 1, remote: str = REMOTE) -> gs.pb.SecurityGroupState:
     rules = [
-        gs.sg_rule(rid, d, proto, ports, remote_ip_prefix=prefix, remote_group_id=remote)
-        for rid, d, proto, ports, prefix, remote in rules_of(g, extra)
+        gs.sg_rule(rid, d, proto, ports, remote_ip_prefix=prefix, remote_group_id=remote_group)
+        for rid, d, proto, ports, prefix, remote_group in rules_of(g, extra, remote)
     ]
     return gs.security_group(
         f"sg-{g}", rules, op=gs.CREATE if revision == 1 else gs.UPDATE, revision=revision
     )
 
 
-def member(i: int) -> gs.pb.NeighborState:
+def member(i: int, remote: str = REMOTE) -> gs.pb.NeighborState:
     j = 100_000 + i
     host = f"172.30.{i % 50 // 250}.{i % 50 + 1}"
-    return gs.neighbor(f"member-{i}", VPC, SUBNET, _ip(j), _mac(j), host, groups=[REMOTE])
+    return gs.neighbor(f"member-{i}", VPC, SUBNET, _ip(j), _mac(j), host, groups=[remote])
 
 
 def port(box: Sandbox, i: int) -> gs.pb.PortState:
@@ -140,17 +149,25 @@ class Side:
     rss_mb: float = 0.0
 
 
-def run_agent(ports: int, members: int, n: int) -> Side:
+def remotes_of(own: bool) -> list[str]:
+    """Policy P's one remote group, or (the scale point) one remote group per group."""
+    return [f"{REMOTE}-{g}" for g in range(GROUPS)] if own else [REMOTE]
+
+
+def run_agent(ports: int, members: int, n: int, own_remotes: bool = False) -> Side:
+    """P (with ``members`` per remote group), then ``n`` samples of each operation."""
     side = Side()
+    remotes = remotes_of(own_remotes)
     with sandbox("acab-sg") as box, controller_channel(box, "host1") as send:
         box.exec("host1", ["ovs-vsctl", *plug_args(ports + n, "port-")])
-        groups = [group(g) for g in range(GROUPS)]
-        members_states = [member(i) for i in range(members)]
+        groups = [group(g, remote=remotes[g % len(remotes)]) for g in range(GROUPS)]
+        remote_groups = [gs.security_group(r, []) for r in remotes]
+        members_states = [member(k * members + i, r) for k, r in enumerate(remotes) for i in range(members)]
         ports_states = [port(box, i) for i in range(ports)]
-        side.policy_ms = timed(send, *groups, gs.security_group(REMOTE, []), *members_states, *ports_states)
+        side.policy_ms = timed(send, *groups, *remote_groups, *members_states, *ports_states)
         side.flows = security_flows(box)
         side.new_port = [timed(send, port(box, ports + i)) for i in range(n)]
-        side.member_add = [timed(send, member(members + i)) for i in range(n)]
+        side.member_add = [timed(send, member(len(remotes) * members + i)) for i in range(n)]
         for i in range(n):
             side.rule_add.append(timed(send, group(0, extra=1, revision=2 + 2 * i)))
             side.rule_remove.append(timed(send, group(0, extra=0, revision=3 + 2 * i)))
@@ -159,7 +176,12 @@ def run_agent(ports: int, members: int, n: int) -> Side:
 
 
 # ---------------------------------------------------------------- OVN, as Neutron's OVN driver writes it
-ADDRESS_SET = "as_sg_members_ip4"  # the remote group's members
+_CHUNK = 5000  # addresses per ovn-nbctl argument
+
+
+def address_set(remote: str) -> str:
+    """The address set of a remote group's members (Neutron: one per group and IP version)."""
+    return f"as_{remote.replace('-', '_')}_ip4"
 
 
 def ovn_acl(g: int, rule: Rule) -> list[str]:
@@ -171,7 +193,7 @@ def ovn_acl(g: int, rule: Rule) -> list[str]:
     if prefix:
         match.append(f"ip4.{side} == {prefix}")
     if remote:
-        match.append(f"ip4.{side} == ${ADDRESS_SET}")
+        match.append(f"ip4.{side} == ${address_set(remote)}")
     if proto == gs.ICMP:
         match.append("icmp4" + (f" && icmp4.type == {lo}" if lo else ""))
     else:
@@ -204,10 +226,11 @@ def _lsp(i: int) -> list[str]:
     return cmds
 
 
-def run_ovn(ports: int, members: int, n: int) -> Side:
+def run_ovn(ports: int, members: int, n: int, own_remotes: bool = False) -> Side:
     from bench.dhcp_rate import Lab, ovn_stack
 
     side = Side()
+    remotes = remotes_of(own_remotes)
     with tempfile.TemporaryDirectory(prefix="acab-sgovn-") as root:
         lab = Lab(pathlib.Path(root), f"acasgo{uuid.uuid4().hex[:4]}-")
         try:
@@ -223,25 +246,32 @@ def run_ovn(ports: int, members: int, n: int) -> Side:
             nbctl("--wait=hv", "sync")
             before = _ovn_flows(ovs)
             drop = "neutron_pg_drop"
-            addresses = ",".join(_ip(100_000 + i) for i in range(members))
             policy = [
                 *("acl-add", drop, "to-lport", "1001", f"outport == @{drop} && ip", "drop"),
                 *("--", "acl-add", drop, "from-lport", "1001", f"inport == @{drop} && ip", "drop"),
-                *("--", "create", "Address_Set", f"name={ADDRESS_SET}", f"addresses={addresses}"),
             ]
+            for k, remote in enumerate(remotes):
+                # In chunks: one argument may not exceed 128 KiB (MAX_ARG_STRLEN).
+                ips = [_ip(100_000 + k * members + i) for i in range(members)]
+                chunks = [ips[c : c + _CHUNK] for c in range(0, members, _CHUNK)] or [[]]
+                name = address_set(remote)
+                policy += ["--", "create", "Address_Set", f"name={name}", f"addresses={','.join(chunks[0])}"]
+                for chunk in chunks[1:]:
+                    policy += ["--", "add", "Address_Set", name, "addresses", *(f'"{a}"' for a in chunk)]
             for g in range(GROUPS):
-                for rule in rules_of(g):
+                for rule in rules_of(g, remote=remotes[g % len(remotes)]):
                     policy += ["--", "acl-add", *ovn_acl(g, rule)]
             t0 = time.perf_counter()
             nbctl("--wait=hv", *policy)
             side.policy_ms = (time.perf_counter() - t0) * 1e3
             side.flows = _ovn_flows(ovs) - before
+            side.rss_mb = rss_mb(stack.controller)
             for i in range(n):
                 side.new_port.append(_timed_nbctl(nbctl, *_lsp(ports + i)))
             for i in range(n):
-                address = f'"{_ip(100_000 + members + i)}"'
+                address = f'"{_ip(100_000 + len(remotes) * members + i)}"'
                 side.member_add.append(
-                    _timed_nbctl(nbctl, "add", "Address_Set", ADDRESS_SET, "addresses", address)
+                    _timed_nbctl(nbctl, "add", "Address_Set", address_set(REMOTE), "addresses", address)
                 )
             extra = ovn_acl(0, rules_of(0, extra=1)[-1])
             for _ in range(n):
@@ -269,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=1000)
     p.add_argument("--samples", type=int, default=30)
     p.add_argument("--no-ovn", action="store_true", help="the agent only")
+    p.add_argument(
+        "--scale-point",
+        type=int,
+        default=0,
+        metavar="MEMBERS",
+        help="also P with each group's remote group its own, of MEMBERS members (issue: 10000)",
+    )
     args = p.parse_args(argv)
     n = args.samples
     sides = {"agent": run_agent(args.ports, args.members, n)}
@@ -304,6 +341,22 @@ def main(argv: list[str] | None = None) -> int:
         figures["new_port_p99_vs_ovn_ratio"] = (
             f"{percentile(ovn.new_port, 99) / percentile(agent.new_port, 99):.2f}"
         )
+    if args.scale_point:
+        scale = {"agent": run_agent(args.ports, args.scale_point, 0, own_remotes=True)}
+        if not args.no_ovn:
+            scale["ovn"] = run_ovn(args.ports, args.scale_point, 0, own_remotes=True)
+        addresses = GROUPS * args.scale_point
+        for name, side in scale.items():
+            process = "agent" if name == "agent" else "ovn-controller"
+            print(
+                f"{name:5s} scale point ({addresses} remote addresses) {side.policy_ms:9.1f} ms  "
+                f"flows {side.flows}  RSS {side.rss_mb:.1f} MB ({process})"
+            )
+            figures |= {
+                f"scale_{name}_ms": f"{side.policy_ms:.1f}",
+                f"scale_{name}_flows": side.flows,
+                f"scale_{name}_rss_mb": f"{side.rss_mb:.1f}",
+            }
     print("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items()))
     return 0
 
