@@ -235,7 +235,7 @@ def test_rules_allow_per_protocol_direction_and_prefix(sandbox: Sandbox, net: An
     # ICMP only from cli (its echo reply leaves srv as a reply), not from oth; the ping after
     # oth's shows the path was up.
     assert ping(sandbox, cli.name, srv.ip)
-    assert not ping(sandbox, oth.name, srv.ip)
+    assert not ping(sandbox, oth.name, srv.ip, timeout=1)
     assert ping(sandbox, cli.name, srv.ip)
     # Egress: TCP 9000-9001 out of srv, not 9002, and no UDP out (unsolicited the other way).
     assert probe(sandbox, srv.name, "tcp", cli.ip, 9000, "out-9000")
@@ -370,7 +370,7 @@ def test_removed_rule_stops_its_live_connection_and_spares_the_others(sandbox: S
         assert doomed.send("d-1") and kept.send("k-1")
         flows_before = dump_flows(sandbox, HOST)
         assert n.update_group("g", [keep]) == pb.SUCCESS
-        assert not doomed.send("d-2")  # the next packet of the connection is dropped
+        assert not doomed.send("d-2", timeout=1)  # the next packet of the connection is dropped
         assert kept.send("k-2")
         # Only the removed rule's flows changed.
         gone = set(flows_before) - set(dump_flows(sandbox, HOST))
@@ -499,6 +499,11 @@ def test_ipv6_rules_are_reported_and_ipv4_rules_still_enforced(sandbox: Sandbox,
     statuses = n.push(n._group("v6", gs.CREATE), n._port(srv, gs.CREATE), n._port(cli, gs.CREATE))
     assert statuses[n.group_id("v6")] == pb.INVALID_ARG
     assert statuses[srv.port_id] == statuses[cli.port_id] == pb.SUCCESS
-    n.echo("srv", 8080, 8082)
-    wait_for(lambda: probe(sandbox, cli.name, "tcp", srv.ip, 8080, "v4-allowed"), 10, "the IPv4 rule")
-    assert not probe(sandbox, cli.name, "tcp", srv.ip, 8082, "no-rule", timeout=1)
+    at_srv = n.echo("srv", 8080, 8082)
+    assert probe(sandbox, cli.name, "tcp", srv.ip, 8080, "v4-allowed")
+    _denied(
+        at_srv,
+        lambda: probe(sandbox, cli.name, "tcp", srv.ip, 8082, "no-rule", timeout=1),
+        lambda: probe(sandbox, cli.name, "tcp", srv.ip, 8080, "v4-after"),
+        "no-rule",
+    )

@@ -94,12 +94,13 @@ while True:
 _SESSION = r"""
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-s.settimeout(float(sys.argv[3]))
 print("connected", flush=True)
 f = s.makefile()
 for line in sys.stdin:
+    timeout, payload = line.rstrip("\n").split(" ", 1)
+    s.settimeout(float(timeout))
     try:
-        s.sendall(line.encode()); print(f.readline().strip() or "closed", flush=True)
+        s.sendall(payload.encode() + b"\n"); print(f.readline().strip() or "closed", flush=True)
     except OSError as exc:
         print(f"failed {type(exc).__name__}", flush=True)
 """
@@ -150,14 +151,16 @@ class Echo:
         self.proc.wait()
 
 
-def probe(sb: Sandbox, vm: str, proto: str, ip: str, port: int, payload: str, timeout: float = 2.0) -> bool:
-    """One TCP connection or UDP datagram from ``vm``; True when the echo came back."""
+def probe(sb: Sandbox, vm: str, proto: str, ip: str, port: int, payload: str, timeout: float = 5.0) -> bool:
+    """One TCP connection or UDP datagram from ``vm``; True when the echo came back within
+    ``timeout`` (generous by default: a loaded machine must not fail what passes; a probe that
+    must not pass gives a short one)."""
     out = sb.vm_exec(vm, ["python3", "-c", _CLIENT, proto, ip, str(port), payload, str(timeout)]).stdout
     return out.strip() == payload
 
 
-def ping(sb: Sandbox, vm: str, ip: str) -> bool:
-    return sb.vm_exec(vm, ["ping", "-c", "1", "-W", "1", ip]).returncode == 0
+def ping(sb: Sandbox, vm: str, ip: str, timeout: int = 3) -> bool:
+    return sb.vm_exec(vm, ["ping", "-c", "1", "-W", str(timeout), ip]).returncode == 0
 
 
 class UdpSession:
@@ -189,31 +192,19 @@ class UdpSession:
 
 
 class Session:
-    """One TCP connection from ``vm`` kept open; ``send`` is True when the line came back."""
+    """One TCP connection from ``vm`` kept open; ``send`` is True when the line came back within
+    ``timeout`` (generous for what must pass, short for what must not)."""
 
-    def __init__(self, sb: Sandbox, vm: str, ip: str, port: int, timeout: float = 1.0) -> None:
-        cmd = [
-            "ip",
-            "netns",
-            "exec",
-            _netns(sb, vm),
-            "python3",
-            "-u",
-            "-c",
-            _SESSION,
-            ip,
-            str(port),
-            str(timeout),
-        ]
+    def __init__(self, sb: Sandbox, vm: str, ip: str, port: int) -> None:
+        cmd = ["ip", "netns", "exec", _netns(sb, vm), "python3", "-u", "-c", _SESSION, ip, str(port)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=False)
-        self.timeout = timeout
         assert _read_line(self.proc, time.monotonic() + 10) == "connected"  # type: ignore[arg-type]
 
-    def send(self, payload: str) -> bool:
+    def send(self, payload: str, timeout: float = 5.0) -> bool:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(payload.encode() + b"\n")  # type: ignore[arg-type]
+        self.proc.stdin.write(f"{timeout} {payload}\n".encode())  # type: ignore[arg-type]
         self.proc.stdin.flush()
-        return _read_line(self.proc, time.monotonic() + self.timeout + 5) == payload  # type: ignore[arg-type]
+        return _read_line(self.proc, time.monotonic() + timeout + 5) == payload  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.proc.kill()
