@@ -52,7 +52,7 @@ from agent.planner.flows import (
 )
 from agent.planner.pipeline import Priority, Reg, Table
 
-EGRESS, INGRESS = 0, 1  # SecurityGroupRule.direction on the wire
+INGRESS = 1  # SecurityGroupRule.direction on the wire (EGRESS is 0)
 TCP, UDP, ICMP = 0, 1, 2  # the wire's Protocol enum
 ICMP_ECHO_REQUEST = 8
 _IP_PROTO = {TCP: IP_PROTO_TCP, UDP: IP_PROTO_UDP, ICMP: IP_PROTO_ICMP}
