@@ -88,10 +88,11 @@ def group(g: int, extra: int = 0, revision: int = 1, remote: str = REMOTE) -> gs
     )
 
 
-def member(i: int, remote: str = REMOTE) -> gs.pb.NeighborState:
+def member(i: int) -> gs.pb.NeighborState:
+    """Member i of policy P's remote group: a port on another host naming the group."""
     j = 100_000 + i
     host = f"172.30.{i % 50 // 250}.{i % 50 + 1}"
-    return gs.neighbor(f"member-{i}", VPC, SUBNET, _ip(j), _mac(j), host, groups=[remote])
+    return gs.neighbor(f"member-{i}", VPC, SUBNET, _ip(j), _mac(j), host, groups=[REMOTE])
 
 
 def port(box: Sandbox, i: int) -> gs.pb.PortState:
@@ -155,19 +156,29 @@ def remotes_of(own: bool) -> list[str]:
 
 
 def run_agent(ports: int, members: int, n: int, own_remotes: bool = False) -> Side:
-    """P (with ``members`` per remote group), then ``n`` samples of each operation."""
+    """P (with ``members`` per remote group), then ``n`` samples of each operation. Members are
+    neighbours naming their group (extension field 100); at the scale point (``own_remotes``)
+    the remote groups list their members' addresses instead (extension field 101), as OVN's
+    address sets do."""
     side = Side()
     remotes = remotes_of(own_remotes)
     with sandbox("acab-sg") as box, controller_channel(box, "host1") as send:
         box.exec("host1", ["ovs-vsctl", *plug_args(ports + n, "port-")])
         groups = [group(g, remote=remotes[g % len(remotes)]) for g in range(GROUPS)]
-        remote_groups = [gs.security_group(r, []) for r in remotes]
-        members_states = [member(k * members + i, r) for k, r in enumerate(remotes) for i in range(members)]
+        if own_remotes:
+            remote_groups = [
+                gs.security_group(r, [], member_ips=[_ip(100_000 + k * members + i) for i in range(members)])
+                for k, r in enumerate(remotes)
+            ]
+            members_states = []
+        else:
+            remote_groups = [gs.security_group(r, []) for r in remotes]
+            members_states = [member(i) for i in range(members)]
         ports_states = [port(box, i) for i in range(ports)]
         side.policy_ms = timed(send, *groups, *remote_groups, *members_states, *ports_states)
         side.flows = security_flows(box)
         side.new_port = [timed(send, port(box, ports + i)) for i in range(n)]
-        side.member_add = [timed(send, member(len(remotes) * members + i)) for i in range(n)]
+        side.member_add = [timed(send, member(members + i)) for i in range(n)]
         for i in range(n):
             side.rule_add.append(timed(send, group(0, extra=1, revision=2 + 2 * i)))
             side.rule_remove.append(timed(send, group(0, extra=0, revision=3 + 2 * i)))

@@ -195,6 +195,7 @@ def _security_group(c: Any) -> SecurityGroup:
         name=c.name,
         rules=tuple(rules),
         stateless=c.stateless,
+        member_ips=tuple(v.ipv4_or_cidr(ip, "member_ips") for ip in c.member_ips),
     )
 
 

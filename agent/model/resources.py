@@ -152,6 +152,7 @@ class SecurityGroup:
     name: str = ""
     rules: tuple[SecurityGroupRule, ...] = ()
     stateless: bool = False  # an aca extension field (100): no conntrack for its rules
+    member_ips: tuple[str, ...] = ()  # an aca extension field (101): members named by address
 
 
 @dataclass(frozen=True, slots=True)

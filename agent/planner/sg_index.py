@@ -30,6 +30,7 @@ class SecurityIndex:
         self._group_members: dict[str, set[Member]] = defaultdict(set)  # group → its members
         self._remotes: dict[str, frozenset[tuple[str, int]]] = {}  # group → (remote group, direction)
         self._users: dict[str, set[str]] = defaultdict(set)  # remote group → groups naming it
+        self._listed: dict[str, tuple[str, ...]] = {}  # group → the member addresses it lists (ext. 101)
         self.slots: dict[str, int] = {}  # group held or named as remote → its slot
         self._taken: set[int] = set()
 
@@ -44,6 +45,7 @@ class SecurityIndex:
         self._group_members.clear()
         self._remotes.clear()
         self._users.clear()
+        self._listed.clear()
         self.slots.clear()
         self._taken.clear()
         for gid in sorted(self._groups):
@@ -83,8 +85,9 @@ class SecurityIndex:
         return {security.remote_owner(g) for g in old | new if g in self._users}
 
     def group_changed(self, group_id: str) -> set[Owner]:
-        """A group's rules changed: its rules on each port using it, and the remote groups it
-        starts or stops naming (in a direction)."""
+        """A group's rules changed: its rules on each port using it, the remote groups it starts
+        or stops naming (in a direction), and its own member flows when the addresses it lists
+        as members (extension field 101) changed."""
         group = self._groups.get(group_id)
         new = (
             frozenset((r.remote_group_id, r.direction) for r in group.rules if r.remote_group_id)
@@ -111,7 +114,13 @@ class SecurityIndex:
             for rtype, rid in self._group_members.get(group_id, ())
             if rtype is ResourceType.PORT
         }
-        return owners | {security.remote_owner(g) for g, _d in old ^ new}  # a direction more or less
+        owners |= {security.remote_owner(g) for g, _d in old ^ new}  # a direction more or less
+        listed = group.member_ips if group is not None else ()
+        if self._listed.pop(group_id, ()) != listed:
+            owners.add(security.remote_owner(group_id))  # its listed members changed
+        if listed:
+            self._listed[group_id] = listed
+        return owners
 
     def _allocate(self, group_id: str) -> None:
         """A slot from the group id's hash, the next free one on a collision (rare: then the
@@ -136,7 +145,7 @@ class SecurityIndex:
         directions = {
             d for user in self._users.get(group_id, ()) for g, d in self._remotes[user] if g == group_id
         }
-        addresses = []
+        addresses = [ip if "/" in ip else f"{ip}/32" for ip in self._listed.get(group_id, ())]
         for rtype, rid in self._group_members.get(group_id, ()):
             held = self.state.resources[rtype].get(rid)
             if held is not None:

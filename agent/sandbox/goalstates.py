@@ -172,10 +172,11 @@ def security_group(
     op: int = CREATE,
     revision: int = 1,
     stateless: bool = False,
+    member_ips: Iterable[str] = (),
 ) -> pb.SecurityGroupState:
-    """``stateless`` is the aca extension field (100); upstream never sets it."""
+    """``stateless`` and ``member_ips`` are aca extension fields (100, 101); upstream never sets them."""
     config = pb.SecurityGroupConfiguration(
-        revision_number=revision, id=group_id, name=group_id, stateless=stateless
+        revision_number=revision, id=group_id, name=group_id, stateless=stateless, member_ips=list(member_ips)
     )
     for rule in rules:
         config.security_group_rules.add().CopyFrom(rule)

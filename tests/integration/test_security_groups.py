@@ -74,6 +74,7 @@ class Net:
     groups: dict[str, list[Any]] = field(default_factory=dict)
     servers: list[Any] = field(default_factory=list)
     stateless: set[str] = field(default_factory=set)  # groups sent with the extension field set
+    listed: dict[str, list[str]] = field(default_factory=dict)  # group → member addresses (ext. 101)
     revision: int = 1
 
     def vm(self, name: str, last: int, groups: tuple[str, ...] = (), host: str = HOST) -> Vm:
@@ -129,7 +130,12 @@ class Net:
     def _group(self, name: str, op: int) -> pb.SecurityGroupState:
         stateless = name in self.stateless
         return gs.security_group(
-            self.group_id(name), self.groups[name], op=op, revision=self.revision, stateless=stateless
+            self.group_id(name),
+            self.groups[name],
+            op=op,
+            revision=self.revision,
+            stateless=stateless,
+            member_ips=self.listed.get(name, ()),
         )
 
     def push(self, *states: Any, host: str = HOST, op: int = gs.CREATE) -> dict[str, int]:
@@ -331,6 +337,10 @@ def test_remote_group_follows_its_members(sandbox: Sandbox, net: Any) -> None:
         lambda: probe(sandbox, app.name, "tcp", db.ip, 5432, "from-app-3"),
         "from-oth-left",
     )
+    # The group lists oth's address as a member (extension field 101): allowed again.
+    n.listed["app"] = [other.ip]
+    assert n.update_group("app", n.groups["app"]) == pb.SUCCESS
+    assert probe(sandbox, other.name, "tcp", db.ip, 5432, "from-oth-listed")
 
 
 def test_remote_group_members_on_another_host(sandbox: Sandbox, net: Any) -> None:

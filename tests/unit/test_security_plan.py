@@ -301,3 +301,21 @@ def test_stateless_group_rules_bypass_conntrack() -> None:
         f"table=SG_EGRESS, priority={prio}, in_port=3, dl_type=0x800, nw_proto=17, nw_dst=10.0.1.6 "
         "actions=goto_table:L3_GATEWAY",
     ]
+
+
+def test_members_listed_by_address_in_the_group() -> None:
+    """The extension field (SecurityGroupConfiguration 101): addresses a group lists count as its
+    members beside its ports; a change of the list re-plans only the group's member flows."""
+    db = gs.security_group("db", [gs.sg_rule("r", IN, gs.TCP, (5432, 5432), remote_group_id="app")])
+    app = gs.security_group("app", [], member_ips=["10.0.2.7", "10.0.3.0/24"])
+    planner = _planner(db, app, _port("p1", 5, ["db"]), _port("p2", 6, ["app"]))
+    texts = [f.text() for f in planner.flows(security.remote_owner("app"))]
+    sources = sorted(t.split("nw_src=")[1].split(" ")[0] for t in texts if "nw_src" in t)
+    assert sources == ["10.0.1.6", "10.0.2.7", "10.0.3.0/24"]
+    (outcome,) = _apply(planner.state, gs.security_group("app", [], gs.UPDATE, 2, member_ips=["10.0.2.8"]))
+    assert outcome.status is Status.SUCCESS
+    assert planner.touch(ResourceType.SECURITYGROUP, "app") == {security.remote_owner("app")} | {
+        security.rules_owner("p2", "app")
+    }
+    (bad,) = _apply(planner.state, gs.security_group("app", [], gs.UPDATE, 3, member_ips=["10.0.2"]))
+    assert bad.status is Status.INVALID_ARG and "member_ips" in bad.reason
