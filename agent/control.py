@@ -16,9 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.core import AgentCore
-from agent.planner.cookies import Kind
+from agent.model.resources import ResourceType, SecurityGroupRule
+from agent.planner import security
+from agent.planner.cookies import Kind, kind_of
 from agent.planner.flows import Flow
-from agent.planner.pipeline import TABLE_NAMES
+from agent.planner.pipeline import TABLE_NAMES, Priority, Table
 from agent.planner.plan import neighbor_owner, port_owner
 
 log = logging.getLogger("aca.control")
@@ -36,6 +38,69 @@ def _owner_state(core: AgentCore, owner: tuple[Kind, str], pending: bool) -> str
 
 def _flow_counts(core: AgentCore) -> dict[tuple[Kind, str], int]:
     return {owner: len(fs) for owner, fs in core.reconciler.desired.items()}
+
+
+def _rule_text(rule: SecurityGroupRule) -> dict[str, Any]:
+    lo, hi = rule.port_range_min, rule.port_range_max or rule.port_range_min
+    if rule.protocol == security.TCP and not lo:
+        protocol, ports = "any", ""
+    else:
+        protocol = {security.TCP: "tcp", security.UDP: "udp", security.ICMP: "icmp"}[rule.protocol]
+        ports = "" if not lo else f"{lo}" if lo == hi else f"{lo}-{hi}"
+    remote = f"group:{rule.remote_group_id}" if rule.remote_group_id else rule.remote_ip_prefix or "any"
+    direction = "ingress" if rule.direction == security.INGRESS else "egress"
+    return {"rule": rule.id, "direction": direction, "protocol": protocol, "ports": ports, "remote": remote}
+
+
+def _security_groups(core: AgentCore) -> list[dict[str, Any]]:
+    """Each port with groups: its zone, new connections and default drops per direction, and
+    each rule with its flows' packets and bytes as OVS counts them (a remote-group rule is a
+    conjunction clause: OVS keeps no statistics for those, so None)."""
+    state, planner = core.state, core.planner
+    dumped = list(core.reconciler.driver.dump().values()) if core.dataplane_ready else []
+    by_cookie: dict[int, list[Any]] = {}
+    for flow in dumped:
+        if kind_of(flow.cookie) is Kind.SECURITY:
+            by_cookie.setdefault(flow.cookie, []).append(flow)
+    groups = state.resources[ResourceType.SECURITYGROUP]
+    out = []
+    for port in sorted(state.ports.values(), key=lambda p: p.id):
+        if not port.security_group_ids:
+            continue
+        own = by_cookie.get(security.port_cookie(port.id), [])
+
+        def packets(table: Table, priority: int, own: list[Any] = own) -> int:
+            return sum(f.packet_count for f in own if f.table == table and f.priority == priority)
+
+        rules = []
+        for gid in port.security_group_ids:
+            for rule in getattr(groups.get(gid), "rules", ()):
+                flows = by_cookie.get(security.rule_cookie(port.id, rule.id), [])
+                counted = not rule.remote_group_id
+                rules.append(
+                    {
+                        "group": gid,
+                        **_rule_text(rule),
+                        "flows": len(flows),
+                        "packets": sum(f.packet_count for f in flows) if counted else None,
+                        "bytes": sum(f.byte_count for f in flows) if counted else None,
+                    }
+                )
+        out.append(
+            {
+                "port": port.id,
+                "zone": planner.bindings.get(port.id),
+                "groups": list(port.security_group_ids),
+                "missing_groups": [g for g in port.security_group_ids if g not in groups],
+                "state": _owner_state(core, security.port_owner(port.id), planner.is_pending(port.id)),
+                "egress_new": packets(Table.SG_EGRESS_COMMIT, Priority.SG_COMMIT),
+                "ingress_new": packets(Table.SG_INGRESS_COMMIT, Priority.SG_COMMIT),
+                "egress_dropped": packets(Table.SG_EGRESS_RULES, Priority.SG_DROP),
+                "ingress_dropped": packets(Table.SG_INGRESS_RULES, Priority.SG_DROP),
+                "rules": rules,
+            }
+        )
+    return out
 
 
 def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
@@ -107,7 +172,9 @@ def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
             "differ": rows(drift.differ),
             "extra": rows(drift.extra),
         }
-    raise ValueError(f"unknown request {what!r} (status, ports, neighbours, flows, dhcp, check)")
+    if what == "sg":
+        return _security_groups(core)
+    raise ValueError(f"unknown request {what!r} (status, ports, neighbours, flows, dhcp, check, sg)")
 
 
 def _flow_row(core: AgentCore, flow: Flow) -> dict[str, str]:

@@ -85,7 +85,10 @@ def context_states() -> list:
 
 
 def agent_rss_mb(box: Sandbox, host: str) -> float:
-    pid = box.state()["hosts"][host]["agent_pid"]
+    return rss_mb(box.state()["hosts"][host]["agent_pid"])
+
+
+def rss_mb(pid: int) -> float:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024

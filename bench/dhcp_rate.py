@@ -514,11 +514,21 @@ OVN_VM_MAC, OVN_SERVER_MAC = "fa:16:3e:0b:00:05", "02:00:00:0b:00:01"
 OVN_SCHEMAS = pathlib.Path("/usr/share/ovn")
 
 
-@contextlib.contextmanager
-def ovn_server(lab: Lab, k: int) -> Iterator[tuple[Target, list[Mode]]]:
-    """NB/SB ovsdb-servers, ovn-northd and ovn-controller on a simulated host of their own."""
-    ns = lab.netns("ovn")
-    d = lab.root / "ovn"
+@dataclass
+class OvnStack:
+    """OVN on a simulated host of its own: NB/SB ovsdb-servers, ovn-northd, OVS with br-int
+    (userspace datapath) and ovn-controller; ``nbctl`` runs ovn-nbctl against its NB."""
+
+    netns: str
+    ovs: object
+    controller: int
+    nbctl: Callable[..., str]
+
+
+def ovn_stack(lab: Lab, name: str = "ovn", system_id: str = "dhcp-bench") -> OvnStack:
+    """Start the stack (stopped by ``lab``); also used by bench.sg_scale."""
+    ns = lab.netns(name)
+    d = lab.root / name
     d.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OVN_RUNDIR": str(d), "OVN_LOGDIR": str(d), "OVN_DBDIR": str(d)}
     for db in ("nb", "sb"):
@@ -552,7 +562,7 @@ def ovn_server(lab: Lab, k: int) -> Iterator[tuple[Target, list[Mode]]]:
         d / "northd.out",
         env,
     )
-    ovs = _ovs(lab, ns, "ovn")
+    ovs = _ovs(lab, ns, name)
     ovs_env = {**env, **ovs.env}  # type: ignore[attr-defined]
     # The integration bridge on the userspace datapath, as ovn-controller would make it.
     ovs.vsctl(
@@ -574,7 +584,7 @@ def ovn_server(lab: Lab, k: int) -> Iterator[tuple[Target, list[Mode]]]:
         f"external_ids:ovn-remote={sb}",  # type: ignore[attr-defined]
         "external_ids:ovn-encap-type=geneve",
         "external_ids:ovn-encap-ip=127.0.0.1",
-        "external_ids:system-id=dhcp-bench",
+        f"external_ids:system-id={system_id}",
         "external_ids:ovn-bridge-datapath-type=netdev",
     )
     controller = lab.spawn(
@@ -590,8 +600,16 @@ def ovn_server(lab: Lab, k: int) -> Iterator[tuple[Target, list[Mode]]]:
     )
 
     def nbctl(*args: str) -> str:
-        return _run(["ovn-nbctl", f"--db={nb}", "--timeout=30", *args], env=env).strip()
+        return _run(["ovn-nbctl", f"--db={nb}", "--timeout=60", *args], env=env).strip()
 
+    return OvnStack(ns, ovs, controller, nbctl)
+
+
+@contextlib.contextmanager
+def ovn_server(lab: Lab, k: int) -> Iterator[tuple[Target, list[Mode]]]:
+    """NB/SB ovsdb-servers, ovn-northd and ovn-controller on a simulated host of their own."""
+    stack = ovn_stack(lab)
+    ns, ovs, controller, nbctl = stack.netns, stack.ovs, stack.controller, stack.nbctl
     nbctl("ls-add", "ls0")
     opts = nbctl("dhcp-options-create", OVN_NET)
     opts = opts or nbctl("--bare", "--columns=_uuid", "find", "DHCP_Options", f'cidr="{OVN_NET}"')

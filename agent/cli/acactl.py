@@ -43,7 +43,21 @@ COLUMNS = {
     "ports": ["id", "mac", "ips", "segment", "ofport", "state", "flows"],
     "neighbours": ["id", "mac", "ips", "host_ip", "segments", "state", "flows"],
     "dhcp": ["id", "network", "mac", "ip", "subnet", "hostname"],
+    "sg": ["group", "rule", "direction", "protocol", "ports", "remote", "flows", "packets", "bytes"],
 }
+
+
+def _print_sg(ports: list[dict[str, Any]]) -> None:
+    for port in ports:
+        missing = f" missing={','.join(port['missing_groups'])}" if port["missing_groups"] else ""
+        print(
+            f"port {port['port']} zone={port['zone']} state={port['state']}{missing} "
+            f"new_connections(egress/ingress)={port['egress_new']}/{port['ingress_new']} "
+            f"dropped(egress/ingress)={port['egress_dropped']}/{port['ingress_dropped']}"
+        )
+        # A remote-group rule is a conjunction clause: OVS keeps no statistics for it.
+        rows = [{k: "-" if v is None else v for k, v in r.items()} for r in port["rules"]]
+        print("  " + _table(rows, COLUMNS["sg"]).replace("\n", "\n  "))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="agent, OVS connection and resource counts")
     sub.add_parser("check", help="compare the switch's flows with what the agent installed (exit 3 on drift)")
-    dump = sub.add_parser("dump", help="ports, neighbours, flows with their state, or DHCP leases")
-    dump.add_argument("what", choices=["ports", "neighbours", "neighbors", "flows", "dhcp"])
+    dump = sub.add_parser(
+        "dump", help="ports, neighbours, flows with their state, DHCP leases, or security groups per port"
+    )
+    dump.add_argument("what", choices=["ports", "neighbours", "neighbors", "flows", "dhcp", "sg"])
     args = p.parse_args(argv)
     what = args.what.replace("neighbors", "neighbours") if args.command == "dump" else args.command
     try:
@@ -75,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     elif what == "flows":
         for row in result:
             print(f"cookie={row['cookie']} owner={row['owner'] or '-'} {row['flow']}")
+    elif what == "sg":
+        _print_sg(result)
     elif what == "dhcp":
         counters = result.get("counters", {})
         print(" ".join(f"{k}={v}" for k, v in sorted(counters.items()) if v) or "no DHCP traffic yet")

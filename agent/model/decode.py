@@ -183,16 +183,46 @@ def _neighbor(c: Any) -> Neighbor:
             ]
         ),
         address_pairs=_pairs(c.allow_address_pairs),
+        security_group_ids=tuple(c.security_group_ids),
     )
+
+
+_SG_IPV4 = 0
+_SG_PROTOCOLS = {0: "TCP", 1: "UDP", 2: "ICMP"}  # what the security-group stage enforces
+
+
+def _unenforced(r: Any, stateless: bool) -> str:
+    """Why the agent cannot enforce a (well-formed) rule, "" when it can (docs/security-groups.md)."""
+    if r.ethertype != _SG_IPV4:
+        return f"rule {r.id}: IPv6 rules are not enforced"
+    if r.protocol not in _SG_PROTOCOLS:
+        return f"rule {r.id}: protocol {r.protocol} is not enforced (TCP, UDP, ICMP are)"
+    if r.remote_ip_prefix and ":" in r.remote_ip_prefix:
+        return f"rule {r.id}: remote_ip_prefix {r.remote_ip_prefix} is not IPv4"
+    if r.remote_ip_prefix and r.remote_group_id:
+        return f"rule {r.id}: remote_ip_prefix and remote_group_id are both set"
+    if _SG_PROTOCOLS[r.protocol] == "ICMP" and max(r.port_range_min, r.port_range_max) > 255:
+        return f"rule {r.id}: ICMP type/code beyond 255"
+    if stateless and r.remote_group_id:
+        return f"rule {r.id}: a remote group in a stateless group is not enforced"
+    return ""
+
+
+def _live_rules(c: Any) -> list[Any]:
+    """The group's rules: the list is always the whole group (a rule's own DELETE leaves it out)."""
+    return [r for r in c.security_group_rules if r.operation_type != Op.DELETE]
 
 
 def _security_group(c: Any) -> SecurityGroup:
     rules = []
-    for r in c.security_group_rules:
+    for r in _live_rules(c):
         if r.port_range_max and r.port_range_min > r.port_range_max:
             raise v.Invalid(f"rule {r.id}: port_range_min {r.port_range_min} > max {r.port_range_max}")
         if max(r.port_range_min, r.port_range_max) > 65535:
             raise v.Invalid(f"rule {r.id}: port range beyond 65535")
+        remote = v.cidr(r.remote_ip_prefix, "remote_ip_prefix") if r.remote_ip_prefix else ""
+        if _unenforced(r, c.stateless):
+            continue  # held out of the group, reported by _security_group_partial
         rules.append(
             SecurityGroupRule(
                 id=r.id,
@@ -201,13 +231,24 @@ def _security_group(c: Any) -> SecurityGroup:
                 protocol=r.protocol,
                 port_range_min=r.port_range_min,
                 port_range_max=r.port_range_max,
-                remote_ip_prefix=v.cidr(r.remote_ip_prefix, "remote_ip_prefix") if r.remote_ip_prefix else "",
+                remote_ip_prefix=remote,
                 remote_group_id=r.remote_group_id,
             )
         )
     return SecurityGroup(
-        id=c.id, revision=c.revision_number, vpc_id=c.vpc_id, name=c.name, rules=tuple(rules)
+        id=c.id,
+        revision=c.revision_number,
+        vpc_id=c.vpc_id,
+        name=c.name,
+        rules=tuple(rules),
+        stateless=c.stateless,
+        member_ips=tuple(v.ipv4_or_cidr(ip, "member_ips") for ip in c.member_ips),
     )
+
+
+def _security_group_partial(c: Any) -> str:
+    """The rules of a group the agent does not enforce, as its INVALID_ARG reason."""
+    return "; ".join(filter(None, (_unenforced(r, c.stateless) for r in _live_rules(c))))
 
 
 def _dhcp(c: Any) -> Dhcp:
@@ -324,7 +365,9 @@ def decode_state(rtype: ResourceType, state: Any, map_key: str = "", acted_on: b
             rtype, Op.INFO, rid, error=f"unknown operation_type {state.operation_type}", acted_on=acted_on
         )
     update_type = UpdateType.FULL
-    if rtype is not ResourceType.GATEWAY and config.update_type == UpdateType.DELTA and op is Op.UPDATE:
+    # A security group always arrives whole (its rule list is the group's): read as FULL.
+    delta_types = rtype is not ResourceType.GATEWAY and rtype is not ResourceType.SECURITYGROUP
+    if delta_types and config.update_type == UpdateType.DELTA and op is Op.UPDATE:
         update_type = UpdateType.DELTA
     acted = acted_on and op not in (Op.INFO, Op.GET)
     if not rid:
@@ -340,7 +383,8 @@ def decode_state(rtype: ResourceType, state: Any, map_key: str = "", acted_on: b
         return Request(rtype, op, rid, update_type, error=str(exc), acted_on=acted)
     if resource.id != rid:
         resource = type(resource)(**{**_fields(resource), "id": rid})
-    return Request(rtype, op, rid, update_type, resource=resource, acted_on=acted)
+    partial = _security_group_partial(config) if rtype is ResourceType.SECURITYGROUP else ""
+    return Request(rtype, op, rid, update_type, resource=resource, acted_on=acted, partial=partial)
 
 
 def _fields(resource: Resource) -> dict[str, Any]:

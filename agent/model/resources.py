@@ -129,6 +129,7 @@ class Neighbor:
     host_mac: str = ""
     fixed_ips: tuple[NeighborIp, ...] = ()
     address_pairs: tuple[AddressPair, ...] = ()
+    security_group_ids: tuple[str, ...] = ()  # an aca extension field (100); upstream sends none
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,8 @@ class SecurityGroup:
     vpc_id: str = ""
     name: str = ""
     rules: tuple[SecurityGroupRule, ...] = ()
+    stateless: bool = False  # an aca extension field (100): no conntrack for its rules
+    member_ips: tuple[str, ...] = ()  # an aca extension field (101): members named by address
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,3 +247,4 @@ class Request:
     error: str = ""
     acted_on: bool = True  # False: context only (INFO/GET, or listed for another host)
     revision: int = 0  # a DELETE's revision_number (others carry theirs in ``resource``)
+    partial: str = ""  # applied, but this part of it is not enforced: answered INVALID_ARG with it

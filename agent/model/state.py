@@ -116,7 +116,10 @@ class DesiredState:
         # Endpoints this message deletes give up their addresses to a resource it creates.
         leaving = {(r.type, r.id) for r in requests if r.op is Op.DELETE and r.type in _ENDPOINTS}
         for i in _application_order(requests):
-            outcomes[i] = self._apply_one(requests[i], leaving)
+            req = requests[i]
+            outcomes[i] = outcome = self._apply_one(req, leaving)
+            if req.partial and outcome.status is Status.SUCCESS:  # held and applied, partly enforced
+                outcome.status, outcome.reason = Status.INVALID_ARG, req.partial
         return outcomes  # type: ignore[return-value]
 
     def revert(self, outcomes: list[Outcome]) -> None:

@@ -33,6 +33,7 @@ class Kind(enum.IntEnum):
     DHCP = 6  # a port's DHCP steering to the responder (leases carry no flows)
     ROUTE = 7  # a segment's re-entry from the route fast path (802.1Q index → VNI)
     ROUTE_CACHE = 8  # on-demand host routes with an idle timeout: never reconciled, never swept
+    SECURITY = 9  # a port's security-group flows (each rule's flows with a cookie of its own)
 
 
 @functools.lru_cache(maxsize=1 << 17)

@@ -51,6 +51,9 @@ class Field(enum.Enum):
     TUN_IPV4_SRC = ("tun_src", 32)
     TUN_IPV4_DST = ("tun_dst", 32)
     IP_TTL = ("nw_ttl", 8)
+    CT_STATE = ("ct_state", 32)  # conntrack state bits (CT_* below), after a ct() lookup
+    CONJ_ID = ("conj_id", 32)  # the conjunction a packet completed (see Conjunction)
+    CT_MARK = ("ct_mark", 32)  # the mark committed with the packet's connection (Ct.mark)
 
     # Members are singletons: identity hashing is exact and, unlike Enum's, runs in C. Flow keys
     # are hashed on every dict access of the reconciler, so this matters at 100k flows.
@@ -86,6 +89,28 @@ IP_PROTO_UDP = 17
 ARP_REQUEST = 1
 ARP_REPLY = 2
 
+# ct_state bits (ovs-fields(7)).
+CT_NEW = 0x01
+CT_EST = 0x02
+CT_REL = 0x04
+CT_RPL = 0x08
+CT_INV = 0x10
+CT_TRK = 0x20
+_CT_FLAG_NAMES = (
+    (CT_NEW, "new"), (CT_EST, "est"), (CT_REL, "rel"), (CT_RPL, "rpl"), (CT_INV, "inv"), (CT_TRK, "trk"),
+)  # fmt: skip
+
+
+def ct_state(on: int = 0, off: int = 0) -> MatchField:
+    """Match the ct_state bits in ``on`` set and those in ``off`` clear (e.g. +trk-rpl)."""
+    return MatchField(Field.CT_STATE, on, on | off)
+
+
+def _ct_state_text(value: int, mask: int | None) -> str:
+    """ovs-ofctl's own form: +trk-rpl (ovs-ofctl reads it back)."""
+    mask = 0xFFFFFFFF if mask is None else mask
+    return "".join(("+" if value & bit else "-") + name for bit, name in _CT_FLAG_NAMES if mask & bit)
+
 
 def mac_to_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
@@ -120,6 +145,8 @@ class MatchField(NamedTuple):
     mask: int | None = None
 
     def text(self) -> str:
+        if self.field is Field.CT_STATE:
+            return f"ct_state={_ct_state_text(self.value, self.mask)}"
         val = format_value(self.field, self.value)
         if self.mask is None:
             return f"{self.field.ofctl_name}={val}"
@@ -219,7 +246,42 @@ class Controller:
         return f"controller(max_len={self.max_len})"
 
 
-Action = Output | SetField | Move | DecTtl | PopVlan | Controller
+@dataclass(frozen=True, slots=True)
+class Ct:
+    """Send the packet through conntrack in ``zone`` (Nicira ct): with ``table``, it continues
+    there with ct_state set (recirculated); ``commit`` stores its connection, with ``mark``
+    as its ct_mark when given."""
+
+    zone: int
+    table: int | None = None
+    commit: bool = False
+    mark: int | None = None  # with commit: the connection's ct_mark becomes this
+
+    def text(self) -> str:
+        parts = ["commit"] if self.commit else []
+        parts.append(f"zone={self.zone}")
+        if self.table is not None:
+            parts.append(f"table={self.table}")
+        if self.mark is not None:
+            parts.append(f"exec(set_field:{self.mark}->ct_mark)")
+        return f"ct({','.join(parts)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Conjunction:
+    """Clause ``clause`` (1-based) of ``n_clauses`` of conjunctive match ``id``: once a packet
+    matched one flow of every clause (same table, same priority), the flow matching
+    ``conj_id=id`` applies."""
+
+    id: int
+    clause: int
+    n_clauses: int
+
+    def text(self) -> str:
+        return f"conjunction({self.id},{self.clause}/{self.n_clauses})"
+
+
+Action = Output | SetField | Move | DecTtl | PopVlan | Controller | Ct | Conjunction
 
 
 # ------------------------------------------------------------------ flows
@@ -269,7 +331,8 @@ class Flow:
         return (self.key, self.actions, self.goto, self.cookie, self.idle_timeout, self.hard_timeout)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Flow) and self._value() == other._value()
+        # Planners hand back cached flows (security groups): the same object is equal at once.
+        return self is other or (isinstance(other, Flow) and self._value() == other._value())
 
     def __hash__(self) -> int:
         return hash(self._value())

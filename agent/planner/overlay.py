@@ -170,7 +170,7 @@ def port_flows(port: Port, vni: int, ofport: int) -> list[Flow]:
                     Table.PORT_SECURITY,
                     Priority.LOCAL,
                     match(in_port, eth_src, (Field.ETH_TYPE, ETH_TYPE_IPV4), cidr_match(Field.IPV4_SRC, ip)),
-                    goto=Table.L3_GATEWAY,
+                    goto=Table.SG_EGRESS,
                     cookie=ck,
                 )
             )

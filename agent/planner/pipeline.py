@@ -16,12 +16,17 @@ class Table(enum.IntEnum):
 
     CLASSIFY = 0  # where did it come from: a bound VM port or the tunnel; set the segment
     PORT_SECURITY = 10  # a VM may send only from its own MAC/IPs (and allowed pairs)
+    SG_EGRESS = 12  # IP from a port with security groups enters conntrack in the port's zone
+    SG_EGRESS_RULES = 13  # its egress rules (new and established originals); replies pass
+    SG_EGRESS_COMMIT = 14  # new connections committed in the port's zone
     DHCP = 15  # DHCP requests from bound ports go to the agent's responder
     ARP_RESPONDER = 20  # ARP requests for known addresses are answered here, never flooded
     L3_GATEWAY = 30  # IP sent to a router's gateway MAC: echo answered, else enter the router
     L3_ROUTING = 35  # (router, destination IP) → DVR rewrite into the destination's segment
     DVR_RESTORE = 38  # routed packets from other hosts get their gateway MAC back as source
     L2_LOOKUP = 40  # (segment, destination MAC) → local port or tunnel to the remote host
+    SG_INGRESS_RULES = 45  # IP to a port with security groups: its ingress rules, after conntrack
+    SG_INGRESS_COMMIT = 46  # new connections committed in the port's zone, then delivered
 
 
 TABLE_NAMES: dict[int, str] = {t.value: t.name for t in Table}
@@ -33,6 +38,7 @@ class Reg:
     SEGMENT = Field.REG0  # the VNI of the packet's segment (24 bits used)
     FLAGS = Field.REG1  # bit flags below
     ROUTER = Field.REG2  # the router a packet entered (32-bit id derived from the router id)
+    SG_PORT = Field.REG3  # the port whose security groups check the packet (its ofport = its zone)
 
 
 class Flag(enum.IntFlag):
@@ -52,6 +58,17 @@ class Priority(enum.IntEnum):
     DHCP = 105  # DHCP from a port's MAC (any source IP) to the responder, above anti-spoofing
     GATEWAY_ECHO = 110  # ICMP echo to a gateway IP, above entering the router
     ROUTE = 1000  # + 10 * prefix length + min(rule priority, 9): longest prefix wins
+    SG_DROP = 1  # a port's default drop in the rules tables: counted per port
+    SG_BLOCK = 2  # an established connection no rule allows any more: marked blocked, dropped
+    SG_RULE = 100  # + the group's slot (< SG_SLOTS): a group's plain allows (all allow, so the
+    # order between groups does not matter; the slot keeps two groups' equal rules two flows)
+    SG_INTO_PORT = 101  # L2_LOOKUP: IP to a port with groups goes through conntrack first
+    SG_GATEWAY = 110  # echo to the port's gateway is answered whatever the rules say
+    SG_COMMIT = 120  # a new connection is committed, then goes on like the others
+    SG_STATELESS = 200  # + the group's slot: a stateless group's rules, before conntrack
+    SG_REMOTE = 30100  # + a remote group's slot (< SG_SLOTS): its conjunction's flows
+    SG_REPLY = 64000  # replies and related packets of tracked connections pass
+    SG_INVALID = 65000  # conntrack said invalid: dropped
 
 
 def route_priority(prefix_len: int, rule_priority: int = 0) -> int:
@@ -65,6 +82,7 @@ DVR_MAC_RANGE = ("fe:16:11:00:00:00", "ff:ff:ff:00:00:00")
 
 
 VNI_BITS = 24
+SG_SLOTS = 30000  # security groups in use at once: each has its priorities (and conj_id) of its own
 
 # The route fast path (native/route.c) on the agent's internal port. A packet L3_ROUTING has no
 # flow for goes there with the router (reg2) in the low 32 bits of its Ethernet source and its

@@ -13,11 +13,12 @@ from collections.abc import Iterable
 
 from agent.model.resources import Neighbor, Port, ResourceType, Router
 from agent.model.state import DesiredState
-from agent.planner import cookies, dhcp, overlay, routing
+from agent.planner import cookies, dhcp, overlay, routing, security
 from agent.planner.cookies import Kind
 from agent.planner.flows import Flow
 from agent.planner.pipeline import ROUTE_VLAN_MAX
 from agent.planner.routing import Destination, RouterSubnet, RouteTarget, StaticRoute
+from agent.planner.sg_index import SecurityIndex
 
 log = logging.getLogger("aca.planner")
 
@@ -78,6 +79,7 @@ class Planner:
         self._member_subnets: dict[Member, frozenset[str]] = {}
         self._subnet_vnis: dict[str, int] = {}  # subnet → the VNI its members were indexed with
         self.unplannable: dict[Owner, str] = {}  # owners whose index failed at the last rebuild
+        self.security = SecurityIndex(state)
 
     # ------------------------------------------------------------------ what a change touches
     def touch(self, rtype: ResourceType, rid: str) -> set[Owner]:
@@ -91,6 +93,8 @@ class Planner:
             return self._touch_router(rid) | dhcp.lease_owners(self.state)  # option 121 routes
         if rtype is ResourceType.DHCP:
             return {dhcp.lease_owner(rid)}
+        if rtype is ResourceType.SECURITYGROUP:
+            return self.security.group_changed(rid)
         return set()
 
     def set_interfaces(self, interfaces: list[Interface]) -> set[Owner]:
@@ -139,6 +143,7 @@ class Planner:
         owners |= {route_segment_owner(v) for v in self.route_vlans}
         owners |= dhcp.all_owners(self.state)
         owners |= {port_owner(p) for p in self.state.ports}
+        owners |= self.security.owners()
         owners |= {neighbor_owner(n) for n in self.state.neighbors}
         owners |= {segment_owner(v) for v in set(self._segment_ports) | set(self._segment_hosts)}
         owners |= {router_owner(r) for r in self.state.resources[ResourceType.ROUTER]}
@@ -157,6 +162,7 @@ class Planner:
         self._subnet_members.clear()
         self._member_subnets.clear()
         self._subnet_vnis = {sid: sn.tunnel_id for sid, sn in self.state.subnets.items() if sn.tunnel_id}
+        self.security.reset()
         self.unplannable = {}
         for rtype, touch in (
             (ResourceType.ROUTER, self._touch_router),
@@ -198,7 +204,7 @@ class Planner:
         rtype, rid = member
         if rtype is ResourceType.PORT:
             held: Port | Neighbor | None = self.state.ports.get(rid)
-            owners = {port_owner(rid)}
+            owners = {port_owner(rid), security.port_owner(rid)}
             if self.dhcp_ofport is not None:  # without the responder no port has DHCP steering
                 owners.add(dhcp.port_owner(rid))
         else:
@@ -213,7 +219,7 @@ class Planner:
         subnet_ids = frozenset(f.subnet_id for f in port.fixed_ips) if port else _NO_SUBNETS
         old_subnets = self._member_subnets.get((ResourceType.PORT, port_id), _NO_SUBNETS)
         self._index_member((ResourceType.PORT, port_id), subnet_ids)
-        owners = self._replan((ResourceType.PORT, port_id))
+        owners = self._replan((ResourceType.PORT, port_id)) | self.security.port_changed(port_id, port)
         if self.dhcp_ofport is not None:  # whether this host serves those subnets may change
             owners |= {dhcp.subnet_owner(sid) for sid in old_subnets | subnet_ids}
         ofport = self._ofport_of(port_id)
@@ -239,7 +245,7 @@ class Planner:
         nb = self.state.neighbors.get(nb_id)
         subnet_ids = frozenset(f.subnet_id for f in nb.fixed_ips) if nb else _NO_SUBNETS
         self._index_member((ResourceType.NEIGHBOR, nb_id), subnet_ids)
-        owners = self._replan((ResourceType.NEIGHBOR, nb_id))
+        owners = self._replan((ResourceType.NEIGHBOR, nb_id)) | self.security.neighbor_changed(nb_id, nb)
         new: set[tuple[int, str]] = set()
         if nb is not None and nb.host_ip != self.local_ip:
             new = {(vni, nb.host_ip) for vni, _ip in self.state.neighbor_segments(nb)}
@@ -330,7 +336,9 @@ class Planner:
         kind, oid = owner
         if kind is Kind.BASE:
             miss = routing.punt_actions(self.route_ofport) if self.route_ofport is not None else ()
-            return overlay.base_flows(self.tunnel_ofport, miss)
+            return overlay.base_flows(self.tunnel_ofport, miss) + security.base_flows(
+                cookies.cookie(Kind.BASE, "base")
+            )
         if kind is Kind.ROUTE:
             vlan = self.route_vlans.get(int(oid))
             if vlan is None or self.route_ofport is None:
@@ -357,6 +365,8 @@ class Planner:
             if oid.startswith(dhcp.SUBNET_PREFIX):
                 return self._dhcp_server_flows(oid[len(dhcp.SUBNET_PREFIX) :])
             return dhcp.flows(self.state, oid, self.bindings, self.dhcp_ofport)
+        if kind is Kind.SECURITY:
+            return self.security.flows(oid, self.bindings)
         if kind is Kind.SEGMENT:
             vni = int(oid)
             ports = sorted(self._segment_ports.get(vni, {}).values())

@@ -57,6 +57,7 @@ def port(
     revision: int = 1,
     admin_up: bool = True,
     pairs: Iterable[tuple[str, str]] = (),
+    groups: Iterable[str] = (),
 ) -> pb.PortState:
     config = pb.PortConfiguration(
         revision_number=revision,
@@ -71,6 +72,8 @@ def port(
     config.fixed_ips.add(subnet_id=subnet_id, ip_address=ip)
     for pair_ip, pair_mac in pairs:
         config.allow_address_pairs.add(ip_address=pair_ip, mac_address=pair_mac)
+    for group_id in groups:
+        config.security_group_ids.add(id=group_id)
     return pb.PortState(operation_type=op, configuration=config)
 
 
@@ -84,6 +87,7 @@ def neighbor(
     kind: int = pb.L2,
     op: int = CREATE,
     revision: int = 1,
+    groups: Iterable[str] = (),
 ) -> pb.NeighborState:
     config = pb.NeighborConfiguration(
         revision_number=revision,
@@ -95,6 +99,7 @@ def neighbor(
         update_type=pb.FULL,
     )
     config.fixed_ips.add(neighbor_type=kind, subnet_id=subnet_id, ip_address=ip)
+    config.security_group_ids.extend(groups)  # the aca extension field (upstream sends none)
     return pb.NeighborState(operation_type=op, configuration=config)
 
 
@@ -135,8 +140,58 @@ def router(
     return pb.RouterState(operation_type=op, configuration=config)
 
 
+EGRESS, INGRESS = pb.SecurityGroupConfiguration.EGRESS, pb.SecurityGroupConfiguration.INGRESS
+TCP, UDP, ICMP = pb.TCP, pb.UDP, pb.ICMP
+
+
+def sg_rule(
+    rule_id: str,
+    direction: int,
+    protocol: int = TCP,
+    ports: tuple[int, int] = (0, 0),
+    remote_ip_prefix: str = "",
+    remote_group_id: str = "",
+    ethertype: int = pb.IPV4,
+) -> pb.SecurityGroupConfiguration.SecurityGroupRule:
+    """A rule as upstream sends it (no protocol: TCP with ports 0/0; operation_type left INFO)."""
+    return pb.SecurityGroupConfiguration.SecurityGroupRule(
+        id=rule_id,
+        direction=direction,
+        ethertype=ethertype,
+        protocol=protocol,
+        port_range_min=ports[0],
+        port_range_max=ports[1],
+        remote_ip_prefix=remote_ip_prefix,
+        remote_group_id=remote_group_id,
+    )
+
+
+def security_group(
+    group_id: str,
+    rules: Iterable[pb.SecurityGroupConfiguration.SecurityGroupRule] = (),
+    op: int = CREATE,
+    revision: int = 1,
+    stateless: bool = False,
+    member_ips: Iterable[str] = (),
+) -> pb.SecurityGroupState:
+    """``stateless`` and ``member_ips`` are aca extension fields (100, 101); upstream never sets them."""
+    config = pb.SecurityGroupConfiguration(
+        revision_number=revision, id=group_id, name=group_id, stateless=stateless, member_ips=list(member_ips)
+    )
+    for rule in rules:
+        config.security_group_rules.add().CopyFrom(rule)
+        config.security_group_rules[-1].security_group_id = group_id
+    return pb.SecurityGroupState(operation_type=op, configuration=config)
+
+
 def goal_state_v2(
-    *states: pb.VpcState | pb.SubnetState | pb.PortState | pb.NeighborState | pb.DHCPState | pb.RouterState,
+    *states: pb.VpcState
+    | pb.SubnetState
+    | pb.PortState
+    | pb.NeighborState
+    | pb.DHCPState
+    | pb.RouterState
+    | pb.SecurityGroupState,
     host_ip: str = "",
 ) -> pb.GoalStateV2:
     """A GoalStateV2 holding ``states``; with ``host_ip`` the acted-on ones are listed for that host."""
@@ -148,6 +203,7 @@ def goal_state_v2(
         pb.NeighborState: (msg.neighbor_states, pb.NEIGHBOR),
         pb.DHCPState: (msg.dhcp_states, pb.DHCP),
         pb.RouterState: (msg.router_states, pb.ROUTER),
+        pb.SecurityGroupState: (msg.security_group_states, pb.SECURITYGROUP),
     }
     for state in states:
         table, rtype = targets[type(state)]

@@ -387,3 +387,48 @@ def test_delete_flows_by_cookie_mask(conn: OpenFlowConnection) -> None:
     conn.apply_bundle([], [keep, *gone])
     conn.delete_flows(0xA080000000000002, 0xFFF00000000000FF)
     assert [f.key for f in conn.dump_flows()] == [keep.key]
+
+
+def test_security_group_flows_are_accepted_and_dump_back_byte_equal(
+    bridge: Bridge, conn: OpenFlowConnection
+) -> None:
+    """ct() (lookup with recirculation, commit), ct_state matches and conjunctions (a remote
+    group's clauses and conj_id flow) as the planner builds them,
+    compared with what ovs-ofctl installs from their text and with the dump (a restart must
+    find them byte-equal, or it would rewrite them)."""
+    from dataclasses import replace
+
+    from agent.model.resources import FixedIp, Port, SecurityGroup, SecurityGroupRule
+    from agent.planner import security
+
+    port = Port("p1", 1, "fa:16:3e:00:00:05", fixed_ips=(FixedIp("s1", "10.0.1.5"),))
+    group = SecurityGroup(
+        "g1",
+        1,
+        rules=(
+            SecurityGroupRule("r1", 1, 0, 0, 8000, 8099, remote_ip_prefix="10.0.0.0/8"),
+            SecurityGroupRule("r2", 0, 0, 2, 8, 0),
+            SecurityGroupRule("r3", 1, 0, 1, 53, 53, remote_group_id="g1"),
+        ),
+    )
+    flows = (
+        security.port_flows(port, 7, 0x66, [security.Gateway("10.0.1.1", "fa:16:3e:00:00:01")])
+        + security.group_flows("p1", 7, 0x66, port.mac, group, {"g1": 41})
+        + security.group_flows("p1", 7, 0x66, port.mac, replace(group, id="g2", stateless=True), {"g2": 42})
+        + security.remote_flows("g1", 41, [0, 1], ["10.0.1.6/32", "10.0.2.0/24"])
+        + security.base_flows(0xA9)
+    )
+    conn.apply_bundle([], flows)
+    reference = Bridge(bridge.ovs, bridge.name + "ref")
+    _add_bridge(reference.ovs, reference.name)
+    try:
+        text = "\n".join(f"cookie={f.cookie:#x}, {f.text()}" for f in flows)
+        (bridge.ovs.rundir / "sg.flows").write_text(text + "\n")
+        bridge.ovs.ofctl("add-flows", reference.name, str(bridge.ovs.rundir / "sg.flows"))
+        assert bridge.ofctl_flows() == reference.ofctl_flows()
+    finally:
+        reference.ovs.vsctl("del-br", reference.name)
+    dumped = {f.key: f for f in conn.dump_flows()}
+    assert set(dumped) == {f.key for f in flows}
+    for flow in flows:
+        assert dumped[flow.key].instructions == codec.encode_instructions(flow), flow.text()

@@ -218,3 +218,32 @@ def test_after_a_quarantine_unknown_flows_stay_until_the_sweep(core: AgentCore) 
     assert core.driver.table.keys() >= lost.keys()  # type: ignore[attr-defined]  # VMs keep forwarding
     wait_for(lambda: _flows_of(core, "n1") == 0, 10, "the sweep once the grace is over")
     assert core.reconciler.installed == core.driver.table  # type: ignore[attr-defined]
+
+
+def test_security_group_success_only_once_its_ports_flows_are_confirmed(core: AgentCore) -> None:
+    """A group's status covers the flows of every bound port using it: a port still waiting for
+    its interface does not hold the group back; a rule flow OVS refuses makes it FAILURE, and
+    the resend once OVS takes it SUCCESS."""
+    from agent.model.resources import SecurityGroupRule
+    from agent.planner import security
+
+    rule = gs.sg_rule("r1", gs.INGRESS, gs.TCP, (22, 22))
+    port = gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05", groups=["g1"])
+    assert _push(core, *BASE, gs.security_group("g1", [rule]), port) == {
+        "v1": Status.SUCCESS,
+        "g1": Status.SUCCESS,
+        "p1": Status.PENDING,
+    }
+    core.call(lambda: core.set_interfaces([("vm1", "p1", 4, 0)])).result(5)
+    owned = [f for f in core.driver.table.values() if f.cookie == security.rule_cookie("p1", "r1")]  # type: ignore[attr-defined]
+    assert len(owned) == 1
+    refused = gs.sg_rule("r2", gs.INGRESS, gs.UDP, (53, 53))
+    as_held = SecurityGroupRule(
+        "r2", direction=1, ethertype=0, protocol=1, port_range_min=53, port_range_max=53
+    )
+    slot = core.planner.security.slots["g1"]
+    core.driver.reject.add(security.rule_flows("p1", 4, as_held, slot, None)[0].key)  # type: ignore[attr-defined]
+    statuses = _push(core, *BASE, gs.security_group("g1", [rule, refused], gs.UPDATE, 2))
+    assert statuses["g1"] is Status.FAILURE
+    core.driver.reject.clear()  # type: ignore[attr-defined]
+    assert _push(core, *BASE, gs.security_group("g1", [rule, refused], gs.UPDATE, 2))["g1"] is Status.SUCCESS

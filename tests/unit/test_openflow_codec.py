@@ -11,7 +11,9 @@ from agent.dataplane.openflow.codec import BundleCtrl, FlowModCommand, RawOxm
 from agent.planner.flows import (
     OFPP_CONTROLLER,
     OFPVID_PRESENT,
+    Conjunction,
     Controller,
+    Ct,
     DecTtl,
     Field,
     Flow,
@@ -108,6 +110,17 @@ def test_bundle_control_layout_and_decode() -> None:
             Controller(max_len=64, userdata=b"abcd"),
             "ffff 0020 00002320 0025 000000000000  0000 0008 0040 0000  0003 0008 61626364",
         ),
+        # NXAST_CT: flags, zone_src 0 (immediate), zone, recirculation table (ff: none), pad, alg
+        # (what `ovs-ofctl ofp-print` reads as ct(table=13,zone=5) and ct(commit,zone=5)).
+        (Ct(5, table=13), "ffff 0018 00002320 0023 0000 00000000 0005 0d 000000 0000"),
+        (Ct(5, commit=True), "ffff 0018 00002320 0023 0001 00000000 0005 ff 000000 0000"),
+        # ... with a nested set_field of ct_mark (ct(commit,zone=5,exec(set_field:0x1->ct_mark))).
+        (
+            Ct(5, commit=True, mark=1),
+            "ffff 0028 00002320 0023 0001 00000000 0005 ff 000000 0000  0019 0010 0001d604 00000001 00000000",
+        ),
+        # NXAST_CONJUNCTION: clause 0-based on the wire, n_clauses, id.
+        (Conjunction(1234, 2, 2), "ffff 0010 00002320 0022 01 02 000004d2"),
     ],
 )
 def test_action_layouts(action: object, expected: str) -> None:
@@ -122,6 +135,9 @@ def test_oxm_headers_for_basic_and_nicira_classes() -> None:
     assert codec.oxm_header(Field.REG7) == 0x00010E04
     assert codec.oxm_header(Field.TUN_IPV4_SRC) == 0x00013E04
     assert codec.oxm_header(Field.IP_TTL) == 0x00013A01
+    assert codec.oxm_header(Field.CT_STATE, masked=True) == 0x0001D308  # NXM_NX_CT_STATE_W
+    assert codec.oxm_header(Field.CONJ_ID) == 0x00014A04  # NXM_NX_CONJ_ID
+    assert codec.oxm_header(Field.CT_MARK) == 0x0001D604  # NXM_NX_CT_MARK
 
 
 def _all_fields_match() -> tuple[MatchField, ...]:

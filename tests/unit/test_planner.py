@@ -10,7 +10,7 @@ from agent.dataplane.openflow.codec import FlowModCommand, encode_bundle_add
 from agent.model.decode import decode_v2
 from agent.model.resources import ResourceType
 from agent.model.state import DesiredState
-from agent.planner import overlay
+from agent.planner import overlay, security
 from agent.planner.flows import match
 from agent.planner.pipeline import TABLE_NAMES, Table
 from agent.planner.plan import BASE_OWNER, Planner, neighbor_owner, port_owner, segment_owner
@@ -54,7 +54,7 @@ def test_port_flows_golden() -> None:
         "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
         "nw_proto=17, nw_src=0.0.0.0, udp_src=68, udp_dst=67 actions=goto_table:DHCP",
         "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
-        "nw_src=10.0.1.5 actions=goto_table:L3_GATEWAY",
+        "nw_src=10.0.1.5 actions=goto_table:SG_EGRESS",
         "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x806, "
         "arp_spa=10.0.1.5, arp_sha=fa:16:3e:00:00:05 actions=goto_table:ARP_RESPONDER",
     ]
@@ -74,7 +74,11 @@ def test_neighbor_flows_golden() -> None:
 
 def test_segment_flood_stays_in_its_vni_and_follows_membership() -> None:
     planner = _planner(*BASE, PORT, NEIGHBOR)
-    assert planner.set_interfaces([("tap-p1", "p1", 3, 0)]) == {port_owner("p1"), segment_owner(100)}
+    assert planner.set_interfaces([("tap-p1", "p1", 3, 0)]) == {
+        port_owner("p1"),
+        security.port_owner("p1"),
+        segment_owner(100),
+    }
     assert _text(planner, segment_owner(100)) == [
         "table=L2_LOOKUP, priority=50, reg0=0x64, dl_dst=01:00:00:00:00:00/01:00:00:00:00:00 "
         "actions=output:3,set_field:0x64->tun_id,set_field:172.31.0.12->tun_dst,output:9",
@@ -184,8 +188,8 @@ def test_a_zero_prefix_matches_anything_as_ovs_stores_it() -> None:
             "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x806, "
             "arp_spa=10.0.1.5, arp_sha=fa:16:3e:00:00:05 actions=goto_table:ARP_RESPONDER",
             "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800 "
-            "actions=goto_table:L3_GATEWAY",
+            "actions=goto_table:SG_EGRESS",
             "table=PORT_SECURITY, priority=100, in_port=3, dl_src=fa:16:3e:00:00:05, dl_type=0x800, "
-            "nw_src=10.0.1.5 actions=goto_table:L3_GATEWAY",
+            "nw_src=10.0.1.5 actions=goto_table:SG_EGRESS",
         ]
     )

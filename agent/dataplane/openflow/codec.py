@@ -20,7 +20,9 @@ from typing import Any
 from agent.planner.flows import (
     OFPP_CONTROLLER,
     Action,
+    Conjunction,
     Controller,
+    Ct,
     DecTtl,
     Field,
     Flow,
@@ -97,6 +99,10 @@ _OFPAT_SET_FIELD = 25
 _OFPAT_EXPERIMENTER = 0xFFFF
 _NXAST_REG_MOVE = 6
 _NXAST_CONTROLLER2 = 37
+_NXAST_CT = 35
+_NXAST_CONJUNCTION = 34
+_NX_CT_F_COMMIT = 1
+_NX_CT_RECIRC_NONE = 0xFF
 _NXAC2PT_MAX_LEN = 0
 _NXAC2PT_USERDATA = 3
 _OFPIT_GOTO_TABLE = 1
@@ -119,6 +125,11 @@ _ACT_DEC_TTL = struct.Struct("!HH4x")
 _ACT_SET_FIELD_HDR = struct.Struct("!HH")
 _ACT_REG_MOVE = struct.Struct("!HHIHHHHII")
 _ACT_NX_HDR = struct.Struct("!HHIH6x")
+# nx_action_conntrack: header, vendor, subtype, flags, zone_src (0: immediate), zone_imm,
+# recirc_table, 3 pad, alg; no nested actions.
+_ACT_CT = struct.Struct("!HHIHHIHB3xH")
+# nx_action_conjunction: header, vendor, subtype, clause (0-based), n_clauses, id.
+_ACT_CONJUNCTION = struct.Struct("!HHIHBBI")
 _PROP_HDR = struct.Struct("!HH")
 _FEATURES_REPLY = struct.Struct("!QIBB2xII")
 _MULTIPART_HDR = struct.Struct("!HH4x")
@@ -167,6 +178,9 @@ _OXM_IDS: dict[Field, tuple[int, int]] = {
     Field.TUN_IPV4_SRC: (_NXM_NX, 31),
     Field.TUN_IPV4_DST: (_NXM_NX, 32),
     Field.IP_TTL: (_NXM_NX, 29),
+    Field.CT_STATE: (_NXM_NX, 105),
+    Field.CONJ_ID: (_NXM_NX, 37),
+    Field.CT_MARK: (_NXM_NX, 107),
     **{getattr(Field, f"REG{i}"): (_NXM_NX, i) for i in range(8)},
 }
 
@@ -346,6 +360,28 @@ def _encode_controller(action: Controller) -> bytes:
     return _ACT_NX_HDR.pack(_OFPAT_EXPERIMENTER, 16 + len(body), NX_VENDOR_ID, _NXAST_CONTROLLER2) + body
 
 
+def _encode_ct(action: Ct) -> bytes:
+    table = _NX_CT_RECIRC_NONE if action.table is None else action.table
+    flags = _NX_CT_F_COMMIT if action.commit else 0
+    nested = b"" if action.mark is None else _encode_set_field(SetField(Field.CT_MARK, action.mark))
+    header = _ACT_CT.pack(
+        _OFPAT_EXPERIMENTER, 24 + len(nested), NX_VENDOR_ID, _NXAST_CT, flags, 0, action.zone, table, 0
+    )
+    return header + nested
+
+
+def _encode_conjunction(action: Conjunction) -> bytes:
+    return _ACT_CONJUNCTION.pack(
+        _OFPAT_EXPERIMENTER,
+        16,
+        NX_VENDOR_ID,
+        _NXAST_CONJUNCTION,
+        action.clause - 1,
+        action.n_clauses,
+        action.id,
+    )
+
+
 _ACTION_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     Output: _encode_output,
     SetField: _encode_set_field,
@@ -353,6 +389,8 @@ _ACTION_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     DecTtl: lambda _: _DEC_TTL,
     PopVlan: lambda _: _POP_VLAN,
     Controller: _encode_controller,
+    Ct: _encode_ct,
+    Conjunction: _encode_conjunction,
 }
 
 
