@@ -160,6 +160,19 @@ def test_unknown_oxm_kept_raw_so_the_key_differs() -> None:
     assert codec.encode_match(decoded)[4 : 4 + len(known + ip_dscp)] == known + ip_dscp
 
 
+def test_a_tlv_cut_short_by_the_match_end_stays_raw_and_the_instructions_intact() -> None:
+    """A TLV whose length runs past its match is kept raw up to the match's end; the bytes after
+    the match (the instructions in a flow stats entry) are never read as part of it."""
+    known = codec.encode_oxm(MatchField(Field.ETH_TYPE, 0x800))
+    cut = h("80001804 0a00")  # IPV4_DST claims 4 bytes, the match ends after 2
+    body = known + cut
+    ofp_match = struct.pack("!HH", 1, 4 + len(body)) + body + bytes(-(4 + len(body)) % 8)
+    trailer = codec.encode_instructions(SIMPLE)
+    decoded, end = codec.decode_match(ofp_match + trailer)
+    assert decoded == (MatchField(Field.ETH_TYPE, 0x800), RawOxm(cut))
+    assert end == len(ofp_match)
+
+
 def test_vlan_vid_match_and_pop_vlan_encode_as_openflow_1_4() -> None:
     tlv = codec.encode_oxm(MatchField(Field.VLAN_VID, OFPVID_PRESENT | 5))
     assert tlv == h("80000c02 1005")  # OXM_OF_VLAN_VID, the VID with OFPVID_PRESENT
