@@ -115,6 +115,7 @@ class AgentCore:
         # until the controller's resync refills the state; then they are swept.
         self.strays_kept_until = 0.0
         self._sweep_at: float | None = None
+        self._deferred_to_resync = False  # see defer_to_resync
 
     # ------------------------------------------------------------------ public, any thread
     def start(self) -> None:
@@ -314,7 +315,7 @@ class AgentCore:
                 failures[owner] = f"planning failed: {exc!r}"
 
     def _program(self, owners: set[Owner]) -> ApplyResult:
-        if not owners:
+        if not owners or self._deferred_to_resync:
             return ApplyResult()
         failures: dict[Owner, str] = {}
         self._apply_dhcp(owners, failures)  # the responder is not OVS: it takes changes while OVS is away
@@ -414,6 +415,7 @@ class AgentCore:
         }
         self._apply_dhcp(owners, failures)
         self._apply_routes(owners, failures)
+        self._deferred_to_resync = False  # every owner is planned and the responders fed
         keep = time.monotonic() < self.strays_kept_until
         result = self.reconciler.resync(dict(self._planned(owners, failures)), keep_strays=keep)
         if keep:
@@ -427,6 +429,14 @@ class AgentCore:
             keep, result.elapsed_us,
         )  # fmt: skip
         return result
+
+    def defer_to_resync(self) -> None:
+        """Until the next resync, bindings and port changes only update the planner: the start
+        sets the tunnel, the responders' ports and the interfaces one by one just before its
+        resync, which plans (and feeds the responders) every owner anyway; programming each
+        change on its way would plan most owners twice. Only the start calls this, before any
+        intake runs."""
+        self._deferred_to_resync = True
 
     def dataplane_lost(self) -> None:
         """The OpenFlow connection dropped (or a bundle's outcome is unknown): hold changes in

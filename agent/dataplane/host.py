@@ -103,6 +103,7 @@ class HostDataplane:
     def start(self, core: AgentCore, timeout: float = 30.0) -> None:
         """Bridge and tunnel port in place, OpenFlow up, then one resync from desired state."""
         self.core = core
+        core.call(core.defer_to_resync).result(timeout)  # the resync at the end programs it all
         self.ovsdb.start(timeout)
         self.ovsdb.ensure_integration_bridge(
             self.settings.bridge, self.settings.datapath_type, timeout=timeout
