@@ -56,7 +56,8 @@ class OpenFlowDriver:
         so are its on-demand route cache flows (they live outside the desired state)."""
         ours = cookies.LAYOUT_TAG << cookies.TAG_SHIFT
         flows = self.conn.dump_flows(cookie=ours, cookie_mask=cookies.AGENT_MASK, timeout=self.timeout)
-        return {f.key: f for f in flows if cookies.kind_of(f.cookie) is not cookies.Kind.ROUTE_CACHE}
+        cache = int(cookies.Kind.ROUTE_CACHE)  # (the tag matched: the kind's bits say the rest)
+        return {f.key: f for f in flows if (f.cookie >> cookies.KIND_SHIFT) & 0xFF != cache}
 
     def delete_flows(self, cookie: int, cookie_mask: int) -> None:
         self.conn.delete_flows(cookie, cookie_mask)
