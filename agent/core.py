@@ -417,7 +417,7 @@ class AgentCore:
         self._apply_routes(owners, failures)
         self._deferred_to_resync = False  # every owner is planned and the responders fed
         keep = time.monotonic() < self.strays_kept_until
-        result = self.reconciler.resync(dict(self._planned(owners, failures)), keep_strays=keep)
+        result = self.reconciler.resync(self._planned(owners, failures), keep_strays=keep)
         if keep:
             self._sweep_at = self.strays_kept_until
         failures.update(result.failed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from agent.config import OvsSettings
@@ -52,12 +52,17 @@ class OpenFlowDriver:
             bundle.commit()
 
     def dump(self) -> dict[FlowKey, DecodedFlow]:
+        with self.dumping() as dumped:
+            return dumped()
+
+    @contextlib.contextmanager
+    def dumping(self) -> Iterator[Callable[[], dict[FlowKey, DecodedFlow]]]:
         """Only this agent's flows (by cookie tag); anything else on the bridge is left alone, and
         so are its on-demand route cache flows (they live outside the desired state)."""
         ours = cookies.LAYOUT_TAG << cookies.TAG_SHIFT
-        flows = self.conn.dump_flows(cookie=ours, cookie_mask=cookies.AGENT_MASK, timeout=self.timeout)
         cache = int(cookies.Kind.ROUTE_CACHE)  # (the tag matched: the kind's bits say the rest)
-        return {f.key: f for f in flows if (f.cookie >> cookies.KIND_SHIFT) & 0xFF != cache}
+        with self.conn.dumping_flows(ours, cookies.AGENT_MASK, self.timeout) as flows:
+            yield lambda: {f.key: f for f in flows() if (f.cookie >> cookies.KIND_SHIFT) & 0xFF != cache}
 
     def delete_flows(self, cookie: int, cookie_mask: int) -> None:
         self.conn.delete_flows(cookie, cookie_mask)

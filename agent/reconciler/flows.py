@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,6 +36,10 @@ class FlowDriver(Protocol):
     def bundle(self) -> AbstractContextManager[FlowBatch]: ...
 
     def dump(self) -> dict[FlowKey, Any]: ...
+
+    def dumping(self) -> AbstractContextManager[Callable[[], dict[FlowKey, Any]]]:
+        """The dump requested on entry, its result returned by calling what it yields."""
+        ...
 
     def same(self, flow: Flow, installed: Any) -> bool: ...
 
@@ -168,16 +172,23 @@ class FlowReconciler:
         ]
         return drift
 
-    def resync(self, updates: Mapping[Owner, list[Flow]], keep_strays: bool = False) -> ApplyResult:
+    def resync(
+        self,
+        updates: Mapping[Owner, list[Flow]] | Iterable[tuple[Owner, list[Flow]]],
+        keep_strays: bool = False,
+    ) -> ApplyResult:
         """Full state against what the switch reports: unchanged flows are left alone (no flush),
         changed ones replaced, flows of ours that nobody wants any more are deleted (unless
         ``keep_strays``: then left in place, outside the mirror). If the switch
         rejects that bundle, the strays go alone and each owner's flows in a bundle of its own: an
-        owner the switch refuses fails alone and keeps no flows (nothing stale in its name)."""
+        owner the switch refuses fails alone and keeps no flows (nothing stale in its name).
+        The dump is requested first: the switch produces it while ``updates`` is planned."""
         start = time.perf_counter()
         result = ApplyResult()
-        owners = {o: flow_set(flows) for o, flows in updates.items()}
-        on_switch = self.driver.dump()
+        with self.driver.dumping() as dumped:
+            pairs = updates.items() if isinstance(updates, Mapping) else updates
+            owners = {o: flow_set(flows) for o, flows in pairs}
+            on_switch = dumped()
         same = self.driver.same
         # One pass over every desired flow (~100k at a restart). The mirror is built by dict merges,
         # which reuse each key's stored hash: hashing a key (a nested tuple) is most of a lookup.

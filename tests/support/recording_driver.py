@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from agent.planner.flows import Flow, FlowKey
 from agent.reconciler.flows import BundleRejected
@@ -51,6 +51,10 @@ class RecordingDriver:
 
     def dump(self) -> dict[FlowKey, Flow]:
         return dict(self.table)
+
+    @contextlib.contextmanager
+    def dumping(self) -> Iterator[Callable[[], dict[FlowKey, Flow]]]:
+        yield self.dump
 
     def same(self, flow: Flow, installed: Flow) -> bool:
         return flow == installed
