@@ -29,6 +29,34 @@ class FlowBatch(Protocol):
     def commit(self) -> None: ...
 
 
+class SwitchFlows(Protocol):
+    """One dump of the switch's flows of ours, as a resync reads it."""
+
+    def __len__(self) -> int: ...
+
+    def find(self, flow: Flow) -> Any | None:
+        """The switch's flow with ``flow``'s key (what ``FlowDriver.same`` compares), or None."""
+        ...
+
+    def by_key(self) -> Mapping[FlowKey, Any]: ...
+
+
+class KeyedFlows:
+    """SwitchFlows over flows already keyed (a driver whose dump is a dict by key)."""
+
+    def __init__(self, flows: Mapping[FlowKey, Any]) -> None:
+        self._flows = flows
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def find(self, flow: Flow) -> Any | None:
+        return self._flows.get(flow.key)
+
+    def by_key(self) -> Mapping[FlowKey, Any]:
+        return self._flows
+
+
 class FlowDriver(Protocol):
     """What the reconciler needs from a bridge (the OpenFlow driver, or a recorder in tests).
     ``bundle()`` discards the batch unless it was committed; refusals raise ``BundleRejected``."""
@@ -37,7 +65,7 @@ class FlowDriver(Protocol):
 
     def dump(self) -> dict[FlowKey, Any]: ...
 
-    def dumping(self) -> AbstractContextManager[Callable[[], dict[FlowKey, Any]]]:
+    def dumping(self) -> AbstractContextManager[Callable[[], SwitchFlows]]:
         """The dump requested on entry, its result returned by calling what it yields."""
         ...
 
@@ -189,7 +217,7 @@ class FlowReconciler:
             pairs = updates.items() if isinstance(updates, Mapping) else updates
             owners = {o: flow_set(flows) for o, flows in pairs}
             on_switch = dumped()
-        same = self.driver.same
+        same, find = self.driver.same, on_switch.find
         # One pass over every desired flow (~100k at a restart). The mirror is built by dict merges,
         # which reuse each key's stored hash: hashing a key (a nested tuple) is most of a lookup.
         installed: dict[FlowKey, Flow] = {}
@@ -201,8 +229,8 @@ class FlowReconciler:
             claims.update(dict.fromkeys(fs, owner))
             wanted += len(fs)
             changed = []
-            for key, flw in fs.items():
-                held = on_switch.get(key)
+            for flw in fs.values():
+                held = find(flw)
                 if held is None:
                     changed.append(flw)
                     continue
@@ -216,7 +244,7 @@ class FlowReconciler:
         deletes = (
             []
             if keep_strays or no_strays
-            else [Flow(k[0], k[1], k[2]) for k in on_switch if k not in installed]
+            else [Flow(k[0], k[1], k[2]) for k in on_switch.by_key() if k not in installed]
         )
         try:
             self._apply(deletes, [f for flows in adds.values() for f in flows])
@@ -229,7 +257,8 @@ class FlowReconciler:
                 except BundleRejected as one:
                     result.failed[owner] = str(one)
             for owner in result.failed:
-                self._apply([Flow(k[0], k[1], k[2]) for k in owners[owner] if k in on_switch], [])
+                held = on_switch.by_key()
+                self._apply([Flow(k[0], k[1], k[2]) for k in owners[owner] if k in held], [])
                 owners[owner] = {}
             installed = {k: f for fs in owners.values() for k, f in fs.items()}
             claims = {k: o for o, fs in owners.items() for k in fs}

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 from agent.planner.flows import Flow, FlowKey
-from agent.reconciler.flows import BundleRejected
+from agent.reconciler.flows import BundleRejected, KeyedFlows
 
 
 class RecordedBundle:
@@ -53,8 +53,8 @@ class RecordingDriver:
         return dict(self.table)
 
     @contextlib.contextmanager
-    def dumping(self) -> Iterator[Callable[[], dict[FlowKey, Flow]]]:
-        yield self.dump
+    def dumping(self) -> Iterator[Callable[[], KeyedFlows]]:
+        yield lambda: KeyedFlows(self.dump())
 
     def same(self, flow: Flow, installed: Flow) -> bool:
         return flow == installed

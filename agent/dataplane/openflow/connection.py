@@ -408,27 +408,22 @@ class OpenFlowConnection:
 
     def dump_flows(self, cookie: int = 0, cookie_mask: int = 0, timeout: float = 30.0) -> list[DecodedFlow]:
         """All flows of all tables (optionally only those whose cookie matches under the mask)."""
-        with self.dumping_flows(cookie, cookie_mask, timeout) as flows:
-            return flows()
+        with self.dumping_flows(cookie, cookie_mask, timeout) as parts:
+            return [f for part in parts() for f in codec.decode_flow_stats_reply(part)]
 
     @contextlib.contextmanager
     def dumping_flows(
         self, cookie: int = 0, cookie_mask: int = 0, timeout: float = 30.0
-    ) -> Iterator[Callable[[], list[DecodedFlow]]]:
-        """``dump_flows`` requested on entry and awaited when the yielded function is called
-        (``timeout`` from then): the switch produces the dump and the reader thread collects it
+    ) -> Iterator[Callable[[], list[bytes]]]:
+        """The flow stats request sent on entry; the yielded function waits for the reply's parts
+        (``timeout`` from then). The switch produces the dump and the reader thread collects it
         while the caller works, e.g. plans what to compare it with."""
         self._check_caller()
         xid = self._alloc_xids(1)
         pending = self._register(xid)
         try:
             self._write([codec.encode_flow_stats_request(xid, cookie, cookie_mask)])
-
-            def flows() -> list[DecodedFlow]:
-                parts = self._wait(pending, time.monotonic() + timeout)
-                return [f for part in parts for f in codec.decode_flow_stats_reply(part)]
-
-            yield flows
+            yield lambda: self._wait(pending, time.monotonic() + timeout)
         finally:
             self._unregister(xid)
 
