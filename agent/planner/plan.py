@@ -427,6 +427,8 @@ class Planner:
     def route_targets(self, owner: Owner) -> list[RouteTarget]:
         """The host routes the planner makes for a port or neighbour owner, whatever the routing
         mode (the fast path's destination table); [] for other owners or when it has none."""
+        if not self._subnet_routers:
+            return []  # no router here: nothing is routed to anyone (asked per owner at a resync)
         kind, oid = owner
         if kind is Kind.PORT:
             port = self.state.ports.get(oid)
