@@ -54,6 +54,8 @@ class DumpedFlows:
         return len(self._raw)
 
     def find(self, flow: Flow) -> RawFlow | DecodedFlow | None:
+        if not self._raw:  # a restarted ovs-vswitchd: every flow goes in, nothing to encode
+            return None
         held = self._raw.get((flow.table, flow.priority, codec.ovs_match_tlvs(flow.match)))
         return held if held is not None else self.by_key().get(flow.key)
 

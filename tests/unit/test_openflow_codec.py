@@ -325,3 +325,5 @@ def test_dumped_flows_find_by_bytes_and_fall_back_to_decoded_keys() -> None:
     found = other_order.find(l2)
     assert found is not None and found.instructions == codec.encode_instructions(l2)
     assert len(other_order) == 1
+    empty = DumpedFlows([_reply()])
+    assert empty.find(l2) is None and len(empty) == 0 and empty.by_key() == {}
