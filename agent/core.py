@@ -107,7 +107,7 @@ class AgentCore:
         self.last_loop = time.monotonic()  # for the watchdog: the worker is alive
         self._unfolded: set[tuple[ResourceType, str]] = set()  # changed by journaled goal states
         self._journal_seq = 0  # the last journaled goal state
-        self._unsettled = 0  # goal states since the last settle
+        self._unsettled = 0  # goal states (and resyncs) since the last settle
         self._repair_at: float | None = None  # monotonic time of the next repair, if one is due
         self._repair_backoff = _REPAIR_MIN_S
         # After the stored state was quarantined the agent starts empty: until this (monotonic)
@@ -115,6 +115,7 @@ class AgentCore:
         # until the controller's resync refills the state; then they are swept.
         self.strays_kept_until = 0.0
         self._sweep_at: float | None = None
+        self._deferred_to_resync = False  # see defer_to_resync
 
     # ------------------------------------------------------------------ public, any thread
     def start(self) -> None:
@@ -314,7 +315,7 @@ class AgentCore:
                 failures[owner] = f"planning failed: {exc!r}"
 
     def _program(self, owners: set[Owner]) -> ApplyResult:
-        if not owners:
+        if not owners or self._deferred_to_resync:
             return ApplyResult()
         failures: dict[Owner, str] = {}
         self._apply_dhcp(owners, failures)  # the responder is not OVS: it takes changes while OVS is away
@@ -408,14 +409,20 @@ class AgentCore:
         """Program everything from desired state against what the switch has (start, reconnect,
         an unknown outcome). An owner that cannot be planned or programmed fails alone; the
         switch keeps none of its flows (nothing stale is enforced in its name)."""
+        # As for a goal state, no garbage collection until the next settle: what this allocates
+        # (every owner's flows, the mirror, the decoded dump) mostly lives on, and rescanning it
+        # cost a 100k-flow resync ~10%. The settle comes once the worker is idle (after READY).
+        gc.disable()
+        self._unsettled += 1
         owners = self.planner.rebuild()
         failures: dict[Owner, str] = {
             o: f"planning failed: {reason}" for o, reason in self.planner.unplannable.items()
         }
         self._apply_dhcp(owners, failures)
         self._apply_routes(owners, failures)
+        self._deferred_to_resync = False  # every owner is planned and the responders fed
         keep = time.monotonic() < self.strays_kept_until
-        result = self.reconciler.resync(dict(self._planned(owners, failures)), keep_strays=keep)
+        result = self.reconciler.resync(self._planned(owners, failures), keep_strays=keep)
         if keep:
             self._sweep_at = self.strays_kept_until
         failures.update(result.failed)
@@ -427,6 +434,14 @@ class AgentCore:
             keep, result.elapsed_us,
         )  # fmt: skip
         return result
+
+    def defer_to_resync(self) -> None:
+        """Until the next resync, bindings and port changes only update the planner: the start
+        sets the tunnel, the responders' ports and the interfaces one by one just before its
+        resync, which plans (and feeds the responders) every owner anyway; programming each
+        change on its way would plan most owners twice. Only the start calls this, before any
+        intake runs."""
+        self._deferred_to_resync = True
 
     def dataplane_lost(self) -> None:
         """The OpenFlow connection dropped (or a bundle's outcome is unknown): hold changes in

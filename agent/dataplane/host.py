@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from agent.config import OvsSettings
 from agent.core import AgentCore
 from agent.dataplane import netlink
-from agent.dataplane.openflow.codec import DecodedFlow, encode_instructions
+from agent.dataplane.openflow import codec
+from agent.dataplane.openflow.codec import DecodedFlow, RawFlow, encode_instructions
 from agent.dataplane.openflow.connection import Bundle, OpenFlowConnection, OpenFlowError, State
 from agent.dataplane.ovsdb import InterfaceInfo, Ovsdb
 from agent.planner import cookies
@@ -28,6 +29,41 @@ if TYPE_CHECKING:
     from agent.routing.driver import RouteDriver
 
 log = logging.getLogger("aca.dataplane")
+
+
+def _reconciled(cookie: int) -> bool:
+    """Not an on-demand route cache flow (the dump asked for this agent's tag already)."""
+    return (cookie >> cookies.KIND_SHIFT) & 0xFF != _ROUTE_CACHE
+
+
+_ROUTE_CACHE = int(cookies.Kind.ROUTE_CACHE)
+
+
+class DumpedFlows:
+    """The reconciled flows of one dump. A desired flow is found by the bytes OVS sends (its
+    match's TLVs in OVS's order), so an unchanged switch is compared with ~100k byte-keyed
+    lookups and nothing decoded; the first flow not found that way has the whole dump decoded
+    and is looked up by key (a missing flow, or a match OVS orders otherwise)."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self._parts = parts
+        self._raw = codec.raw_flow_stats(parts, _reconciled)
+        self._decoded: dict[FlowKey, DecodedFlow] | None = None
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def find(self, flow: Flow) -> RawFlow | DecodedFlow | None:
+        if not self._raw:  # a restarted ovs-vswitchd: every flow goes in, nothing to encode
+            return None
+        held = self._raw.get((flow.table, flow.priority, codec.ovs_match_tlvs(flow.match)))
+        return held if held is not None else self.by_key().get(flow.key)
+
+    def by_key(self) -> dict[FlowKey, DecodedFlow]:
+        if self._decoded is None:
+            flows = (f for part in self._parts for f in codec.decode_flow_stats_reply(part))
+            self._decoded = {f.key: f for f in flows if _reconciled(f.cookie)}
+        return self._decoded
 
 
 class OpenFlowDriver:
@@ -54,9 +90,14 @@ class OpenFlowDriver:
     def dump(self) -> dict[FlowKey, DecodedFlow]:
         """Only this agent's flows (by cookie tag); anything else on the bridge is left alone, and
         so are its on-demand route cache flows (they live outside the desired state)."""
+        with self.dumping() as dumped:
+            return dict(dumped().by_key())
+
+    @contextlib.contextmanager
+    def dumping(self) -> Iterator[Callable[[], DumpedFlows]]:
         ours = cookies.LAYOUT_TAG << cookies.TAG_SHIFT
-        flows = self.conn.dump_flows(cookie=ours, cookie_mask=cookies.AGENT_MASK, timeout=self.timeout)
-        return {f.key: f for f in flows if cookies.kind_of(f.cookie) is not cookies.Kind.ROUTE_CACHE}
+        with self.conn.dumping_flows(ours, cookies.AGENT_MASK, self.timeout) as parts:
+            yield lambda: DumpedFlows(parts())
 
     def delete_flows(self, cookie: int, cookie_mask: int) -> None:
         self.conn.delete_flows(cookie, cookie_mask)
@@ -103,6 +144,7 @@ class HostDataplane:
     def start(self, core: AgentCore, timeout: float = 30.0) -> None:
         """Bridge and tunnel port in place, OpenFlow up, then one resync from desired state."""
         self.core = core
+        core.call(core.defer_to_resync).result(timeout)  # the resync at the end programs it all
         self.ovsdb.start(timeout)
         self.ovsdb.ensure_integration_bridge(
             self.settings.bridge, self.settings.datapath_type, timeout=timeout

@@ -32,7 +32,7 @@ import pathlib
 import sqlite3
 import time
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
@@ -64,25 +64,54 @@ def to_json(resource: Resource) -> str:
 
 
 @cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _build(tp: Any, value: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is tuple:
+def _decoder(tp: Any) -> Callable[[Any], Any] | None:
+    """A function turning a JSON value into a ``tp`` value, built once per type from its hints;
+    None when the JSON value is already the value (str, int, bool). A restart decodes every
+    row, so the type hints are walked here once instead of per row and field."""
+    if typing.get_origin(tp) is tuple:
         (item_type, _ellipsis) = typing.get_args(tp)
-        return tuple(_build(item_type, x) for x in value)
+        item = _decoder(item_type)
+        if item is None:
+            return tuple
+        return lambda value: tuple([item(x) for x in value])
     if dataclasses.is_dataclass(tp):
-        hints = _hints(tp)  # type: ignore[arg-type]
-        return tp(**{k: _build(hints[k], x) for k, x in value.items() if k in hints})  # type: ignore[operator]
+        return _dataclass_decoder(tp)  # type: ignore[arg-type]
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return tp(value)
-    return value
+        return _enum_decoder(tp)
+    return None
+
+
+def _enum_decoder(tp: type[enum.Enum]) -> Callable[[Any], Any]:
+    """A dict lookup (calling an Enum class is the slow path); unknown values raise as before."""
+    members = tp._value2member_map_
+
+    def member(value: Any) -> Any:
+        found = members.get(value)
+        return tp(value) if found is None else found
+
+    return member
+
+
+def _dataclass_decoder(cls: type) -> Callable[[dict[str, Any]], Any]:
+    hints = typing.get_type_hints(cls)
+    known = frozenset(hints)
+    nested = [(name, decode) for name, tp in hints.items() if (decode := _decoder(tp)) is not None]
+
+    def build(value: dict[str, Any]) -> Any:
+        if not known.issuperset(value):  # a field this agent does not have: left out
+            value = {k: x for k, x in value.items() if k in known}
+        for name, decode in nested:
+            if name in value:
+                value[name] = decode(value[name])
+        return cls(**value)
+
+    return build
 
 
 def from_json(rtype: ResourceType, text: str) -> Resource:
-    return _build(RESOURCE_CLASSES[rtype], json.loads(text))
+    build = _decoder(RESOURCE_CLASSES[rtype])
+    assert build is not None
+    return build(json.loads(text))
 
 
 # Deleted resources' revisions (``DesiredState.tombstones``); rowid order is the order they were
@@ -193,9 +222,10 @@ class Store:
 
     def load(self) -> dict[ResourceType, dict[str, Resource]]:
         out: dict[ResourceType, dict[str, Resource]] = {t: {} for t in ResourceType}
+        resource_type = _enum_decoder(ResourceType)
         for rtype, rid, body in self._db.execute("SELECT type, id, body FROM resource"):
             try:
-                t = ResourceType(rtype)
+                t = resource_type(rtype)
                 out[t][rid] = from_json(t, body)
             except Exception as exc:  # one bad row must not cost the others
                 self._skip_row(rtype, rid, exc)

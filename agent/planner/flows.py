@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import itertools
+import operator
 import socket
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -358,5 +359,10 @@ class Flow:
 FlowSet = dict[FlowKey, Flow]
 
 
+_KEY = operator.attrgetter("key")
+
+
 def flow_set(flows: list[Flow] | tuple[Flow, ...]) -> FlowSet:
-    return {f.key: f for f in flows}
+    """By key (a later flow with the same key wins). Built in C: one call per owner, and a
+    restart's resync makes ~50k of them."""
+    return dict(zip(map(_KEY, flows), flows, strict=True))

@@ -49,6 +49,7 @@ def route_segment_owner(vni: int) -> Owner:
 Member = tuple[ResourceType, str]  # a port or neighbour, by type and id
 Interface = tuple[str, str | None, int, int]  # an OVSDB interface: name, iface-id, ofport, ifindex
 _NO_SUBNETS: frozenset[str] = frozenset()
+_NO_HOSTS: frozenset[tuple[int, str]] = frozenset()
 _MEMBER_OWNER = {ResourceType.PORT: port_owner, ResourceType.NEIGHBOR: neighbor_owner}
 
 PROACTIVE, ON_DEMAND = "proactive", "on_demand"  # routing modes: neighbour host routes ahead or on use
@@ -167,7 +168,7 @@ class Planner:
         for rtype, touch in (
             (ResourceType.ROUTER, self._touch_router),
             (ResourceType.PORT, self._touch_port),
-            (ResourceType.NEIGHBOR, self._touch_neighbor),
+            (ResourceType.NEIGHBOR, self._index_neighbor),
         ):
             for rid in self.state.resources[rtype]:
                 try:
@@ -242,26 +243,31 @@ class Planner:
         return owners
 
     def _touch_neighbor(self, nb_id: str) -> set[Owner]:
+        return self._index_neighbor(nb_id) | self._replan((ResourceType.NEIGHBOR, nb_id))
+
+    def _index_neighbor(self, nb_id: str) -> set[Owner]:
+        """Index a neighbour (its subnets, its remote host per segment); the segments whose
+        flood lists changed. ``rebuild`` needs only this: it re-plans every owner anyway."""
         nb = self.state.neighbors.get(nb_id)
         subnet_ids = frozenset(f.subnet_id for f in nb.fixed_ips) if nb else _NO_SUBNETS
         self._index_member((ResourceType.NEIGHBOR, nb_id), subnet_ids)
-        owners = self._replan((ResourceType.NEIGHBOR, nb_id)) | self.security.neighbor_changed(nb_id, nb)
+        owners = self.security.neighbor_changed(nb_id, nb)  # its remote-group memberships
         new: set[tuple[int, str]] = set()
         if nb is not None and nb.host_ip != self.local_ip:
             new = {(vni, nb.host_ip) for vni, _ip in self.state.neighbor_segments(nb)}
-        old = self._neighbor_hosts.pop(nb_id, set())
+        old = self._neighbor_hosts.pop(nb_id, _NO_HOSTS)
         if new:
             self._neighbor_hosts[nb_id] = new
         if old == new:
             return owners
-        for vni, host in old - new:
+        for vni, host in old - new if old else ():  # (a rebuild indexes into empty indexes)
             counts = self._segment_hosts[vni]
             if counts[host] > 1:
                 counts[host] -= 1
             else:
                 del counts[host]
                 owners.add(segment_owner(vni))
-        for vni, host in new - old:
+        for vni, host in new - old if old else new:
             counts = self._segment_hosts[vni]
             held = counts.get(host, 0)
             if not held:
@@ -435,6 +441,8 @@ class Planner:
     def route_targets(self, owner: Owner) -> list[RouteTarget]:
         """The host routes the planner makes for a port or neighbour owner, whatever the routing
         mode (the fast path's destination table); [] for other owners or when it has none."""
+        if not self._subnet_routers:
+            return []  # no router here: nothing is routed to anyone (asked per owner at a resync)
         kind, oid = owner
         if kind is Kind.PORT:
             port = self.state.ports.get(oid)

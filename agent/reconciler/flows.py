@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +29,34 @@ class FlowBatch(Protocol):
     def commit(self) -> None: ...
 
 
+class SwitchFlows(Protocol):
+    """One dump of the switch's flows of ours, as a resync reads it."""
+
+    def __len__(self) -> int: ...
+
+    def find(self, flow: Flow) -> Any | None:
+        """The switch's flow with ``flow``'s key (what ``FlowDriver.same`` compares), or None."""
+        ...
+
+    def by_key(self) -> Mapping[FlowKey, Any]: ...
+
+
+class KeyedFlows:
+    """SwitchFlows over flows already keyed (a driver whose dump is a dict by key)."""
+
+    def __init__(self, flows: Mapping[FlowKey, Any]) -> None:
+        self._flows = flows
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def find(self, flow: Flow) -> Any | None:
+        return self._flows.get(flow.key)
+
+    def by_key(self) -> Mapping[FlowKey, Any]:
+        return self._flows
+
+
 class FlowDriver(Protocol):
     """What the reconciler needs from a bridge (the OpenFlow driver, or a recorder in tests).
     ``bundle()`` discards the batch unless it was committed; refusals raise ``BundleRejected``."""
@@ -36,6 +64,10 @@ class FlowDriver(Protocol):
     def bundle(self) -> AbstractContextManager[FlowBatch]: ...
 
     def dump(self) -> dict[FlowKey, Any]: ...
+
+    def dumping(self) -> AbstractContextManager[Callable[[], SwitchFlows]]:
+        """The dump requested on entry, its result returned by calling what it yields."""
+        ...
 
     def same(self, flow: Flow, installed: Any) -> bool: ...
 
@@ -168,23 +200,52 @@ class FlowReconciler:
         ]
         return drift
 
-    def resync(self, updates: Mapping[Owner, list[Flow]], keep_strays: bool = False) -> ApplyResult:
+    def resync(
+        self,
+        updates: Mapping[Owner, list[Flow]] | Iterable[tuple[Owner, list[Flow]]],
+        keep_strays: bool = False,
+    ) -> ApplyResult:
         """Full state against what the switch reports: unchanged flows are left alone (no flush),
         changed ones replaced, flows of ours that nobody wants any more are deleted (unless
         ``keep_strays``: then left in place, outside the mirror). If the switch
         rejects that bundle, the strays go alone and each owner's flows in a bundle of its own: an
-        owner the switch refuses fails alone and keeps no flows (nothing stale in its name)."""
+        owner the switch refuses fails alone and keeps no flows (nothing stale in its name).
+        The dump is requested first: the switch produces it while ``updates`` is planned."""
         start = time.perf_counter()
         result = ApplyResult()
-        owners = {o: flow_set(flows) for o, flows in updates.items()}
-        on_switch = self.driver.dump()
-        same = self.driver.same
-        adds = {
-            o: [f for k, f in fs.items() if k not in on_switch or not same(f, on_switch[k])]
-            for o, fs in owners.items()
-        }
-        wanted = {k for fs in owners.values() for k in fs}
-        deletes = [] if keep_strays else [Flow(k[0], k[1], k[2]) for k in on_switch if k not in wanted]
+        with self.driver.dumping() as dumped:
+            pairs = updates.items() if isinstance(updates, Mapping) else updates
+            owners = {o: flow_set(flows) for o, flows in pairs}
+            on_switch = dumped()
+        same, find = self.driver.same, on_switch.find
+        # One pass over every desired flow (~100k at a restart). The mirror is built by dict merges,
+        # which reuse each key's stored hash: hashing a key (a nested tuple) is most of a lookup.
+        installed: dict[FlowKey, Flow] = {}
+        claims: dict[FlowKey, Owner] = {}
+        adds: dict[Owner, list[Flow]] = {}
+        wanted = found = 0  # desired flows, and how many of them the switch holds by key
+        for owner, fs in owners.items():
+            installed.update(fs)
+            claims.update(dict.fromkeys(fs, owner))
+            wanted += len(fs)
+            changed = []
+            for flw in fs.values():
+                held = find(flw)
+                if held is None:
+                    changed.append(flw)
+                    continue
+                found += 1
+                if not same(flw, held):
+                    changed.append(flw)
+            adds[owner] = changed
+        # No owner shares a key and every desired flow was found, as many as the switch holds:
+        # then the switch holds nothing else, and the pass looking for strays is skipped.
+        no_strays = wanted == len(installed) and found == wanted == len(on_switch)
+        deletes = (
+            []
+            if keep_strays or no_strays
+            else [Flow(k[0], k[1], k[2]) for k in on_switch.by_key() if k not in installed]
+        )
         try:
             self._apply(deletes, [f for flows in adds.values() for f in flows])
         except BundleRejected as exc:
@@ -196,13 +257,16 @@ class FlowReconciler:
                 except BundleRejected as one:
                     result.failed[owner] = str(one)
             for owner in result.failed:
-                self._apply([Flow(k[0], k[1], k[2]) for k in owners[owner] if k in on_switch], [])
+                held = on_switch.by_key()
+                self._apply([Flow(k[0], k[1], k[2]) for k in owners[owner] if k in held], [])
                 owners[owner] = {}
+            installed = {k: f for fs in owners.values() for k, f in fs.items()}
+            claims = {k: o for o, fs in owners.items() for k in fs}
         result.bundles = int(bool(deletes or any(adds.values())))
         result.added = sum(len(flows) for o, flows in adds.items() if o not in result.failed)
         result.deleted = len(deletes)
-        self.installed = {k: f for fs in owners.values() for k, f in fs.items()}
-        self._claims = {k: o for o, fs in owners.items() for k in fs}
+        self.installed = installed
+        self._claims = claims
         self.desired = {o: fs for o, fs in owners.items() if fs}
         result.elapsed_us = int((time.perf_counter() - start) * 1e6)
         return result

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from agent.planner.flows import Flow, FlowKey
-from agent.reconciler.flows import BundleRejected
+from agent.reconciler.flows import BundleRejected, KeyedFlows
 
 
 class RecordedBundle:
@@ -51,6 +51,10 @@ class RecordingDriver:
 
     def dump(self) -> dict[FlowKey, Flow]:
         return dict(self.table)
+
+    @contextlib.contextmanager
+    def dumping(self) -> Iterator[Callable[[], KeyedFlows]]:
+        yield lambda: KeyedFlows(self.dump())
 
     def same(self, flow: Flow, installed: Flow) -> bool:
         return flow == installed

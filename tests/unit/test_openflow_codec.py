@@ -176,6 +176,19 @@ def test_unknown_oxm_kept_raw_so_the_key_differs() -> None:
     assert codec.encode_match(decoded)[4 : 4 + len(known + ip_dscp)] == known + ip_dscp
 
 
+def test_a_tlv_cut_short_by_the_match_end_stays_raw_and_the_instructions_intact() -> None:
+    """A TLV whose length runs past its match is kept raw up to the match's end; the bytes after
+    the match (the instructions in a flow stats entry) are never read as part of it."""
+    known = codec.encode_oxm(MatchField(Field.ETH_TYPE, 0x800))
+    cut = h("80001804 0a00")  # IPV4_DST claims 4 bytes, the match ends after 2
+    body = known + cut
+    ofp_match = struct.pack("!HH", 1, 4 + len(body)) + body + bytes(-(4 + len(body)) % 8)
+    trailer = codec.encode_instructions(SIMPLE)
+    decoded, end = codec.decode_match(ofp_match + trailer)
+    assert decoded == (MatchField(Field.ETH_TYPE, 0x800), RawOxm(cut))
+    assert end == len(ofp_match)
+
+
 def test_vlan_vid_match_and_pop_vlan_encode_as_openflow_1_4() -> None:
     tlv = codec.encode_oxm(MatchField(Field.VLAN_VID, OFPVID_PRESENT | 5))
     assert tlv == h("80000c02 1005")  # OXM_OF_VLAN_VID, the VID with OFPVID_PRESENT
@@ -268,3 +281,65 @@ def test_error_decoding_names_type_code_and_failed_request() -> None:
     exp = codec.decode_error(h("05 01 0010 00000001 ffff 0007 00002320"))
     assert exp.experimenter == 0x2320
     assert "EXPERIMENTER(0x2320)" in exp.text
+
+
+def _reply(*entries: bytes) -> bytes:
+    body = b"".join(entries)
+    return h("05 13") + struct.pack("!HI", 16 + len(body), 6) + h("0001 0000 00000000") + body
+
+
+def _entry_with_tlvs(flow: Flow, tlvs: bytes) -> bytes:
+    """A flow stats entry whose match carries ``tlvs`` in the order given (as a switch sends)."""
+    ofp_match = struct.pack("!HH", 1, 4 + len(tlvs)) + tlvs + bytes(-(4 + len(tlvs)) % 8)
+    body = ofp_match + codec.encode_instructions(flow)
+    head = struct.pack(
+        "!HBxIIHHHHH2xQQQ", 48 + len(body), flow.table, 0, 0, flow.priority,
+        flow.idle_timeout, flow.hard_timeout, 0, 0, flow.cookie, 0, 0,
+    )  # fmt: skip
+    return head + body
+
+
+def test_ovs_match_tlvs_follow_the_order_ovs_dumps_in() -> None:
+    """OVS writes registers after the packet fields (seen in OVS 3.x dumps): an ARP answer's
+    match comes back as eth_type, arp_op, arp_tpa, reg0; the planner's order has reg0 first."""
+    arp = match((Field.REG0, 5000), (Field.ETH_TYPE, 0x806), (Field.ARP_OP, 1), (Field.ARP_TPA, 0x0A000001))
+    expected = b"".join(codec.encode_oxm(arp[i]) for i in (1, 2, 3, 0))
+    assert codec.ovs_match_tlvs(arp) == expected
+    assert codec.ovs_match_tlvs(arp) == expected  # the second time from the remembered shape
+    assert codec.decode_oxms(expected) == arp
+    assert codec.ovs_match_tlvs(()) == b""
+    assert codec.ovs_match_tlvs(match((Field.IN_PORT, 3))) == codec.encode_oxm(MatchField(Field.IN_PORT, 3))
+
+
+def test_raw_flow_stats_keys_flows_by_the_bytes_the_switch_sent() -> None:
+    l2 = Flow(30, 50, match((Field.REG0, 7), (Field.ETH_DST, 0xFA163E000001)), (Output(2),), cookie=0x31)
+    skipped = Flow(30, 60, match((Field.REG0, 7)), (Output(3),), cookie=0x80)
+    reply = _reply(
+        _entry_with_tlvs(l2, codec.ovs_match_tlvs(l2.match)),
+        _entry_with_tlvs(skipped, codec.ovs_match_tlvs(skipped.match)),
+    )
+    raw = codec.raw_flow_stats([reply], keep=lambda cookie: cookie != 0x80)
+    assert list(raw) == [(30, 50, codec.ovs_match_tlvs(l2.match))]
+    held = raw[(30, 50, codec.ovs_match_tlvs(l2.match))]
+    assert (held.cookie, held.idle_timeout, held.instructions) == (0x31, 0, codec.encode_instructions(l2))
+
+
+def test_dumped_flows_find_by_bytes_and_fall_back_to_decoded_keys() -> None:
+    """A flow whose switch order is not the one expected (here: the planner's own order) is
+    still found, by its decoded key; nothing is decoded while every flow is found by bytes."""
+    from agent.dataplane.host import DumpedFlows
+
+    arp = Flow(20, 100, match((Field.REG0, 9), (Field.ETH_TYPE, 0x806), (Field.ARP_OP, 1)), cookie=0x11)
+    l2 = Flow(30, 50, match((Field.REG0, 9), (Field.ETH_DST, 0xFA163E000002)), (Output(2),), cookie=0x12)
+    tag = 0xA << 60
+    arp, l2 = (Flow(f.table, f.priority, f.match, f.actions, cookie=tag | f.cookie) for f in (arp, l2))
+    in_order = DumpedFlows([_reply(_entry_with_tlvs(arp, codec.ovs_match_tlvs(arp.match)))])
+    assert in_order.find(arp) is not None and in_order._decoded is None
+    assert in_order.find(l2) is None and set(in_order.by_key()) == {arp.key}
+    planner_order = b"".join(codec.encode_oxm(m) for m in l2.match)
+    other_order = DumpedFlows([_reply(_entry_with_tlvs(l2, planner_order))])
+    found = other_order.find(l2)
+    assert found is not None and found.instructions == codec.encode_instructions(l2)
+    assert len(other_order) == 1
+    empty = DumpedFlows([_reply()])
+    assert empty.find(l2) is None and len(empty) == 0 and empty.by_key() == {}

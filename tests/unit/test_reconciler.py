@@ -74,6 +74,31 @@ def test_resync_keeps_unchanged_flows_and_sweeps_stale_ones() -> None:
     assert driver.table == rec.installed
 
 
+def test_resync_finds_a_stray_when_two_owners_share_a_key_and_the_counts_match() -> None:
+    """Owners A and B both want flow 1 (found twice), flow 2 is missing, the switch holds flow 1
+    and a stray: as many desired flows found as the switch holds, yet the stray is deleted."""
+    driver = RecordingDriver()
+    shared, stray = _flow(1, 1), _flow(8, 8)
+    driver.table = {f.key: f for f in (shared, stray)}
+    rec = FlowReconciler(driver)
+    result = rec.resync({A: [shared], B: [shared, _flow(2, 2)]})
+    deletes, adds = driver.bundles[-1]
+    assert [f.key for f in deletes] == [stray.key]
+    assert [f.key for f in adds] == [_flow(2, 2).key]
+    assert (result.added, result.deleted) == (1, 1)
+    assert driver.table == rec.installed and rec.owner_of(shared.key) == B
+
+
+def test_resync_with_everything_in_place_sends_nothing() -> None:
+    driver = RecordingDriver()
+    flows = [_flow(1, 1), _flow(2, 2), _flow(3, 3)]
+    driver.table = {f.key: f for f in flows}
+    rec = FlowReconciler(driver)
+    result = rec.resync({A: flows[:2], B: flows[2:]})
+    assert driver.bundles == [] and (result.added, result.deleted, result.bundles) == (0, 0, 0)
+    assert rec.installed == driver.table and rec.owner_of(flows[2].key) == B
+
+
 def test_check_reports_missing_different_and_unknown_flows() -> None:
     driver = RecordingDriver()
     rec = FlowReconciler(driver)

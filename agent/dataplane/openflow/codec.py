@@ -15,7 +15,7 @@ import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.planner.flows import (
     OFPP_CONTROLLER,
@@ -293,16 +293,23 @@ def _decode_tlv(tlv: bytes) -> tuple[int, MatchField | RawOxm]:
     return rank, MatchField(fld, value, None if mask == full else mask)
 
 
-def decode_oxms(data: bytes | memoryview) -> DecodedMatch:
-    """OXM TLVs -> canonical match (planner order); unknown or odd-sized TLVs stay raw, last."""
+def _oxms(data: bytes, pos: int, end: int) -> DecodedMatch:
+    """The TLVs in ``data[pos:end]`` -> canonical match (planner order); unknown or odd-sized
+    TLVs stay raw, last. Slices ``data`` itself: a dump decodes ~4 TLVs per flow."""
     items = []
-    pos, end = 0, len(data)
     while pos + 4 <= end:
         nxt = pos + 4 + data[pos + 3]
-        items.append(_decode_tlv(bytes(data[pos:nxt])))
+        if nxt > end:  # a TLV cut short by the match's end: kept raw, as far as it goes
+            nxt = end
+        items.append(_decode_tlv(data[pos:nxt]))
         pos = nxt
     items.sort(key=_by_rank)
-    return tuple(m for _, m in items)
+    return tuple([m for _, m in items])
+
+
+def decode_oxms(data: bytes | memoryview) -> DecodedMatch:
+    """OXM TLVs -> canonical match (planner order); unknown or odd-sized TLVs stay raw, last."""
+    return _oxms(bytes(data), 0, len(data))
 
 
 def decode_match(data: bytes | memoryview, offset: int = 0) -> tuple[DecodedMatch, int]:
@@ -310,8 +317,48 @@ def decode_match(data: bytes | memoryview, offset: int = 0) -> tuple[DecodedMatc
     mtype, length = _MATCH_HDR.unpack_from(data, offset)
     if mtype != _OFPMT_OXM:
         raise ValueError(f"unsupported match type {mtype}")
-    fields = decode_oxms(memoryview(data)[offset + 4 : offset + length])
-    return fields, offset + length + (-length % 8)
+    data = data if type(data) is bytes else bytes(data)
+    return _oxms(data, offset + 4, offset + length), offset + length + (-length % 8)
+
+
+# The order OVS writes match fields in when it reports flows (its nx_put_raw order, seen in
+# OVS 3.x dumps), which is not the planner's: a desired flow's TLVs joined in this order equal the
+# dumped bytes, so a resync can find ~100k flows by bytes without decoding them. Fields it does
+# not list go last; a flow whose bytes come out different is found by its decoded key instead.
+_OVS_ORDER = (
+    Field.IN_PORT, Field.ETH_SRC, Field.ETH_DST, Field.ETH_TYPE, Field.VLAN_VID,
+    Field.IPV4_SRC, Field.IPV4_DST, Field.IP_PROTO, Field.IP_TTL,
+    Field.TCP_SRC, Field.TCP_DST, Field.UDP_SRC, Field.UDP_DST, Field.ICMP_TYPE, Field.ICMP_CODE,
+    Field.ARP_OP, Field.ARP_SPA, Field.ARP_TPA, Field.ARP_SHA, Field.ARP_THA,
+    Field.TUNNEL_ID, Field.TUN_IPV4_SRC, Field.TUN_IPV4_DST,
+    *(getattr(Field, f"REG{i}") for i in range(8)), Field.METADATA,
+)  # fmt: skip
+_OVS_RANK = {f._name_: i for i, f in enumerate(_OVS_ORDER)}  # by name: see _OXM_ENC
+
+
+def _ovs_rank(mf: MatchField | RawOxm) -> int:
+    return len(_OVS_RANK) if type(mf) is RawOxm else _OVS_RANK.get(mf.field._name_, len(_OVS_RANK))
+
+
+# Match shape (its fields in planner order) -> the positions in OVS's order. The planner makes
+# a few dozen shapes, so this stays small; it spares a sort per flow.
+_OVS_POSITIONS: dict[tuple[Field, ...], tuple[int, ...]] = {}
+_field_of = operator.itemgetter(0)
+
+
+def ovs_match_tlvs(fields: tuple[MatchField | RawOxm, ...]) -> bytes:
+    """A match's TLVs in the order OVS dumps them (no ``ofp_match`` header, no padding)."""
+    if len(fields) < 2:
+        return encode_oxm(fields[0]) if fields else b""
+    try:
+        shape = tuple(map(_field_of, fields))
+    except TypeError:  # a RawOxm (decoded matches only): no shape to remember
+        return b"".join([encode_oxm(m) for m in sorted(fields, key=_ovs_rank)])
+    positions = _OVS_POSITIONS.get(shape)
+    if positions is None:
+        positions = tuple(sorted(range(len(fields)), key=lambda i: _ovs_rank(fields[i])))
+        _OVS_POSITIONS[shape] = positions
+    return b"".join([encode_oxm(fields[i]) for i in positions])
 
 
 # ------------------------------------------------------------------ actions and instructions
@@ -596,9 +643,10 @@ def multipart_more(msg: bytes) -> bool:
     return bool(flags & OFPMPF_REPLY_MORE)
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedFlow:
-    """A flow as the switch reports it; ``key`` is comparable with the planner's ``Flow.key``."""
+class DecodedFlow(NamedTuple):
+    """A flow as the switch reports it; ``key`` is comparable with the planner's ``Flow.key``.
+    A named tuple: a restart's dump builds ~100k of them, and a frozen dataclass's per-field
+    ``object.__setattr__`` made that a third of the decoding."""
 
     table: int
     priority: int
@@ -621,28 +669,32 @@ class DecodedFlow:
 
 
 def decode_flow_stats_reply(msg: bytes) -> list[DecodedFlow]:
-    """One OFPMP_FLOW_DESC reply part -> its flows."""
-    view = memoryview(msg)
+    """One OFPMP_FLOW_DESC reply part -> its flows (a restart's resync decodes ~100k of them)."""
+    msg = bytes(msg)
     _, _, length, _ = _HEADER.unpack_from(msg)
     mp_type, _ = _MULTIPART_HDR.unpack_from(msg, 8)
     if mp_type != OFPMP_FLOW_DESC:
         raise ValueError(f"not a flow stats reply (multipart type {mp_type})")
     flows = []
+    stats, stats_size, match_hdr = _FLOW_STATS.unpack_from, _FLOW_STATS.size, _MATCH_HDR.unpack_from
     pos = 16
-    while pos + _FLOW_STATS.size <= length:
+    while pos + stats_size <= length:
         (
             entry_len, table, duration, _nsec, priority, idle, hard, _flags, _importance,
             cookie, packets, nbytes,
-        ) = _FLOW_STATS.unpack_from(msg, pos)  # fmt: skip
-        match, ins_start = decode_match(view, pos + _FLOW_STATS.size)
+        ) = stats(msg, pos)  # fmt: skip
+        start = pos + stats_size
+        mtype, mlen = match_hdr(msg, start)
+        if mtype != _OFPMT_OXM:
+            raise ValueError(f"unsupported match type {mtype}")
         end = pos + entry_len
         flows.append(
             DecodedFlow(
                 table,
                 priority,
                 cookie,
-                match,
-                bytes(view[ins_start:end]),
+                _oxms(msg, start + 4, start + mlen),
+                msg[start + mlen + (-mlen % 8) : end],
                 idle,
                 hard,
                 packets,
@@ -652,6 +704,46 @@ def decode_flow_stats_reply(msg: bytes) -> list[DecodedFlow]:
         )
         pos = end
     return flows
+
+
+class RawFlow(NamedTuple):
+    """A dumped flow's value, its match left as bytes (see ``raw_flow_stats``)."""
+
+    cookie: int
+    idle_timeout: int
+    hard_timeout: int
+    instructions: bytes
+
+
+RawKey = tuple[int, int, bytes]  # (table, priority, match TLVs as OVS sent them)
+
+
+def raw_flow_stats(parts: list[bytes], keep: Callable[[int], bool]) -> dict[RawKey, RawFlow]:
+    """Flow stats reply parts -> each flow whose cookie ``keep`` accepts, by its raw key: what a
+    diff against ``ovs_match_tlvs`` needs, with no match decoded. (A raw key's bytes hash once
+    and compare with memcmp; a decoded key is a nested tuple, hashed anew at every lookup.)"""
+    out: dict[RawKey, RawFlow] = {}
+    stats, stats_size, match_hdr = _FLOW_STATS.unpack_from, _FLOW_STATS.size, _MATCH_HDR.unpack_from
+    for msg in parts:
+        msg = bytes(msg)
+        _, _, length, _ = _HEADER.unpack_from(msg)
+        mp_type, _ = _MULTIPART_HDR.unpack_from(msg, 8)
+        if mp_type != OFPMP_FLOW_DESC:
+            raise ValueError(f"not a flow stats reply (multipart type {mp_type})")
+        pos = 16
+        while pos + stats_size <= length:
+            (entry_len, table, _d, _n, priority, idle, hard, _f, _i, cookie, _p, _b) = stats(msg, pos)
+            start = pos + stats_size
+            mtype, mlen = match_hdr(msg, start)
+            if mtype != _OFPMT_OXM:
+                raise ValueError(f"unsupported match type {mtype}")
+            end = pos + entry_len
+            if keep(cookie):
+                out[(table, priority, msg[start + 4 : start + mlen])] = RawFlow(
+                    cookie, idle, hard, msg[start + mlen + (-mlen % 8) : end]
+                )
+            pos = end
+    return out
 
 
 # ------------------------------------------------------------------ packet in / out

@@ -408,9 +408,24 @@ class OpenFlowConnection:
 
     def dump_flows(self, cookie: int = 0, cookie_mask: int = 0, timeout: float = 30.0) -> list[DecodedFlow]:
         """All flows of all tables (optionally only those whose cookie matches under the mask)."""
+        with self.dumping_flows(cookie, cookie_mask, timeout) as parts:
+            return [f for part in parts() for f in codec.decode_flow_stats_reply(part)]
+
+    @contextlib.contextmanager
+    def dumping_flows(
+        self, cookie: int = 0, cookie_mask: int = 0, timeout: float = 30.0
+    ) -> Iterator[Callable[[], list[bytes]]]:
+        """The flow stats request sent on entry; the yielded function waits for the reply's parts
+        (``timeout`` from then). The switch produces the dump and the reader thread collects it
+        while the caller works, e.g. plans what to compare it with."""
+        self._check_caller()
         xid = self._alloc_xids(1)
-        parts = self._request(codec.encode_flow_stats_request(xid, cookie, cookie_mask), xid, timeout)
-        return [f for part in parts for f in codec.decode_flow_stats_reply(part)]
+        pending = self._register(xid)
+        try:
+            self._write([codec.encode_flow_stats_request(xid, cookie, cookie_mask)])
+            yield lambda: self._wait(pending, time.monotonic() + timeout)
+        finally:
+            self._unregister(xid)
 
     def delete_flows(self, cookie: int, cookie_mask: int, timeout: float = 10.0) -> None:
         """Delete every flow whose cookie matches under the mask (outside any bundle); returns
