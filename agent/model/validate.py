@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -44,12 +45,15 @@ def ipv4(value: str, what: str = "ip_address") -> str:
         raise Invalid(f"{what} {value!r} is not an IPv4 address") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def unicast_ipv4(value: str, what: str = "ip_address") -> str:
-    """An address a VXLAN packet can be sent to (not 0.0.0.0, broadcast, multicast or loopback)."""
-    address = ipaddress.IPv4Address(ipv4(value, what))
-    if address.is_unspecified or address.is_multicast or address.is_loopback or address.is_reserved:
+    """An address a VXLAN packet can be sent to (not 0.0.0.0, loopback, multicast, or 240/4 with
+    the broadcast address). Cached: a big goal state names a few hosts thousands of times."""
+    normal = ipv4(value, what)
+    first = int(normal.split(".", 1)[0])
+    if normal == "0.0.0.0" or first == 127 or first >= 224:
         raise Invalid(f"{what} {value} is not a unicast address")
-    return str(address)
+    return normal
 
 
 def ip_any(value: str, what: str = "ip_address") -> str:

@@ -69,7 +69,10 @@ class SecurityIndex:
 
     def neighbor_changed(self, nb_id: str, nb: Neighbor | None) -> set[Owner]:
         """The same for a port on another host (groups from the extension field, else none)."""
-        return self._member_changed((ResourceType.NEIGHBOR, nb_id), nb)
+        member = (ResourceType.NEIGHBOR, nb_id)
+        if (nb is None or not nb.security_group_ids) and member not in self._member_groups:
+            return set()  # the common case (upstream never names a neighbour's groups): no index work
+        return self._member_changed(member, nb)
 
     def _member_changed(self, member: Member, held: Port | Neighbor | None) -> set[Owner]:
         new = frozenset(held.security_group_ids) if held is not None else _NONE
