@@ -362,21 +362,7 @@ def test_route_fast_path_flows_are_accepted_and_dump_back_byte_equal(
             0xA8, 10,
         ),
     ]  # fmt: skip
-    conn.apply_bundle([], flows)
-    reference = Bridge(bridge.ovs, bridge.name + "ref")
-    _add_bridge(reference.ovs, reference.name)
-    try:
-        text = "\n".join(f"cookie={f.cookie:#x}, {f.text()}" for f in flows)
-        (bridge.ovs.rundir / "route.flows").write_text(text + "\n")
-        bridge.ovs.ofctl("add-flows", reference.name, str(bridge.ovs.rundir / "route.flows"))
-        assert bridge.ofctl_flows() == reference.ofctl_flows()
-    finally:
-        reference.ovs.vsctl("del-br", reference.name)
-    dumped = {f.key: f for f in conn.dump_flows()}
-    assert set(dumped) == {f.key for f in flows}
-    for flow in flows:
-        assert dumped[flow.key].instructions == codec.encode_instructions(flow), flow.text()
-        assert dumped[flow.key].idle_timeout == flow.idle_timeout
+    _installs_as_ovs_ofctl_would(bridge, conn, flows, "route")
 
 
 def test_delete_flows_by_cookie_mask(conn: OpenFlowConnection) -> None:
@@ -418,13 +404,22 @@ def test_security_group_flows_are_accepted_and_dump_back_byte_equal(
         + security.remote_flows("g1", 41, [0, 1], ["10.0.1.6/32", "10.0.2.0/24"])
         + security.base_flows(0xA9)
     )
+    _installs_as_ovs_ofctl_would(bridge, conn, flows, "sg")
+
+
+def _installs_as_ovs_ofctl_would(
+    bridge: Bridge, conn: OpenFlowConnection, flows: list[Flow], name: str
+) -> None:
+    """``flows`` sent by the agent's codec equal the same flows added from their text by
+    ovs-ofctl on a reference bridge, and dump back byte-equal (a restart must find them so, or
+    it would rewrite them)."""
     conn.apply_bundle([], flows)
     reference = Bridge(bridge.ovs, bridge.name + "ref")
     _add_bridge(reference.ovs, reference.name)
     try:
         text = "\n".join(f"cookie={f.cookie:#x}, {f.text()}" for f in flows)
-        (bridge.ovs.rundir / "sg.flows").write_text(text + "\n")
-        bridge.ovs.ofctl("add-flows", reference.name, str(bridge.ovs.rundir / "sg.flows"))
+        (bridge.ovs.rundir / f"{name}.flows").write_text(text + "\n")
+        bridge.ovs.ofctl("add-flows", reference.name, str(bridge.ovs.rundir / f"{name}.flows"))
         assert bridge.ofctl_flows() == reference.ofctl_flows()
     finally:
         reference.ovs.vsctl("del-br", reference.name)
@@ -432,3 +427,4 @@ def test_security_group_flows_are_accepted_and_dump_back_byte_equal(
     assert set(dumped) == {f.key for f in flows}
     for flow in flows:
         assert dumped[flow.key].instructions == codec.encode_instructions(flow), flow.text()
+        assert dumped[flow.key].idle_timeout == flow.idle_timeout

@@ -13,7 +13,6 @@ import pathlib
 import re
 import shutil
 import signal
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from agent._pb import goalstate_pb2 as pb
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
 from agent.sandbox.poll import wait_for
+from tests.support.agent_host import scratch_sandbox
 from tests.support.parts import missing, require_ovs
 from tests.support.sg_traffic import Echo, Session, UdpSession, ping, probe
 from tests.support.traffic import dump_flows
@@ -41,15 +41,10 @@ INGRESS, EGRESS = gs.INGRESS, gs.EGRESS
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
-    root = tempfile.mkdtemp(prefix="acas-")
-    sb = Sandbox(root, prefix=f"acas{uuid.uuid4().hex[:4]}-")
-    try:
+    with scratch_sandbox() as sb:
         sb.host_up(HOST)
         sb.host_up(OTHER)
         yield sb
-    finally:
-        sb.down()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass
