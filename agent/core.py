@@ -465,6 +465,9 @@ class AgentCore:
         """Bring the switch in line: recover (replay or resync) while the dataplane is not ready,
         else re-program the failed owners. Backs off while it keeps failing."""
         self._repair_at = None
+        # A heartbeat between two waits on the switch (a bundle that timed out, then this dump):
+        # each is bounded by openflow_timeout, and the watchdog judges them one at a time.
+        self.last_loop = time.monotonic()
         try:
             if not self.dataplane_ready:
                 self.recover()
