@@ -18,8 +18,9 @@ class OvsSettings:
     datapath_type: str = "system"
     tunnel_port: str = "vxlan0"
     # How long a bundle or a flow dump may wait for ovs-vswitchd; past it the outcome is unknown
-    # and the agent resyncs (docs/reliability.md).
-    openflow_timeout: float = 30.0
+    # and the agent resyncs (docs/reliability.md). Below the unit's WatchdogSec (30 s): the
+    # worker waits this long at most before its next heartbeat.
+    openflow_timeout: float = 20.0
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ Failures stay small and visible (docs/reliability.md):
 - an owner whose planning, engine entry or flows fail is recorded in ``failed`` and answered
   FAILURE; it never stops the other owners, the resync or the start, and is retried (a resend
   of the same resource, or the repair timer with backoff);
-- a bundle whose outcome is unknown (timeout, lost connection) makes the dataplane not ready:
+- a bundle whose outcome is unknown (`openflow_timeout`, lost connection) makes the dataplane not ready:
   the switch is dumped, diffed and resynced before anything is answered SUCCESS again.
 """
 

@@ -69,7 +69,7 @@ class DumpedFlows:
 class OpenFlowDriver:
     """The reconciler's FlowDriver over one bridge's OpenFlow connection."""
 
-    def __init__(self, conn: OpenFlowConnection, timeout: float = 30.0) -> None:
+    def __init__(self, conn: OpenFlowConnection, timeout: float = 20.0) -> None:
         self.conn = conn
         self.timeout = timeout  # per bundle and per dump: past it, the outcome is unknown
 
