@@ -12,8 +12,10 @@ is rewritten by C and its host route is then cached in OVS with an idle timeout.
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import re
 import shutil
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -41,6 +43,7 @@ VMS = {
     "d": ("host2", "s2", "10.1.2.40", "fa:16:3e:00:00:0d", GW2[0]),  # the controller refuses it
 }
 REFUSED = {VMS["d"][2]}
+SLOW = "10.1.2.50"  # the controller answers it only after the agent's hold (1 s below) is over
 
 
 class _Controllers:
@@ -55,6 +58,9 @@ class _Controllers:
         def handle(req: pb.HostRequest.ResourceStateRequest) -> int:
             if req.request_type != pb.ON_DEMAND:
                 return pb.SUCCESS
+            if req.destination_ip == SLOW:
+                time.sleep(3)
+                return pb.FAILURE
             vm = next((v for v, spec in VMS.items() if spec[2] == req.destination_ip), None)
             if vm is None or req.destination_ip in REFUSED:
                 return pb.FAILURE
@@ -176,3 +182,52 @@ def test_on_demand_mode_rewrites_the_first_packet_in_c_and_caches_the_route(
     wait_for(lambda: matched() >= 3, 5, "packets on the cache flow")
     stats = _routing(box, "host1")
     assert stats["counters"]["forwarded"] == before + 1 and stats["cache_installs"] == 1
+
+
+def test_cached_route_expires_when_idle_and_a_held_packet_times_out(
+    setup: tuple[Sandbox, _Controllers], tmp_path: pathlib.Path
+) -> None:
+    """With ``cache_idle_timeout = 2``, OVS expires the cached host route once idle (the agent never
+    puts it back: it is outside the desired state) and the next packet takes the C path again;
+    with ``hold_seconds = 1``, a packet whose controller answer comes too late is dropped and
+    counted, and nothing stays held."""
+    box, _controllers = setup
+    config = tmp_path / "agent.toml"
+    config.write_text('[routing]\nmode = "on_demand"\ncache_idle_timeout = 2\nhold_seconds = 1.0\n')
+    address = f"unix:{box.root}/host1-controller.sock"
+    box.restart_agent("host1", agent_args=("--controller", address, "--config", str(config)))
+    wait_for(lambda: box.control("host1", "status")["dataplane_ready"], 20, "host1 agent ready")
+    # b known as a neighbour (as an earlier ON_DEMAND answer leaves it): no controller round trip
+    # races the 1 s hold on the first ping.
+    known = gs.goal_state_v2(neighbour(box, VMS, "b"), host_ip=box.host("host1").underlay_ip)
+    (reply,) = box.push_message("host1", known)
+    assert {s.operation_status for s in reply.operation_statuses} == {pb.SUCCESS}, reply
+    cache = cookie(Kind.ROUTE_CACHE, "port-b")
+
+    def cached() -> list[str]:
+        return [line for line in _table(box, "host1", 35) if f"cookie={cache:#x}" in line]
+
+    # An earlier test's cache flow (idle_timeout=10) may still be live: start from none.
+    box.exec(
+        "host1", ["ovs-ofctl", "-O", "OpenFlow14", "del-flows", "br-int", f"cookie={cache:#x}/-1"], check=True
+    )
+    assert_reaches(box, "a", VMS["b"][2])  # (its warm-up covers the way back's first contact)
+    wait_for(cached, 5, "the on-demand cache flow")
+    assert "idle_timeout=2" in cached()[0], cached()
+    installs = _routing(box, "host1")["cache_installs"]
+    wait_for(lambda: not cached(), 20, "OVS to expire the idle cache flow")
+    forwarded = _routing(box, "host1")["counters"]["forwarded"]
+    box.vm_exec("a", ["ping", "-c", "1", "-W", "3", VMS["b"][2]], check=True)
+    stats = _routing(box, "host1")
+    assert stats["counters"]["forwarded"] == forwarded + 1  # through C again, then cached again
+    wait_for(lambda: _routing(box, "host1")["cache_installs"] == installs + 1, 5, "the route cached again")
+
+    dropped = _routing(box, "host1")["punts"].get("dropped_timeout", 0)
+    late = box.vm_exec("a", ["ping", "-c", "1", "-W", "2", SLOW])
+    assert late.returncode != 0, late.stdout
+    wait_for(
+        lambda: _routing(box, "host1")["punts"].get("dropped_timeout", 0) > dropped,
+        5,
+        "the held packet dropped",
+    )
+    wait_for(lambda: _routing(box, "host1")["punts"]["holding"] == 0, 10, "nothing left held")
