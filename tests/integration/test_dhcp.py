@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -328,3 +329,64 @@ def test_responder_survives_an_ovs_vswitchd_restart(
     wait_for(lambda: sandbox.control(HOST, "status")["dataplane_ready"], 20, "the replay after the restart")
     got = vpc.dhclient(client)
     assert got is not None and got["new_ip_address"] == client.ip, "no lease after the restart"
+
+
+FLOOD = textwrap.dedent(
+    """
+    import socket, sys, time
+    from scapy.all import BOOTP, DHCP, IP, UDP, Ether, mac2str
+    mac, count = sys.argv[1], int(sys.argv[2])
+    frame = bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+                  / UDP(sport=68, dport=67) / BOOTP(chaddr=mac2str(mac), xid=9)
+                  / DHCP(options=[("message-type", 1), "end"]))
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind(("eth0", 0))
+    start = time.monotonic()
+    for i in range(count):  # ~2,000/s, paced so the veth's queue does not drop them first
+        sock.send(frame)
+        if i % 20 == 19:
+            time.sleep(0.01)
+    print(time.monotonic() - start)
+    """
+)
+
+
+def test_rate_limit_holds_a_flooding_port_and_the_others_keep_getting_leases(
+    sandbox: Sandbox, vpcs: list[Vpc], tmp_path: pathlib.Path
+) -> None:
+    """A VM sends DHCPDISCOVERs as fast as it can: the responder answers it within its per-port
+    budget (shipped default: 100/s, burst 200) and drops the rest, counted, while another VM on
+    the same host gets its lease during the flood."""
+    vpc = Vpc(sandbox, tmp_path, "f", 3110, "10.40.0.0/24")
+    vpcs.append(vpc)
+    flooder, client = vpc.vm("dhf1", 10), vpc.vm("dhf2", 11)
+    vpc.push(vpc.port(flooder), vpc.dhcp(flooder), vpc.port(client), vpc.dhcp(client))
+    before = counters(sandbox)
+    sent = 6_000
+    netns = sandbox.vms()[flooder.name].netns
+    flood = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", FLOOD, flooder.mac, str(sent)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        got = vpc.dhclient(client)  # while the flood runs
+        out, err = flood.communicate(timeout=120)
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+            flood.wait()
+    assert flood.returncode == 0, err
+    assert got is not None and got["new_ip_address"] == client.ip, "no lease for the other port"
+    seconds = float(out.strip())
+
+    def grown(name: str) -> int:
+        return counters(sandbox)[name] - before.get(name, 0)
+
+    wait_for(lambda: grown("rx_discover") + grown("drop_rate_limited") >= sent // 2, 10, "the flood received")
+    offers = grown("tx_offer")
+    # The flooder's budget over the flood (plus the client's offer), with room for timing ...
+    assert offers <= 200 + 100 * (seconds + 2) + 2, (offers, seconds)
+    # ... and everything else it sent that arrived was dropped and counted as rate limited.
+    assert grown("drop_rate_limited") >= sent // 2 - offers, counters(sandbox)
