@@ -56,9 +56,19 @@ def sandbox() -> Iterator[Sandbox]:
 class RenewVpc(Vpc):
     """A VPC whose subnet has a gateway MAC and short leases, with or without a router."""
 
-    def __init__(self, sb: Sandbox, tmp: pathlib.Path, tag: str, vni: int, cidr: str, router: bool) -> None:
+    def __init__(
+        self,
+        sb: Sandbox,
+        tmp: pathlib.Path,
+        tag: str,
+        vni: int,
+        cidr: str,
+        router: bool,
+        routes: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(sb, tmp, tag, vni, cidr)
         self.router = router
+        self.routes = routes  # the router's static routes in this subnet: (destination, next hop)
         self.gateway_mac = f"fa:16:3e:{vni % 256:02x}:ff:01"
 
     def context(self, op: int = gs.CREATE) -> list:
@@ -68,7 +78,10 @@ class RenewVpc(Vpc):
         if not self.router:
             return [vpc, subnet]
         router_op = gs.DELETE if op == gs.DELETE else gs.CREATE
-        router = gs.router(f"r-{self.tag}", DVR_MAC, [f"sn-{self.tag}"], op=router_op, revision=self.revision)
+        routes = [(f"sn-{self.tag}", dest, hop, 1) for dest, hop in self.routes]
+        router = gs.router(
+            f"r-{self.tag}", DVR_MAC, [f"sn-{self.tag}"], routes, op=router_op, revision=self.revision
+        )
         return [vpc, subnet, router]
 
     @property
@@ -199,3 +212,26 @@ def test_dhclient_renews_by_unicast_at_t1(sandbox: Sandbox, vpcs: list[Vpc], tmp
     assert after_bound.index(f"DHCPACK of {vm.ip} from {vpc.gateway}", unicast) > unicast, text
     assert "to 255.255.255.255 port 67" not in after_bound, text
     assert_gateway_answered(sandbox, vpc)
+
+
+def test_udhcpc_receives_the_routers_routes_as_option_121(
+    sandbox: Sandbox, vpcs: list[Vpc], tmp_path: pathlib.Path
+) -> None:
+    """The router's static route reaches a real client as option 121 (RFC 3442), with the
+    default route through the gateway beside it (a client given 121 ignores option 3)."""
+    vpc = RenewVpc(
+        sandbox, tmp_path, "s", 3204, "10.41.4.0/24", router=True, routes=(("10.99.0.0/16", "10.41.4.20"),)
+    )
+    vpcs.append(vpc)
+    vm = vpc.vm("rns1", 10)
+    vpc.push(vpc.port(vm), vpc.dhcp(vm))
+    got = tmp_path / "staticroutes"
+    script = tmp_path / "udhcpc-routes.sh"
+    script.write_text(f'#!/bin/sh\n[ "$1" = bound ] && echo "$staticroutes" > {got}\nexit 0\n')
+    script.chmod(0o755)
+    cmd = ["busybox", "udhcpc", "-n", "-q", "-f", "-i", "eth0", "-O", "staticroutes", "-s", str(script)]
+    done = sandbox.vm_exec(vm.name, cmd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    routes = got.read_text().split()
+    pairs = list(zip(routes[::2], routes[1::2], strict=True))
+    assert ("10.99.0.0/16", "10.41.4.20") in pairs and ("0.0.0.0/0", vpc.gateway) in pairs, pairs
