@@ -31,12 +31,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("aca.dataplane")
 
 
+_ROUTE_CACHE = int(cookies.Kind.ROUTE_CACHE)
+
+
 def _reconciled(cookie: int) -> bool:
     """Not an on-demand route cache flow (the dump asked for this agent's tag already)."""
     return (cookie >> cookies.KIND_SHIFT) & 0xFF != _ROUTE_CACHE
-
-
-_ROUTE_CACHE = int(cookies.Kind.ROUTE_CACHE)
 
 
 class DumpedFlows:

@@ -256,8 +256,8 @@ class FlowReconciler:
                     self._apply([], flows)
                 except BundleRejected as one:
                     result.failed[owner] = str(one)
+            held = on_switch.by_key()
             for owner in result.failed:
-                held = on_switch.by_key()
                 self._apply([Flow(k[0], k[1], k[2]) for k in owners[owner] if k in held], [])
                 owners[owner] = {}
             installed = {k: f for fs in owners.values() for k, f in fs.items()}
