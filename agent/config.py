@@ -57,7 +57,9 @@ class RoutingConfig:
     fast_path: bool = True  # punt routed packets without a flow to the C engine (else: drop)
     port: str = "aca-route"  # the agent's internal OVS port the route engine reads and writes
     mode: str = "proactive"  # or "on_demand": neighbour host routes only when used, with idle timeout
-    cache_idle_timeout: int = 10  # seconds, for the on_demand host-route flows
+    # seconds, for the on_demand host-route flows; 0: none cached, every routed packet to a
+    # neighbour goes through the C engine (no flow churn at all, at the C path's rate)
+    cache_idle_timeout: int = 10
     queue: int = 256  # punted packets the C engine queues for the agent
     hold: int = 256  # packets the agent holds while it asks the controller
     hold_seconds: float = 10.0
@@ -65,6 +67,8 @@ class RoutingConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("proactive", "on_demand"):
             raise ValueError(f"[routing] mode must be proactive or on_demand, not {self.mode!r}")
+        if not 0 <= self.cache_idle_timeout <= 0xFFFF:
+            raise ValueError(f"[routing] cache_idle_timeout {self.cache_idle_timeout} is not in 0..65535")
 
 
 @dataclass(frozen=True)

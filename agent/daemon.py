@@ -186,6 +186,7 @@ class Agent:
             routes.knows,
             self.on_demand.request if self.on_demand is not None else None,
             on_hit=(lambda tag, ip: core.call(lambda: core.route_hit(tag, ip))) if routes.on_demand else None,
+            release=routes.release,
             hold=self.cfg.routing.hold,
             hold_seconds=self.cfg.routing.hold_seconds,
         )

@@ -50,12 +50,33 @@ def controller_channel(box: Sandbox, host: str) -> Iterator[Callable[..., list]]
         yield send
 
 
-def environment(state_dir: str | None = None) -> str:
-    """What a run ran against, as ``key=value`` pairs: OVS, kernel, cores, and with ``state_dir``
-    the SQLite version and file system the agent's journal is fsynced on (tmpfs makes it free)."""
-    ovs = subprocess.run(["ovs-vswitchd", "--version"], capture_output=True, text=True).stdout.split()
+# tool → (the command that prints its version, the word before the version in its output)
+_VERSIONS = {
+    "ovn": (["ovn-controller", "--version"], "ovn-controller"),
+    "kea": (["kea-dhcp4", "-V"], None),
+    "dnsmasq": (["dnsmasq", "--version"], "version"),
+}
+
+
+def _version(cmd: list[str], before: str | None) -> str:
+    """The version a tool prints (``before``: the word preceding it; None: its first line whole)."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "absent"
+    words = out.split()
+    if before is None:
+        return out.splitlines()[0].strip() if out.strip() else "unknown"
+    return words[words.index(before) + 1] if before in words[:-1] else "unknown"
+
+
+def environment(state_dir: str | None = None, tools: tuple[str, ...] = ()) -> str:
+    """What a run ran against, as ``key=value`` pairs: OVS, kernel, cores, the versions of the
+    peer ``tools`` it compares with (``ovn``, ``kea``, ``dnsmasq``), and with ``state_dir`` the
+    SQLite version and file system the agent's journal is fsynced on (tmpfs makes it free)."""
     pairs = {
-        "ovs": ovs[ovs.index("vSwitch)") + 1] if "vSwitch)" in ovs else "unknown",
+        "ovs": _version(["ovs-vswitchd", "--version"], "vSwitch)"),
+        **{tool: _version(*_VERSIONS[tool]) for tool in tools},
         "kernel": platform.release(),
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),

@@ -20,7 +20,7 @@ from agent.dataplane.openflow.codec import DecodedFlow, RawFlow, encode_instruct
 from agent.dataplane.openflow.connection import Bundle, OpenFlowConnection, OpenFlowError, State
 from agent.dataplane.ovsdb import InterfaceInfo, Ovsdb
 from agent.planner import cookies
-from agent.planner.flows import Flow, FlowKey
+from agent.planner.flows import OFPP_TABLE, Flow, FlowKey, Output
 from agent.planner.plan import Interface
 from agent.reconciler.flows import BundleRejected
 
@@ -101,6 +101,10 @@ class OpenFlowDriver:
 
     def delete_flows(self, cookie: int, cookie_mask: int) -> None:
         self.conn.delete_flows(cookie, cookie_mask)
+
+    def packet_out(self, in_port: int, frame: bytes) -> None:
+        """``frame`` through the flow tables from table 0 as if it came in on ``in_port``."""
+        self.conn.send_packet_out(in_port, (Output(OFPP_TABLE),), frame)
 
     def same(self, flow: Flow, installed: Any) -> bool:
         return (

@@ -78,8 +78,9 @@ _IP_FIELDS = frozenset(
 # Reserved OpenFlow port numbers used by the planner.
 OFPVID_PRESENT = 0x1000  # VLAN_VID values of tagged frames carry this bit
 OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_TABLE = 0xFFFFFFF9  # in a packet-out: run the packet through the flow tables from table 0
 OFPP_CONTROLLER = 0xFFFFFFFD
-_PORT_NAMES = {OFPP_IN_PORT: "IN_PORT", OFPP_CONTROLLER: "CONTROLLER"}
+_PORT_NAMES = {OFPP_IN_PORT: "IN_PORT", OFPP_TABLE: "TABLE", OFPP_CONTROLLER: "CONTROLLER"}
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806

@@ -20,7 +20,7 @@ from agent.planner.cookies import Kind
 from agent.planner.flows import Flow
 from agent.planner.plan import ON_DEMAND, Owner, Planner
 from agent.planner.routing import RouteTarget
-from agent.routing.engine import RouteEngine
+from agent.routing.engine import RouteEngine, Verdict
 
 log = logging.getLogger("aca.routing")
 
@@ -34,6 +34,8 @@ class CacheFlows(Protocol):
     def apply_bundle(self, deletes: list[Flow], adds: list[Flow]) -> None: ...
 
     def delete_flows(self, cookie: int, cookie_mask: int) -> None: ...
+
+    def packet_out(self, in_port: int, frame: bytes) -> None: ...
 
 
 def cache_cookie(nb_id: str) -> int:
@@ -166,9 +168,10 @@ class RouteDriver:
 
     # ------------------------------------------------------------------ hits (worker thread)
     def cache_hit(self, tag: int, ip: str) -> Flow | None:
-        """The fast path forwarded to (tag, ip): in on_demand mode install its cache flow."""
+        """The fast path forwarded to (tag, ip): in on_demand mode install its cache flow, unless
+        ``idle_timeout`` is 0 (no caching: every packet to a neighbour takes the C path)."""
         claim = self._claims.get((tag, ip))
-        if not self.on_demand or claim is None or self.cache is None:
+        if not self.on_demand or not self.idle_timeout or claim is None or self.cache is None:
             return None
         (kind, oid), target = claim
         if kind is not Kind.NEIGHBOR:
@@ -181,6 +184,21 @@ class RouteDriver:
             return None
         self.cache_installs += 1
         return flow
+
+    # ------------------------------------------------------------------ punt thread
+    def release(self, frame: bytes) -> Verdict:
+        """Forward a held frame now that its destination is programmed: the C rewrite, then a
+        packet-out into table 0 as if from the route port. OVS runs a packet-out through its
+        flow tables as they are now; sent back on the route port instead, the frame meets the
+        datapath's cached flow for its destination, which lags a flow change by a few ms (a
+        neighbour deleted and pushed again lost the released packet in a third of the trials)."""
+        ofport = self.planner.route_ofport
+        if self.cache is None or ofport is None:
+            return self.engine.inject(frame)
+        verdict, out = self.engine.rewrite(frame)
+        if verdict is Verdict.FORWARD:
+            self.cache.packet_out(ofport, out)
+        return verdict
 
     # ------------------------------------------------------------------ any thread
     def knows(self, tag: int, ip: str) -> bool:

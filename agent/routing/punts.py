@@ -69,6 +69,7 @@ class PuntConsumer:
         knows: Callable[[int, str], bool],
         ask: Ask | None,
         on_hit: Callable[[int, str], None] | None = None,
+        release: Callable[[bytes], Verdict] | None = None,
         hold: int = 256,
         hold_seconds: float = 10.0,
     ) -> None:
@@ -76,6 +77,7 @@ class PuntConsumer:
         self.knows = knows
         self.ask = ask
         self.on_hit = on_hit
+        self.release = release or engine.inject  # how a held frame is forwarded once routable
         self.hold = hold
         self.hold_seconds = hold_seconds
         self.counters: Counter[str] = Counter()
@@ -175,7 +177,7 @@ class PuntConsumer:
             log.info("event=on_demand_forward ip=%s packets=%d", key[1], len(frames))
             for frame in frames:
                 try:
-                    verdict = self.engine.inject(frame)
+                    verdict = self.release(frame)
                 except OSError as exc:
                     self.counters["dropped_send"] += 1
                     log.warning("event=on_demand_inject_failed ip=%s error=%r", key[1], str(exc))

@@ -14,10 +14,10 @@ import pytest
 from agent._pb import goalstate_pb2 as pb
 from agent._pb import goalstate_pb2_grpc as pb_grpc
 from agent.sandbox import goalstates as gs
+from agent.sandbox.controller import TestController, serve
 from agent.sandbox.hosts import Sandbox
 from agent.sandbox.poll import wait_for
 from tests.support.agent_host import scratch_sandbox
-from tests.support.controller import TestController, serve
 from tests.support.parts import missing, require_ovs
 
 pytestmark = pytest.mark.integration

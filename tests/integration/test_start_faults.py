@@ -17,10 +17,10 @@ import pytest
 from agent._pb import goalstate_pb2 as pb
 from agent.model.store import DB_NAME
 from agent.sandbox import goalstates as g
+from agent.sandbox.controller import TestController, serve
 from agent.sandbox.hosts import Sandbox
 from agent.sandbox.poll import wait_for
 from tests.support.agent_host import scratch_sandbox, status_by_id
-from tests.support.controller import TestController, serve
 from tests.support.parts import require_ovs
 
 pytestmark = pytest.mark.integration

@@ -130,6 +130,9 @@ def test_driver_mirrors_the_planner_into_the_engine_and_caches_on_hits() -> None
     assert flow is not None and cache.added == [flow]
     assert flow.idle_timeout == 7 and flow.cookie == cache_cookie("pb") and flow.table == Table.L3_ROUTING
     assert driver.cache_hit(tag, "10.1.1.10") is None  # a local port keeps its proactive route
+    driver.idle_timeout = 0  # caching off: the C path keeps every packet, nothing is installed
+    assert driver.cache_hit(tag, "10.1.2.20") is None and cache.added == [flow]
+    driver.idle_timeout = 7
     # Deleting the neighbour removes it from the engine and its cache flows by cookie.
     owners = set()
     for o in planner.state.apply(

@@ -1,4 +1,4 @@
-"""A test controller: a real gRPC GoalStateProvisioner server on a unix socket that records the
+"""A controller simulator: a real gRPC GoalStateProvisioner server on a unix socket that records the
 RequestGoalStates calls agents send it and answers them through a pluggable handler."""
 
 from __future__ import annotations
