@@ -41,6 +41,9 @@ class DhcpConfig:
     domain: str = ""  # option 15 unless a subnet's extra options give one
     rate: int = 100  # requests per second per VM port (0: unlimited)
     burst: int = 200
+    # Replies leave straight out of the asking VM's device (OVS carries the requests only);
+    # false: back through OVS as packet-ins' answers would (docs/dhcp-bench.md measures both).
+    direct_replies: bool = True
 
     def __post_init__(self) -> None:
         """Values no DHCP option can carry would fail every subnet's profile: refused at start."""

@@ -275,7 +275,8 @@ def _dhcp_driver(cfg: AgentConfig, state: DesiredState) -> DhcpDriver | None:
             "event=dhcp_unavailable error=%r hint='reinstall the package to build agent._native'", str(exc)
         )
         return None
-    driver = DhcpDriver(state, Settings(cfg.dhcp.mtu, cfg.dhcp.lease_time, cfg.dhcp.domain))
+    settings = Settings(cfg.dhcp.mtu, cfg.dhcp.lease_time, cfg.dhcp.domain)
+    driver = DhcpDriver(state, settings, direct=cfg.dhcp.direct_replies)
     driver.engine.set_rate_limit(cfg.dhcp.rate, cfg.dhcp.burst)
     return driver
 

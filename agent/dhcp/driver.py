@@ -33,10 +33,13 @@ class _PortEntry(NamedTuple):
 
 
 class DhcpDriver:
-    def __init__(self, state: DesiredState, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(
+        self, state: DesiredState, settings: Settings, engine: Engine | None = None, direct: bool = True
+    ) -> None:
         self.state = state
         self.settings = settings
         self.engine = engine or Engine()
+        self.direct = direct  # replies straight out of the VM's device; False: back through OVS
         self._leases: dict[str, Lease] = {}  # DHCP id → lease in the engine
         self._ports: dict[str, _PortEntry] = {}  # port id → what the engine holds for it
         self._profiles: dict[str, tuple[int, Profile]] = {}  # subnet id → (handle, profile)
@@ -75,7 +78,8 @@ class DhcpDriver:
                     changed += self._apply_lease(oid[len(plan.LEASE_PREFIX) :], fresh)
                 elif oid.startswith(plan.PORT_PREFIX):
                     port_id = oid[len(plan.PORT_PREFIX) :]
-                    changed += self._apply_port(port_id, bindings, dhcp_ofport, ifindexes.get(port_id, 0))
+                    ifindex = ifindexes.get(port_id, 0) if self.direct else 0
+                    changed += self._apply_port(port_id, bindings, dhcp_ofport, ifindex)
             except Exception as exc:
                 log.error("event=dhcp_entry_failed owner=%s error=%r", oid, exc)
                 if failures is not None:

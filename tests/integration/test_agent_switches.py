@@ -1,8 +1,11 @@
-"""README's switches that turn parts off, on a real host: ``--no-dhcp`` (no responder, no DHCP
+"""README's switches that change the data path, on a real host: ``--no-dhcp`` (no responder, no DHCP
 steering: a real client gets no answer while the VM's other traffic flows) and
-``--no-route-fast-path`` (no punt port; a routed packet without a host-route flow is dropped)."""
+``--no-route-fast-path`` (no punt port; a routed packet without a host-route flow is dropped),
+and ``[dhcp] direct_replies = false`` (replies back through OVS)."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -62,3 +65,33 @@ def test_no_dhcp_and_no_route_fast_path() -> None:
         assert asked.returncode != 0, asked.stdout + asked.stderr
         # ... while the same VM's traffic, sent after it, does flow: the silence was the switch.
         assert sb.ping("swa", "10.51.0.3", count=2).returncode == 0
+
+
+def test_dhcp_replies_back_through_ovs_when_direct_replies_is_off(tmp_path) -> None:
+    """``[dhcp] direct_replies = false``: a real client gets its lease, and the replies enter OVS
+    on the responder's port (with direct replies they leave from the VM's device and that port
+    carries nothing into the switch)."""
+    config = tmp_path / "agent.toml"
+    config.write_text("[dhcp]\ndirect_replies = false\n")
+    with scratch_sandbox() as sb:
+        host = sb.host_up(HOST, agent_args=["--config", str(config)])
+        mac = "fa:16:3e:51:00:04"
+        sb.vm_add(HOST, "swd", mac, "0.0.0.0/32", iface_id="port-swd")
+        states = [
+            gs.vpc(VPC, VNI),
+            gs.subnet(SUBNET, VPC, "10.51.0.0/24", VNI, GATEWAY, GATEWAY_MAC, op=gs.CREATE),
+            gs.port("port-swd", VPC, SUBNET, "10.51.0.4", mac),
+            gs.dhcp("dhcp-swd", SUBNET, mac, "10.51.0.4"),
+        ]
+        (reply,) = sb.push_message(HOST, gs.goal_state_v2(*states, host_ip=host.underlay_ip))
+        assert set(status_by_id(reply).values()) <= {"SUCCESS", "PENDING"}, status_by_id(reply)
+        wait_for(lambda: port_state(sb, HOST, "port-swd") == "programmed", 20, "swd bound")
+
+        def into_switch() -> int:
+            out = sb.exec(HOST, ["ovs-ofctl", "-O", "OpenFlow14", "dump-ports", "br-int", "aca-dhcp"]).stdout
+            return int(re.search(r"rx pkts=(\d+)", out).group(1))
+
+        before = into_switch()
+        got = sb.vm_exec("swd", ["busybox", "udhcpc", "-n", "-q", "-f", "-t", "3", "-T", "2", "-i", "eth0"])
+        assert got.returncode == 0 and "10.51.0.4" in got.stdout + got.stderr, got.stdout + got.stderr
+        assert into_switch() - before >= 2  # OFFER and ACK entered OVS from the responder
