@@ -10,12 +10,15 @@ import logging
 import os
 import pathlib
 import socketserver
+import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from agent.core import AgentCore
+from agent.dataplane import conntrack
 from agent.model.resources import ResourceType, SecurityGroupRule
 from agent.planner import security
 from agent.planner.cookies import Kind, kind_of
@@ -52,10 +55,13 @@ def _rule_text(rule: SecurityGroupRule) -> dict[str, Any]:
     return {"rule": rule.id, "direction": direction, "protocol": protocol, "ports": ports, "remote": remote}
 
 
-def _security_groups(core: AgentCore) -> list[dict[str, Any]]:
+def _security_groups(core: AgentCore, connections: Counter[tuple[int, int]] | None) -> list[dict[str, Any]]:
     """Each port with groups: its zone, new connections and default drops per direction, and
     each rule with its flows' packets and bytes as OVS counts them (a remote-group rule is a
-    conjunction clause: OVS keeps no statistics for those, so None)."""
+    conjunction clause: OVS keeps no statistics for those, so None) and the connections
+    conntrack holds in the port's zone with the rule's label (``connections``: per (zone,
+    label); a remote-group rule's are its group's conjunction's, shared by the port's rules
+    naming that group; None when conntrack could not be read)."""
     state, planner = core.state, core.planner
     dumped = list(core.reconciler.driver.dump().values()) if core.dataplane_ready else []
     by_cookie: dict[int, list[Any]] = {}
@@ -77,6 +83,12 @@ def _security_groups(core: AgentCore) -> list[dict[str, Any]]:
             for rule in getattr(groups.get(gid), "rules", ()):
                 flows = by_cookie.get(security.rule_cookie(port.id, rule.id), [])
                 counted = not rule.remote_group_id
+                label = (
+                    security.remote_label(rule.remote_group_id)
+                    if rule.remote_group_id
+                    else security.rule_label(rule.id)
+                )
+                zone = planner.bindings.get(port.id)
                 rules.append(
                     {
                         "group": gid,
@@ -84,6 +96,9 @@ def _security_groups(core: AgentCore) -> list[dict[str, Any]]:
                         "flows": len(flows),
                         "packets": sum(f.packet_count for f in flows) if counted else None,
                         "bytes": sum(f.byte_count for f in flows) if counted else None,
+                        "connections": None
+                        if connections is None or zone is None
+                        else connections[(zone, label)],
                     }
                 )
         out.append(
@@ -103,7 +118,10 @@ def _security_groups(core: AgentCore) -> list[dict[str, Any]]:
     return out
 
 
-def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
+def snapshot(
+    core: AgentCore, what: str, info: dict[str, Any], connections: Counter[tuple[int, int]] | None = None
+) -> Any:
+    """What ``what`` asks for; ``connections``: conntrack's, per (zone, label), for ``sg``."""
     state, planner = core.state, core.planner
     if what == "status":
         return {
@@ -173,7 +191,7 @@ def snapshot(core: AgentCore, what: str, info: dict[str, Any]) -> Any:
             "extra": rows(drift.extra),
         }
     if what == "sg":
-        return _security_groups(core)
+        return _security_groups(core, connections)
     raise ValueError(f"unknown request {what!r} (status, ports, neighbours, flows, dhcp, check, sg)")
 
 
@@ -214,7 +232,10 @@ class ControlServer:
                     request = json.loads(self.rfile.readline() or b"{}")
                     what = str(request.get("what", "status"))
                     started = time.monotonic()
-                    result = control.core.call(lambda: snapshot(control.core, what, control.info)).result(30)
+                    connections = control.connections() if what == "sg" else None
+                    result = control.core.call(
+                        lambda: snapshot(control.core, what, control.info, connections)
+                    ).result(30)
                     if what == "status" and control.live is not None:
                         result = {**result, **control.live()}
                     reply: dict[str, Any] = {
@@ -230,6 +251,18 @@ class ControlServer:
         os.chmod(self.path, 0o660)
         threading.Thread(target=self._server.serve_forever, name="aca-control", daemon=True).start()
         log.info("event=control_listening path=%s", self.path)
+
+    def connections(self) -> Counter[tuple[int, int]] | None:
+        """Conntrack's labelled connections, read off the worker thread (a subprocess); None when
+        it cannot be read (the rules' other counters are still shown)."""
+        rundir = self.info.get("ovs_rundir")
+        if not rundir:
+            return None
+        try:
+            return conntrack.labelled_connections(rundir)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("event=conntrack_unreadable error=%r", str(exc))
+            return None
 
     def stop(self) -> None:
         if self._server is not None:

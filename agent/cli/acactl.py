@@ -34,8 +34,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         for r in rows
     ]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
 
 
@@ -43,7 +43,18 @@ COLUMNS = {
     "ports": ["id", "mac", "ips", "segment", "ofport", "state", "flows"],
     "neighbours": ["id", "mac", "ips", "host_ip", "segments", "state", "flows"],
     "dhcp": ["id", "network", "mac", "ip", "subnet", "hostname"],
-    "sg": ["group", "rule", "direction", "protocol", "ports", "remote", "flows", "packets", "bytes"],
+    "sg": [
+        "group",
+        "rule",
+        "direction",
+        "protocol",
+        "ports",
+        "remote",
+        "flows",
+        "packets",
+        "bytes",
+        "connections",
+    ],
 }
 
 

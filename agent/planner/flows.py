@@ -55,6 +55,7 @@ class Field(enum.Enum):
     CT_STATE = ("ct_state", 32)  # conntrack state bits (CT_* below), after a ct() lookup
     CONJ_ID = ("conj_id", 32)  # the conjunction a packet completed (see Conjunction)
     CT_MARK = ("ct_mark", 32)  # the mark committed with the packet's connection (Ct.mark)
+    CT_LABEL = ("ct_label", 128)  # the label committed with it (Ct.label: a register's 32 bits)
 
     # Members are singletons: identity hashing is exact and, unlike Enum's, runs in C. Flow keys
     # are hashed on every dict access of the reconciler, so this matters at 100k flows.
@@ -252,20 +253,30 @@ class Controller:
 class Ct:
     """Send the packet through conntrack in ``zone`` (Nicira ct): with ``table``, it continues
     there with ct_state set (recirculated); ``commit`` stores its connection, with ``mark``
-    as its ct_mark when given."""
+    as its ct_mark and the 32 bits of register ``label`` as its ct_label when given."""
 
     zone: int
     table: int | None = None
     commit: bool = False
     mark: int | None = None  # with commit: the connection's ct_mark becomes this
+    label: Field | None = None  # with commit: ct_label[0..31] becomes this register's value
+
+    def nested(self) -> tuple[SetField | Move, ...]:
+        """The actions run on the committed connection (ct's ``exec``)."""
+        out: tuple[SetField | Move, ...] = ()
+        if self.mark is not None:
+            out += (SetField(Field.CT_MARK, self.mark),)
+        if self.label is not None:
+            out += (Move(self.label, Field.CT_LABEL, 32),)
+        return out
 
     def text(self) -> str:
         parts = ["commit"] if self.commit else []
         parts.append(f"zone={self.zone}")
         if self.table is not None:
             parts.append(f"table={self.table}")
-        if self.mark is not None:
-            parts.append(f"exec(set_field:{self.mark}->ct_mark)")
+        if self.nested():
+            parts.append(f"exec({','.join(a.text() for a in self.nested())})")
         return f"ct({','.join(parts)})"
 
 

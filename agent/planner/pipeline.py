@@ -39,6 +39,7 @@ class Reg:
     FLAGS = Field.REG1  # bit flags below
     ROUTER = Field.REG2  # the router a packet entered (32-bit id derived from the router id)
     SG_PORT = Field.REG3  # the port whose security groups check the packet (its ofport = its zone)
+    SG_RULE = Field.REG4  # the rule that allowed it (security.rule_label), committed as its ct_label
 
 
 class Flag(enum.IntFlag):

@@ -19,6 +19,7 @@ remote group, its conjunction's.
 from __future__ import annotations
 
 import functools
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -80,6 +81,18 @@ def port_cookie(port_id: str) -> int:
 def rule_cookie(port_id: str, rule_id: str) -> int:
     """The cookie of one rule's flows on one port (what per-rule counters are read by)."""
     return cookies.cookie(Kind.SECURITY, f"{port_id}/{rule_id}")
+
+
+def rule_label(rule_id: str) -> int:
+    """The 32-bit label a rule writes into ``Reg.SG_RULE`` and the connections it allows carry
+    as their ct_label, so conntrack tells which rule let each one in (never 0: unlabelled)."""
+    return zlib.crc32(rule_id.encode()) or 1
+
+
+def remote_label(group_id: str) -> int:
+    """The label of connections a remote group's conjunction allowed: the conjunction is shared
+    by every rule naming the group, so these are counted per remote group."""
+    return rule_label(REMOTE_PREFIX + group_id)
 
 
 def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:
@@ -175,8 +188,10 @@ def rule_flows(
     remote = rule.remote_ip_prefix
     peer = () if not remote or remote == "0.0.0.0/0" else (cidr_match(remote_field, remote),)
     priority = Priority.SG_RULE + slot
+    label = (SetField(Reg.SG_RULE, rule_label(rule.id)),)
     return tuple(
-        Flow(table, priority, match(*base, *peer, *l4), goto=goto, cookie=ck) for l4 in _l4_matches(rule)
+        Flow(table, priority, match(*base, *peer, *l4), label, goto=goto, cookie=ck)
+        for l4 in _l4_matches(rule)
     )
 
 
@@ -202,7 +217,10 @@ def remote_flows(group_id: str, slot: int, directions: Iterable[int], addresses:
     flows = []
     for direction in sorted(set(directions)):
         table, goto, remote_field = _tables(direction)
-        flows.append(Flow(table, priority, match((Field.CONJ_ID, conj_id(slot))), goto=goto, cookie=ck))
+        label = (SetField(Reg.SG_RULE, remote_label(group_id)),)
+        flows.append(
+            Flow(table, priority, match((Field.CONJ_ID, conj_id(slot))), label, goto=goto, cookie=ck)
+        )
         flows += [_member_flow(table, priority, remote_field, a, member, ck) for a in sorted(set(addresses))]
     return flows
 
@@ -274,7 +292,7 @@ def stateless_rule_flows(
 def port_flows(port: Port, ofport: int, vni: int, gateways: Iterable[Gateway]) -> list[Flow]:
     """A bound port's own security flows (owner ``port:<port id>``), whatever its groups' rules:
     conntrack entry both ways (zone = its ofport), commit, delivery, its default drops and the
-    gateway exemption."""
+    gateway exemption. A connection is committed with the label of the rule that allowed it."""
     return list(_port_own_flows(port.id, ofport, vni, port.mac, tuple(gateways)))
 
 
@@ -289,6 +307,8 @@ def _port_own_flows(
     into_port = SetField(Reg.SG_PORT, ofport)
     est = ct_state(CT_TRK | CT_EST, CT_RPL)
     block = Ct(ofport, commit=True, mark=BLOCKED)
+    commit = Ct(ofport, commit=True, label=Reg.SG_RULE)  # labelled with the rule that allowed it
+    unblock = Ct(ofport, commit=True, mark=0, label=Reg.SG_RULE)
     flows = [
         Flow(
             Table.SG_EGRESS,
@@ -301,7 +321,7 @@ def _port_own_flows(
             Table.SG_EGRESS_COMMIT,
             Priority.SG_COMMIT,
             match(sg_port, _IS_IP, ct_state(CT_TRK | CT_NEW)),
-            (Ct(ofport, commit=True),),
+            (commit,),
             goto=Table.L3_GATEWAY,
             cookie=ck,
         ),
@@ -316,7 +336,7 @@ def _port_own_flows(
             Table.SG_INGRESS_COMMIT,
             Priority.SG_COMMIT,
             match(sg_port, _IS_IP, ct_state(CT_TRK | CT_NEW)),
-            (Ct(ofport, commit=True), Output(ofport)),
+            (commit, Output(ofport)),
             cookie=ck,
         ),
         Flow(Table.SG_INGRESS_COMMIT, Priority.LOCAL, match(sg_port), (Output(ofport),), cookie=ck),
@@ -330,7 +350,7 @@ def _port_own_flows(
             Table.SG_EGRESS_COMMIT,
             Priority.SG_COMMIT,
             match(sg_port, _IS_IP, est, _MARKED),
-            (Ct(ofport, commit=True, mark=0),),
+            (unblock,),
             goto=Table.L3_GATEWAY,
             cookie=ck,
         ),
@@ -338,7 +358,7 @@ def _port_own_flows(
             Table.SG_INGRESS_COMMIT,
             Priority.SG_COMMIT,
             match(sg_port, _IS_IP, est, _MARKED),
-            (Ct(ofport, commit=True, mark=0), Output(ofport)),
+            (unblock, Output(ofport)),
             cookie=ck,
         ),
     ]

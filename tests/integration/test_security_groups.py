@@ -373,6 +373,9 @@ def test_removed_rule_stops_its_live_connection_and_spares_the_others(sandbox: S
     kept = Session(sandbox, cli.name, srv.ip, 8081)
     try:
         assert doomed.send("d-1") and kept.send("k-1")
+        # acactl dump sg: conntrack holds each connection with the label of the rule that let it in.
+        report = next(p for p in sandbox.control(HOST, "sg") if p["port"] == srv.port_id)
+        assert {r["rule"]: r["connections"] for r in report["rules"]} == {"r-drop": 1, "r-keep": 1}
         flows_before = dump_flows(sandbox, HOST)
         assert n.update_group("g", [keep]) == pb.SUCCESS
         assert not doomed.send("d-2", timeout=1)  # the next packet of the connection is dropped

@@ -86,20 +86,21 @@ def test_port_flows_golden() -> None:
         "table=SG_EGRESS, priority=110, in_port=3, dl_dst=fa:16:3e:00:00:01, dl_type=0x800, nw_proto=1, "
         "nw_dst=10.0.1.1, icmp_type=8 actions=goto_table:L3_GATEWAY",
         "table=SG_EGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+est-rpl+trk, ct_mark=1/1 "
-        "actions=ct(commit,zone=3,exec(set_field:0->ct_mark)),goto_table:L3_GATEWAY",
+        "actions=ct(commit,zone=3,exec(set_field:0->ct_mark,move:reg4[0..31]->ct_label[0..31])),goto_table:L3_GATEWAY",
         "table=SG_EGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+new+trk "
-        "actions=ct(commit,zone=3),goto_table:L3_GATEWAY",
+        "actions=ct(commit,zone=3,exec(move:reg4[0..31]->ct_label[0..31])),goto_table:L3_GATEWAY",
         "table=SG_EGRESS_RULES, priority=1, reg3=0x3 actions=drop",
         "table=SG_EGRESS_RULES, priority=2, reg3=0x3, dl_type=0x800, ct_state=+est-rpl+trk "
         "actions=ct(commit,zone=3,exec(set_field:1->ct_mark))",
         "table=SG_INGRESS_COMMIT, priority=100, reg3=0x3 actions=output:3",
         "table=SG_INGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+est-rpl+trk, ct_mark=1/1 "
-        "actions=ct(commit,zone=3,exec(set_field:0->ct_mark)),output:3",
+        "actions=ct(commit,zone=3,exec(set_field:0->ct_mark,move:reg4[0..31]->ct_label[0..31])),output:3",
         "table=SG_INGRESS_COMMIT, priority=120, reg3=0x3, dl_type=0x800, ct_state=+new+trk "
-        "actions=ct(commit,zone=3),output:3",
+        "actions=ct(commit,zone=3,exec(move:reg4[0..31]->ct_label[0..31])),output:3",
         "table=SG_INGRESS_RULES, priority=1, reg3=0x3 actions=drop",
         f"table=SG_INGRESS_RULES, priority={prio}, reg3=0x3, dl_type=0x800, nw_proto=6, nw_src=10.0.0.0/8, "
-        "tcp_dst=22, ct_state=-rpl+trk actions=goto_table:SG_INGRESS_COMMIT",
+        f"tcp_dst=22, ct_state=-rpl+trk actions=set_field:{security.rule_label('r1'):#x}->reg4,"
+        "goto_table:SG_INGRESS_COMMIT",
         "table=SG_INGRESS_RULES, priority=2, reg3=0x3, dl_type=0x800, ct_state=+est-rpl+trk "
         "actions=ct(commit,zone=3,exec(set_field:1->ct_mark))",
     ]
@@ -128,7 +129,8 @@ def test_no_protocol_reads_as_any_and_port_ranges_as_masks() -> None:
     ingress = [t for t in lines if t.startswith("table=SG_INGRESS_RULES")]
     assert ingress == [
         f"table=SG_INGRESS_RULES, priority={_prio(planner, 'g1')}, reg3=0x3, dl_type=0x800, "
-        "ct_state=-rpl+trk actions=goto_table:SG_INGRESS_COMMIT"
+        f"ct_state=-rpl+trk actions=set_field:{security.rule_label('any'):#x}->reg4,"
+        "goto_table:SG_INGRESS_COMMIT"
     ]
     egress = [t.split(" actions")[0].split("dl_type=0x800, ")[1] for t in lines if "SG_EGRESS_RULES" in t]
     assert "nw_proto=6, ct_state=-rpl+trk" in egress  # TCP 1-65535: every TCP port, no port match
@@ -179,7 +181,8 @@ def test_remote_group_is_a_conjunction_shared_by_every_port() -> None:
     ]
     remote = sorted(f.text(TABLE_NAMES) for f in planner.flows(security.remote_owner("app")))
     assert remote == [
-        f"table=SG_INGRESS_RULES, priority={prio}, conj_id={conj} actions=goto_table:SG_INGRESS_COMMIT",
+        f"table=SG_INGRESS_RULES, priority={prio}, conj_id={conj} "
+        f"actions=set_field:{security.remote_label('app'):#x}->reg4,goto_table:SG_INGRESS_COMMIT",
         f"table=SG_INGRESS_RULES, priority={prio}, dl_type=0x800, nw_src=10.0.1.6 "
         f"actions=conjunction({conj},2/2)",
     ]

@@ -181,6 +181,7 @@ _OXM_IDS: dict[Field, tuple[int, int]] = {
     Field.CT_STATE: (_NXM_NX, 105),
     Field.CONJ_ID: (_NXM_NX, 37),
     Field.CT_MARK: (_NXM_NX, 107),
+    Field.CT_LABEL: (_NXM_NX, 108),
     **{getattr(Field, f"REG{i}"): (_NXM_NX, i) for i in range(8)},
 }
 
@@ -410,7 +411,7 @@ def _encode_controller(action: Controller) -> bytes:
 def _encode_ct(action: Ct) -> bytes:
     table = _NX_CT_RECIRC_NONE if action.table is None else action.table
     flags = _NX_CT_F_COMMIT if action.commit else 0
-    nested = b"" if action.mark is None else _encode_set_field(SetField(Field.CT_MARK, action.mark))
+    nested = b"".join(encode_action(a) for a in action.nested())
     header = _ACT_CT.pack(
         _OFPAT_EXPERIMENTER, 24 + len(nested), NX_VENDOR_ID, _NXAST_CT, flags, 0, action.zone, table, 0
     )
