@@ -92,7 +92,7 @@ class Agent:
                 # Channels allow_insecure let run without authentication (WARNING at start).
                 "grpc_insecure": cfg.grpc.insecure,
                 "controller_insecure": cfg.controller.insecure,
-                "kafka_insecure": bool(cfg.kafka.bootstrap_servers) and kafka_insecure(cfg.kafka),
+                "kafka_insecure": kafka_insecure(cfg.kafka),
             },
             live=self._health,
         )

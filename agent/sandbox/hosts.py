@@ -326,13 +326,15 @@ class Sandbox:
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
             )
         deadline = time.monotonic() + 20
-        while not (sock.exists() and control.exists()):
+        # The agent opens its control socket after the gRPC listener, so that one is enough when
+        # a test moved gRPC to a TCP address (--grpc-listen in ``extra``).
+        while not control.exists():
             if proc.poll() is not None:
                 tail = out_path.read_text(errors="replace").strip().splitlines()[-5:]
                 raise SandboxError(f"aca-agent for {h.name} exited {proc.returncode}: " + " | ".join(tail))
             if time.monotonic() > deadline:
                 _kill_pid(proc.pid)
-                raise SandboxError(f"aca-agent for {h.name} did not open {sock} within 20s")
+                raise SandboxError(f"aca-agent for {h.name} did not open {control} within 20s")
             time.sleep(0.05)
         return proc.pid
 
