@@ -170,5 +170,4 @@ def start_server(service: GoalStateService, settings: GrpcSettings) -> grpc.Serv
     server.start()
     tls = "mutual" if settings.mutual_tls else "server-only" if creds else "off"
     log.info("event=grpc_listening address=%s tls=%s", settings.listen, tls)
-
     return server

@@ -352,14 +352,13 @@ class Sandbox:
         ]  # fmt: skip
 
     def channel(
-        self, host: str, options: Sequence[tuple[str, Any]] = (), identity: str | None = None
+        self, host: str, options: Sequence[tuple[str, Any]] = (), identity: str = CONTROLLER
     ) -> grpc.Channel:
-        """A gRPC channel to the host's agent, authenticated with the sandbox's CONTROLLER
-        certificate (or ``identity``, one the sandbox CA issued)."""
+        """A gRPC channel to the host's agent, authenticated with the certificate the sandbox CA
+        issued to ``identity`` (CONTROLLER: what controllers, tests and benchmarks push with)."""
         import grpc
 
-        pki = self.pki
-        creds = pki.channel_credentials(identity) if identity else pki.channel_credentials()
+        creds = self.pki.channel_credentials(identity)
         return grpc.secure_channel(
             self.host(host).grpc, creds, options=[("grpc.ssl_target_name_override", AGENT), *options]
         )

@@ -19,8 +19,10 @@ import secrets
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 AGENT = "aca-agent.sandbox"
 CONTROLLER = "controller.sandbox"
@@ -80,6 +82,8 @@ class Pki:
 
     def channel_credentials(self, name: str = CONTROLLER) -> grpc.ChannelCredentials:
         """Client credentials of identity ``name``, trusting this CA."""
+        import grpc  # on use: the sandbox CLI's other commands do without it
+
         ident = self.identity(name)
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca.read_bytes(),
@@ -89,6 +93,8 @@ class Pki:
 
     def server_credentials(self, name: str = CONTROLLER) -> grpc.ServerCredentials:
         """Server credentials of identity ``name`` requiring a client certificate from this CA."""
+        import grpc
+
         ident = self.identity(name)
         return grpc.ssl_server_credentials(
             [(ident.key.read_bytes(), ident.cert.read_bytes())],
