@@ -1,7 +1,8 @@
 """Mutual TLS on the agent's gRPC endpoint (a sandbox's default, over its unix socket and over
 TCP on the host's underlay address), pinned client identities, the explicit plaintext opt-out,
 and the RequestGoalStates(AGENT_RESTARTED) resync the agent sends a controller that requires
-mutual TLS. (On-demand routing asks that same controller: tests/integration/test_route_on_demand.py.)"""
+mutual TLS, and not to one whose certificate the agent's CA did not sign. (On-demand routing asks
+a controller over the same channel settings: tests/integration/test_route_on_demand.py.)"""
 
 from __future__ import annotations
 
@@ -162,3 +163,22 @@ def test_plaintext_on_tcp_only_when_allowed_and_then_shown(
     assert box.control(HOST, "status")["grpc_insecure"] is True
     log = pathlib.Path(host.log_file).read_text()
     assert f"level=WARNING logger=aca.agent event=insecure_channel channel=grpc address={target}" in log
+
+
+def test_a_controller_the_agent_cannot_authenticate_gets_no_request(
+    setup: tuple[Sandbox, TestController, str], other_ca: Pki, restarted: Callable
+) -> None:
+    box, _controller, _address = setup
+    impostor = TestController()
+    with serve(impostor, str(box.root / "impostor.sock"), other_ca) as address:
+        restarted("--controller", address)
+        log = pathlib.Path(box.host(HOST).log_file)
+        wait_for(
+            lambda: (
+                f"event=resync_request_failed controller={address} attempt=1 code=StatusCode.UNAVAILABLE"
+                in log.read_text()
+            ),
+            20,
+            "the agent's resync refused by its own TLS check",
+        )
+        assert impostor.requests == []
