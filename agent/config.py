@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from agent.intake.controller_client import ControllerSettings
 from agent.intake.grpc_server import GrpcSettings
 
 
@@ -29,7 +30,16 @@ class KafkaConfig:
     topic: str = ""  # default host-<host id>
     group_id: str = ""  # default aca-agent-<host id>
     reply_topic: str = ""  # empty: no replies on Kafka
-    options: dict[str, str] = field(default_factory=dict)  # librdkafka passthrough (SASL/SSL ...)
+    options: dict[str, str] = field(default_factory=dict)  # librdkafka passthrough (not the keys below)
+    # Security (agent/intake/kafka_security.py maps them to librdkafka's keys).
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_SSL or SASL_PLAINTEXT
+    ssl_ca: str = ""  # CA that signed the brokers' certificates (empty: system roots)
+    ssl_cert: str = ""  # this agent's client certificate (SSL client authentication)
+    ssl_key: str = ""
+    sasl_mechanism: str = ""  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password_file: str = ""  # the password, in a file only its owner may read (0600)
+    allow_insecure: bool = False  # PLAINTEXT / SASL_PLAINTEXT to a broker on another host
 
 
 @dataclass(frozen=True)
@@ -82,8 +92,8 @@ class AgentConfig:
     control_socket: str = "/run/aca-agent/acactl.sock"
     log_level: str = "INFO"
     log_file: str = ""  # empty: stderr (the journal under systemd)
-    controller: str = ""  # host:port of the controller's GoalStateProvisioner (resync on start)
     config_path: str = ""
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
     ovs: OvsSettings = field(default_factory=OvsSettings)
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
@@ -111,10 +121,17 @@ def load_file(path: str) -> AgentConfig:
     with open(path, "rb") as fh:
         data = tomllib.load(fh)
     agent = dict(data.get("agent", {}))
+    controller = dict(data.get("controller", {}))
+    if "controller" in agent:  # the address's old place, before [controller] had TLS settings
+        if "address" in controller:
+            raise ValueError(
+                "the controller address is set twice: keep [controller] address, drop [agent] controller"
+            )
+        controller["address"] = agent.pop("controller")
     grpc_section = dict(data.get("grpc", {}))
     if "max_message_mb" in grpc_section:
         grpc_section["max_message_bytes"] = int(grpc_section.pop("max_message_mb")) * 1024 * 1024
-    unknown = set(data) - {"agent", "ovs", "grpc", "kafka", "dhcp", "routing"}
+    unknown = set(data) - {"agent", "ovs", "grpc", "controller", "kafka", "dhcp", "routing"}
     if unknown:
         raise ValueError(f"unknown section(s): {', '.join(sorted(unknown))}")
     nested = set(agent) & {"ovs", "grpc", "kafka", "dhcp", "routing", "config_path"}
@@ -125,6 +142,7 @@ def load_file(path: str) -> AgentConfig:
         config_path=path,
         ovs=_section(OvsSettings, dict(data.get("ovs", {})), "ovs"),
         grpc=_section(GrpcSettings, grpc_section, "grpc"),
+        controller=_section(ControllerSettings, controller, "controller"),
         kafka=_section(KafkaConfig, dict(data.get("kafka", {})), "kafka"),
         dhcp=_section(DhcpConfig, dict(data.get("dhcp", {})), "dhcp"),
         routing=_section(RoutingConfig, dict(data.get("routing", {})), "routing"),
@@ -141,7 +159,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level")
     p.add_argument("--log-file")
     p.add_argument("--controller", help="controller host:port for RequestGoalStates")
+    p.add_argument("--controller-ca", help="CA of the controller's certificate")
+    p.add_argument("--controller-cert", help="this agent's client certificate for the controller")
+    p.add_argument("--controller-key", help="its key")
+    p.add_argument("--controller-server-name", help="name expected in the controller's certificate")
     p.add_argument("--grpc-listen", help="address:port or unix:PATH")
+    p.add_argument("--grpc-tls-cert", help="the gRPC intake's server certificate")
+    p.add_argument("--grpc-tls-key", help="its key")
+    p.add_argument("--grpc-tls-client-ca", help="CA that signs the clients allowed to push (mutual TLS)")
     p.add_argument("--ovsdb", help="OVSDB remote, e.g. unix:/var/run/openvswitch/db.sock")
     p.add_argument("--ovs-rundir", help="directory holding <bridge>.mgmt")
     p.add_argument("--bridge")
@@ -166,7 +191,19 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         "control_socket": args.control_socket,
         "log_level": args.log_level,
         "log_file": args.log_file,
-        "controller": args.controller,
+    }
+    controller = {
+        "address": args.controller,
+        "ca": args.controller_ca,
+        "cert": args.controller_cert,
+        "key": args.controller_key,
+        "server_name": args.controller_server_name,
+    }
+    grpc = {
+        "listen": args.grpc_listen,
+        "tls_cert": args.grpc_tls_cert,
+        "tls_key": args.grpc_tls_key,
+        "tls_client_ca": args.grpc_tls_client_ca,
     }
     ovs = {
         "db": args.ovsdb,
@@ -184,7 +221,8 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         cfg,
         **{k: v for k, v in top.items() if v is not None},
         ovs=replace(cfg.ovs, **{k: v for k, v in ovs.items() if v is not None}),
-        grpc=replace(cfg.grpc, listen=args.grpc_listen) if args.grpc_listen else cfg.grpc,
+        grpc=replace(cfg.grpc, **{k: v for k, v in grpc.items() if v is not None}),
+        controller=replace(cfg.controller, **{k: v for k, v in controller.items() if v is not None}),
         kafka=replace(cfg.kafka, **{k: v for k, v in kafka.items() if v is not None}),
         dhcp=replace(cfg.dhcp, enabled=False) if args.no_dhcp else cfg.dhcp,
         routing=replace(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from agent import config as config_mod
-from agent import logs, sdnotify
+from agent import logs, sdnotify, startup_check
 from agent._pb import goalstate_pb2 as pb
 from agent.config import AgentConfig
 from agent.control import ControlServer
@@ -25,6 +25,8 @@ from agent.dataplane.host import HostDataplane
 from agent.intake.controller_client import OnDemandClient, request_resync
 from agent.intake.grpc_server import GoalStateService, start_server
 from agent.intake.kafka_consumer import KafkaIntake, KafkaSettings
+from agent.intake.kafka_security import insecure as kafka_insecure
+from agent.intake.kafka_security import security_options as kafka_security_options
 from agent.intake.replies import to_reply
 from agent.model.decode import Wire, decode_v1, decode_v2
 from agent.model.state import DesiredState
@@ -88,6 +90,10 @@ class Agent:
                 "started": time.time(),
                 "state_dir": cfg.state_dir,
                 "state_recovery": dataclasses.asdict(self.store.recovery),
+                # Channels allow_insecure let run without authentication (WARNING at start).
+                "grpc_insecure": cfg.grpc.insecure,
+                "controller_insecure": cfg.controller.insecure,
+                "kafka_insecure": kafka_insecure(cfg.kafka),
             },
             live=self._health,
         )
@@ -102,11 +108,13 @@ class Agent:
         self.dataplane.start(self.core)
         if self.routes is not None:
             self._start_punts(self.routes)
-        self.grpc_server = start_server(GoalStateService(self.core, self.cfg.underlay_ip), self.cfg.grpc)
+        if self.cfg.grpc.listen:
+            service = GoalStateService(self.core, self.cfg.underlay_ip, self.cfg.grpc.allowed_clients)
+            self.grpc_server = start_server(service, self.cfg.grpc)
         if self.cfg.kafka.bootstrap_servers:
             self._start_kafka()
         self.control.start()
-        if self.cfg.controller:
+        if self.cfg.controller.address:
             threading.Thread(
                 target=request_resync,
                 args=(self.cfg.controller, self.stop_event),
@@ -121,7 +129,9 @@ class Agent:
         )
         self.ready = True
         log.info(
-            "event=ready grpc=%s kafka=%s", self.cfg.grpc.listen, self.cfg.kafka.bootstrap_servers or "off"
+            "event=ready grpc=%s kafka=%s",
+            self.cfg.grpc.listen or "off",
+            self.cfg.kafka.bootstrap_servers or "off",
         )
 
     def _supervise(self) -> None:
@@ -179,7 +189,7 @@ class Agent:
         from agent.routing.punts import PuntConsumer
 
         routes.cache = self.dataplane.flows
-        if self.cfg.controller:
+        if self.cfg.controller.address:
             self.on_demand = OnDemandClient(self.cfg.controller)
         core = self.core
         self.punts = PuntConsumer(
@@ -211,7 +221,7 @@ class Agent:
             topic=self.cfg.kafka_topic,
             group_id=self.cfg.kafka_group,
             reply_topic=self.cfg.kafka.reply_topic or None,
-            extra=dict(self.cfg.kafka.options),
+            extra={**self.cfg.kafka.options, **kafka_security_options(self.cfg.kafka)},
         )
         # Kafka's counters (applied, poison, ...) show in `acactl status` next to the core's.
         self.kafka = KafkaIntake(
@@ -299,10 +309,13 @@ def _route_driver(cfg: AgentConfig, planner: Planner) -> RouteDriver | None:
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.from_args(argv)
+        insecure = startup_check.check(cfg)  # before the state directory, OVS or any socket
     except (OSError, ValueError) as exc:
         print(f"aca-agent: bad configuration: {exc}", file=sys.stderr)
         return 2
     logs.setup(cfg.log_level, cfg.log_file)
+    for line in insecure:
+        log.warning(line)
     # Desired state and flow mirrors are large, long-lived object graphs: default GC thresholds
     # would rescan them over and over while a big goal state is planned.
     gc.set_threshold(50_000, 20, 100)

@@ -13,8 +13,6 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 
-import grpc
-
 from agent._pb import goalstate_pb2_grpc
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
@@ -40,7 +38,7 @@ def sandbox(prefix: str, hosts: int = 1) -> Iterator[Sandbox]:
 def controller_channel(box: Sandbox, host: str) -> Iterator[Callable[..., list]]:
     """``send(message, timeout=30)`` over one gRPC channel kept open, as a controller keeps it
     (v2 stream per message); warmed with an empty goal state so timings exclude connecting."""
-    with grpc.insecure_channel(box.host(host).grpc) as channel:
+    with box.channel(host) as channel:
         stub = goalstate_pb2_grpc.GoalStateProvisionerStub(channel)
 
         def send(message: object, timeout: float = 30.0) -> list:

@@ -128,7 +128,7 @@ def _hosts(root: pathlib.Path) -> Iterator[tuple[Sandbox, str]]:
     config = root / "host1.toml"
     config.write_text("[routing]\nmode = 'on_demand'\ncache_idle_timeout = 0\n")
     try:
-        with serve(_Controller(box), str(root / "controller.sock")) as address:
+        with serve(_Controller(box), str(root / "controller.sock"), box.pki) as address:
             host1_args = ("--controller", address)
             box.host_up("host1", agent_args=(*host1_args, "--config", str(config)))
             box.host_up("host2")

@@ -226,7 +226,7 @@ class GrpcTransport:
 
     name = "grpc"
 
-    def __init__(self, hosts: list[HostInfo]) -> None:
+    def __init__(self, box: Sandbox, hosts: list[HostInfo]) -> None:
         import grpc
 
         from agent._pb import goalstate_pb2_grpc
@@ -235,7 +235,7 @@ class GrpcTransport:
         self._closing = False
         self._streams: dict[str, tuple[Any, queue.SimpleQueue, collections.deque, Any, threading.Thread]] = {}
         for h in hosts:
-            channel = grpc.insecure_channel(h.grpc, options=[("grpc.max_send_message_length", 256 << 20)])
+            channel = box.channel(h.name, options=[("grpc.max_send_message_length", 256 << 20)])
             stub = goalstate_pb2_grpc.GoalStateProvisionerStub(channel)
             requests: queue.SimpleQueue = queue.SimpleQueue()
             pending: collections.deque[Sent] = collections.deque()
@@ -408,7 +408,9 @@ def scale_sandbox(transport: str, hosts: int, progress: Progress) -> Iterator[tu
             options = "\n".join(f'"{k}" = "{v}"' for k, v in AGENT_KAFKA_OPTIONS.items())
             config = pathlib.Path(root) / "agent-kafka.toml"
             config.write_text(
-                f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\n\n[kafka.options]\n{options}\n'
+                # The broker is on the sandbox underlay, plaintext (tansu speaks no TLS): allowed.
+                f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\nallow_insecure = true\n\n'
+                f"[kafka.options]\n{options}\n"
             )
             agent_args = (*agent_args, "--config", str(config))
         for i in range(1, hosts + 1):
@@ -480,7 +482,7 @@ class Run:
         self.vms: list[VmInfo] = []
         self.start = time.perf_counter()
         self.transport: GrpcTransport | KafkaTransport = (
-            GrpcTransport(self.hosts) if transport == "grpc" else KafkaTransport(broker, self.hosts)
+            GrpcTransport(box, self.hosts) if transport == "grpc" else KafkaTransport(broker, self.hosts)
         )
 
     def close(self) -> None:

@@ -1,20 +1,77 @@
-"""The agent as a client of the controller: ask for a resync after a restart (AGENT_RESTARTED)."""
+"""The agent as a client of the controller: ask for a resync after a restart (AGENT_RESTARTED)
+and for on-demand routes, over TLS (mutual when a client certificate is set)."""
 
 from __future__ import annotations
 
 import logging
+import pathlib
 import threading
 import uuid
+from dataclasses import dataclass
 
 import grpc
 
 from agent._pb import goalstate_pb2 as pb
 from agent._pb import goalstate_pb2_grpc as pb_grpc
+from agent.tls import ConfigError, check_ca, check_key_pair, is_local
 
 log = logging.getLogger("aca.controller")
 
 
-def request_resync(address: str, stop: threading.Event, attempts: int = 30) -> pb.HostRequestReply | None:
+@dataclass(frozen=True)
+class ControllerSettings:
+    """``[controller]``: where RequestGoalStates goes and how the channel is authenticated."""
+
+    address: str = ""  # host:port (or unix:PATH) of the controller's GoalStateProvisioner; empty: none
+    ca: str = ""  # CA that signed the controller's certificate (empty with cert set: system roots)
+    cert: str = ""  # this agent's client certificate (mutual TLS)
+    key: str = ""
+    server_name: str = ""  # expected name in the controller's certificate, if not the address's host
+    allow_insecure: bool = False  # plaintext to a controller on another host
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ca or self.cert)
+
+    @property
+    def insecure(self) -> bool:
+        return bool(self.address) and not self.tls and not is_local(self.address)
+
+    def check(self) -> None:
+        """Refuse a half-configured TLS and, unless allowed, plaintext to another host (ConfigError)."""
+        if not self.address:
+            return
+        if bool(self.cert) != bool(self.key):
+            given, other = ("cert", "key") if self.cert else ("key", "cert")
+            raise ConfigError(f"[controller] {given} is set without {other}")
+        if self.server_name and not self.tls:
+            raise ConfigError("[controller] server_name is set without ca or cert: TLS is off")
+        if self.cert:
+            check_key_pair(self.cert, self.key, "[controller] client")
+        if self.ca:
+            check_ca(self.ca, "[controller] ca")
+        if self.insecure and not self.allow_insecure:
+            raise ConfigError(
+                f"[controller] address {self.address} is on another host and the channel is plaintext: "
+                "set ca, cert and key (mutual TLS), or allow_insecure = true"
+            )
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the controller, secure unless no CA or certificate is configured."""
+        if not self.tls:
+            return grpc.insecure_channel(self.address)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=pathlib.Path(self.ca).read_bytes() if self.ca else None,
+            private_key=pathlib.Path(self.key).read_bytes() if self.key else None,
+            certificate_chain=pathlib.Path(self.cert).read_bytes() if self.cert else None,
+        )
+        options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+        return grpc.secure_channel(self.address, creds, options=options)
+
+
+def request_resync(
+    controller: ControllerSettings, stop: threading.Event, attempts: int = 30
+) -> pb.HostRequestReply | None:
     """Send RequestGoalStates(AGENT_RESTARTED); retry with backoff until answered or stopped.
 
     The controller answers by pushing goal states on the normal intake paths; until then the
@@ -23,7 +80,8 @@ def request_resync(address: str, stop: threading.Event, attempts: int = 30) -> p
     request = pb.HostRequest(format_version=1)
     request.state_requests.add(request_type=pb.AGENT_RESTARTED, request_id=str(uuid.uuid4()))
     delay = 0.5
-    with grpc.insecure_channel(address) as channel:
+    address = controller.address
+    with controller.channel() as channel:
         stub = pb_grpc.GoalStateProvisionerStub(channel)
         for attempt in range(1, attempts + 1):
             try:
@@ -53,10 +111,10 @@ class OnDemandClient:
     intake paths, then replies SUCCESS (routable) or FAILURE. One channel for the agent's life.
     """
 
-    def __init__(self, address: str, timeout: float = 5.0) -> None:
-        self.address = address
+    def __init__(self, controller: ControllerSettings, timeout: float = 5.0) -> None:
+        self.address = controller.address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address)
+        self._channel = controller.channel()
         self._stub = pb_grpc.GoalStateProvisionerStub(self._channel)
 
     def request(

@@ -20,6 +20,7 @@ from agent._pb import goalstate_pb2 as pb
 from agent.core import AgentCore
 from agent.intake.replies import to_reply
 from agent.model.decode import Wire, decode_v1, decode_v2
+from agent.tls import ConfigError, check_ca, check_key_pair, is_local
 
 log = logging.getLogger("aca.grpc")
 SERVICE = "alcor.schema.GoalStateProvisioner"
@@ -27,18 +28,79 @@ SERVICE = "alcor.schema.GoalStateProvisioner"
 
 @dataclass(frozen=True)
 class GrpcSettings:
-    listen: str = "0.0.0.0:50001"
+    listen: str = "0.0.0.0:50001"  # empty: no gRPC intake
     max_message_bytes: int = 256 * 1024 * 1024
     workers: int = 16
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""  # set → mutual TLS: clients must present a certificate signed by it
+    # Plaintext or server-only TLS on an address other hosts can reach: refused unless set.
+    allow_insecure: bool = False
+    # Client certificate identities (subject CN or a SAN) allowed to push; empty: any the CA signed.
+    allowed_clients: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_clients", tuple(self.allowed_clients))
+
+    @property
+    def mutual_tls(self) -> bool:
+        return bool(self.tls_cert and self.tls_client_ca)
+
+    @property
+    def insecure(self) -> bool:
+        """Listening where other hosts can push without a client certificate."""
+        return bool(self.listen) and not self.mutual_tls and not is_local(self.listen)
+
+    def check(self) -> None:
+        """Refuse a half-configured TLS, and an unauthenticated listener other hosts can reach
+        unless ``allow_insecure`` says so (ConfigError)."""
+        if not self.listen:
+            return
+        if (self.tls_key or self.tls_client_ca) and not self.tls_cert:
+            given = "tls_key" if self.tls_key else "tls_client_ca"
+            raise ConfigError(
+                f"[grpc] {given} is set without tls_cert: set tls_cert, tls_key and tls_client_ca"
+            )
+        if self.tls_cert and not self.tls_key:
+            raise ConfigError("[grpc] tls_cert is set without tls_key")
+        if self.tls_cert:
+            check_key_pair(self.tls_cert, self.tls_key, "[grpc] tls")
+        if self.tls_client_ca:
+            check_ca(self.tls_client_ca, "[grpc] tls_client_ca")
+        if self.allowed_clients and not self.mutual_tls:
+            raise ConfigError("[grpc] allowed_clients needs mutual TLS (tls_cert, tls_key, tls_client_ca)")
+        if self.insecure and not self.allow_insecure:
+            missing = "tls_client_ca" if self.tls_cert else "tls_cert, tls_key and tls_client_ca"
+            raise ConfigError(
+                f"[grpc] listen {self.listen} is reachable from other hosts without client certificates: "
+                f"set {missing} (mutual TLS), listen on loopback or a unix socket, or allow_insecure = true"
+            )
+
+
+def client_identities(context: grpc.ServicerContext) -> set[str]:
+    """The verified client certificate's subject CN and SANs (empty without mutual TLS)."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name", []) + auth.get("x509_subject_alternative_name", [])
+    return {name.decode(errors="replace") for name in names}
 
 
 class GoalStateService:
-    def __init__(self, core: AgentCore, host_ip: str) -> None:
+    def __init__(self, core: AgentCore, host_ip: str, allowed_clients: tuple[str, ...] = ()) -> None:
         self.core = core
         self.host_ip = host_ip
+        self.allowed_clients = frozenset(allowed_clients)
+
+    def _authorize(self, context: grpc.ServicerContext) -> None:
+        """With ``allowed_clients`` pinned, a certificate the CA signed for someone else is refused."""
+        if not self.allowed_clients:
+            return
+        names = client_identities(context)
+        if not names & self.allowed_clients:
+            self.core.counters["grpc_client_refused"] += 1
+            log.warning(
+                "event=grpc_client_refused peer=%s identities=%s", context.peer(), ",".join(sorted(names))
+            )
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "client certificate not in allowed_clients")
 
     def _parse(self, raw: bytes, message_type: type, context: grpc.ServicerContext) -> Any:
         try:
@@ -51,12 +113,14 @@ class GoalStateService:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a {message_type.__name__}: {exc}")
 
     def push_v1(self, raw: bytes, context: grpc.ServicerContext) -> pb.GoalStateOperationReply:
+        self._authorize(context)
         message = self._parse(raw, pb.GoalState, context)
         return to_reply(self.core.apply(decode_v1(message), "grpc-v1", Wire(1, raw)))
 
     def push_v2_stream(
         self, raws: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[pb.GoalStateOperationReply]:
+        self._authorize(context)
         for raw in raws:
             message = self._parse(raw, pb.GoalStateV2, context)
             requests = decode_v2(message, self.host_ip)
@@ -104,5 +168,6 @@ def start_server(service: GoalStateService, settings: GrpcSettings) -> grpc.Serv
     if port == 0 and not settings.listen.startswith("unix:"):
         raise OSError(f"cannot listen on {settings.listen}")
     server.start()
-    log.info("event=grpc_listening address=%s tls=%s", settings.listen, bool(creds))
+    tls = "mutual" if settings.mutual_tls else "server-only" if creds else "off"
+    log.info("event=grpc_listening address=%s tls=%s", settings.listen, tls)
     return server

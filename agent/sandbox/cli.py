@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(sb: Sandbox, args: argparse.Namespace) -> int:
     if args.cmd == "host" and args.action == "up":
         h = sb.host_up(args.name, agent=not args.no_agent, agent_args=args.agent_arg)
-        print(f"{h.name}: netns {h.netns}, underlay {h.underlay_ip}, grpc {h.grpc}")
+        print(
+            f"{h.name}: netns {h.netns}, underlay {h.underlay_ip}, grpc {h.grpc} (mutual TLS, CA {sb.pki.ca})"
+        )
     elif args.cmd == "host":
         sb.host_down(args.name)
     elif args.cmd == "vm" and args.action == "add":

@@ -1,5 +1,7 @@
 """A controller simulator: a real gRPC GoalStateProvisioner server on a unix socket that records the
-RequestGoalStates calls agents send it and answers them through a pluggable handler."""
+RequestGoalStates calls agents send it and answers them through a pluggable handler. It requires
+mutual TLS like a real controller: the sandbox's agents present the sandbox CA's AGENT
+certificate (agent/sandbox/pki.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import grpc
 
 from agent._pb import goalstate_pb2 as pb
 from agent._pb import goalstate_pb2_grpc as pb_grpc
+from agent.sandbox.pki import Pki
 
 # One state request → the OperationStatus to answer it with (it may push goal states first).
 Handler = Callable[[pb.HostRequest.ResourceStateRequest], int]
@@ -52,12 +55,13 @@ class TestController(pb_grpc.GoalStateProvisionerServicer):
 
 
 @contextlib.contextmanager
-def serve(controller: TestController, socket_path: str) -> Iterator[str]:
-    """Serve ``controller`` on ``unix:<socket_path>`` while the block runs; yields that address."""
+def serve(controller: TestController, socket_path: str, pki: Pki) -> Iterator[str]:
+    """Serve ``controller`` on ``unix:<socket_path>`` with ``pki``'s CONTROLLER certificate,
+    requiring a client certificate from its CA, while the block runs; yields that address."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_GoalStateProvisionerServicer_to_server(controller, server)
     address = f"unix:{socket_path}"
-    server.add_insecure_port(address)
+    server.add_secure_port(address, pki.server_credentials())
     server.start()
     try:
         yield address

@@ -56,6 +56,7 @@ def _say(text: str) -> None:
 
 def run(sandbox: Sandbox) -> bool:
     _say("simulated hosts: a namespace each with ovsdb-server, ovs-vswitchd (netdev) and aca-agent")
+    print(f"  gRPC: mutual TLS, certificates from a throwaway CA ({sandbox.pki.ca})")
     host_ips = {name: sandbox.host_up(name).underlay_ip for name in ("host1", "host2")}
     for name, ip in host_ips.items():
         print(f"  {name}: underlay {ip}")
@@ -63,7 +64,7 @@ def run(sandbox: Sandbox) -> bool:
     for vm, (host, subnet, port_id, mac, ip) in VMS.items():
         sandbox.vm_add(host, vm, mac, f"{ip}/24", gw=SUBNETS[subnet][2], iface_id=port_id)
         print(f"  {vm} on {host}: {ip} ({subnet}) {mac} port {port_id}")
-    _say("goal states pushed over gRPC (PushGoalStatesStream), one per host")
+    _say("goal states pushed over gRPC (PushGoalStatesStream) with mutual TLS, one per host")
     for host in host_ips:
         for reply in sandbox.push_message(host, goal_state_for(host, host_ips)):
             for s in reply.operation_statuses:

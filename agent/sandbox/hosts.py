@@ -8,6 +8,9 @@ Layout (``prefix`` defaults to ``aca-``)::
     {prefix}vm-<vm>       a VM: eth0 (MAC, IP, MTU 1450) whose peer is a port on br-int
 
 Nothing is created in the root namespace, so no test traffic can leave the machine.
+Agents run with mutual TLS like a production install: a throwaway CA in ``<dir>/pki``
+(agent/sandbox/pki.py) signs each agent's certificate and the one clients push with
+(``Sandbox.channel``); the agents present theirs to a controller (``Sandbox.pki``).
 State lives in ``<dir>/sandbox.json`` so separate CLI invocations find what exists; every
 resource is recorded *before* it is created, which lets teardown clean half-built hosts.
 """
@@ -30,10 +33,14 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cli import acactl
 from agent.sandbox.ovs import OvsInstance, process_gone
+from agent.sandbox.pki import AGENT, CONTROLLER, Pki, sandbox_pki
+
+if TYPE_CHECKING:
+    import grpc
 
 DEFAULT_DIR = pathlib.Path("/run/aca-sandbox")
 DEFAULT_SUBNET = "172.31.0.0/24"
@@ -152,6 +159,14 @@ class Sandbox:
     @property
     def underlay_netns(self) -> str:
         return f"{self.prefix}ul"
+
+    @property
+    def pki(self) -> Pki:
+        """The sandbox's CA and its AGENT and CONTROLLER identities, made on first use."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".pki.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return sandbox_pki(self.root / "pki")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
@@ -302,6 +317,7 @@ class Sandbox:
             "--state-dir", h.state_dir,
             "--control-socket", h.control_socket,
             "--log-file", h.log_file,
+            *self._tls_args(),
             *extra,
         ]  # fmt: skip
         out_path = pathlib.Path(h.dir) / "agent.out"
@@ -310,15 +326,42 @@ class Sandbox:
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
             )
         deadline = time.monotonic() + 20
-        while not (sock.exists() and control.exists()):
+        # The agent opens its control socket after the gRPC listener, so that one is enough when
+        # a test moved gRPC to a TCP address (--grpc-listen in ``extra``).
+        while not control.exists():
             if proc.poll() is not None:
                 tail = out_path.read_text(errors="replace").strip().splitlines()[-5:]
                 raise SandboxError(f"aca-agent for {h.name} exited {proc.returncode}: " + " | ".join(tail))
             if time.monotonic() > deadline:
                 _kill_pid(proc.pid)
-                raise SandboxError(f"aca-agent for {h.name} did not open {sock} within 20s")
+                raise SandboxError(f"aca-agent for {h.name} did not open {control} within 20s")
             time.sleep(0.05)
         return proc.pid
+
+    def _tls_args(self) -> list[str]:
+        """Mutual TLS both ways: the intake requires a client certificate from the sandbox CA,
+        and the agent shows its own to a controller (agent/sandbox/controller.py serves with
+        the CONTROLLER identity). A test's ``agent_args`` come after, so they can override."""
+        pki = self.pki
+        agent = pki.identity(AGENT)
+        return [
+            "--grpc-tls-cert", str(agent.cert), "--grpc-tls-key", str(agent.key),
+            "--grpc-tls-client-ca", str(pki.ca),
+            "--controller-ca", str(pki.ca), "--controller-cert", str(agent.cert),
+            "--controller-key", str(agent.key), "--controller-server-name", CONTROLLER,
+        ]  # fmt: skip
+
+    def channel(
+        self, host: str, options: Sequence[tuple[str, Any]] = (), identity: str = CONTROLLER
+    ) -> grpc.Channel:
+        """A gRPC channel to the host's agent, authenticated with the certificate the sandbox CA
+        issued to ``identity`` (CONTROLLER: what controllers, tests and benchmarks push with)."""
+        import grpc
+
+        creds = self.pki.channel_credentials(identity)
+        return grpc.secure_channel(
+            self.host(host).grpc, creds, options=[("grpc.ssl_target_name_override", AGENT), *options]
+        )
 
     def stop_agent(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Send ``sig`` to the host's agent and wait until it is gone (SIGKILL after ``timeout``)."""
@@ -528,7 +571,7 @@ class Sandbox:
         from agent._pb import goalstate_pb2, goalstate_pb2_grpc
 
         target = self.host(host).grpc
-        with grpc.insecure_channel(target) as channel:
+        with self.channel(host) as channel:
             stub = goalstate_pb2_grpc.GoalStateProvisionerStub(channel)
             try:
                 if isinstance(msg, goalstate_pb2.GoalState):

@@ -62,8 +62,8 @@ def host(sandbox: Sandbox) -> HostInfo:
 
 
 @pytest.fixture(scope="module")
-def channel(host: HostInfo) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(host.grpc, options=CHANNEL_OPTIONS) as ch:
+def channel(sandbox: Sandbox) -> Iterator[grpc.Channel]:
+    with sandbox.channel(HOST, options=CHANNEL_OPTIONS) as ch:
         yield ch
 
 

@@ -80,7 +80,7 @@ def setup() -> Iterator[tuple[Sandbox, _Controllers]]:
         with contextlib.ExitStack() as stack:
             for host in DVR:
                 address = stack.enter_context(
-                    serve(controllers.by_host[host], f"{box.root}/{host}-controller.sock")
+                    serve(controllers.by_host[host], f"{box.root}/{host}-controller.sock", box.pki)
                 )
                 box.host_up(host, agent_args=("--controller", address))
             for vm, (host, _sn, ip, mac, gw) in VMS.items():

@@ -36,7 +36,7 @@ REMOTE_HOST = "172.31.0.99"  # another compute host's tunnel endpoint (never con
 def setup() -> Iterator[tuple[Sandbox, TestController]]:
     """One host whose agent has a test controller configured (RequestGoalStates at start)."""
     controller = TestController()
-    with scratch_sandbox() as box, serve(controller, str(box.root / "controller.sock")) as address:
+    with scratch_sandbox() as box, serve(controller, str(box.root / "controller.sock"), box.pki) as address:
         box.host_up(HOST, agent_args=("--controller", address))
         yield box, controller
 

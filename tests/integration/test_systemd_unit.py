@@ -6,8 +6,11 @@
    /opt/aca-venv) is built once with mmdebstrap and cached under CACHE_DIR, keyed by its package
    list and the project's Python requirements. Each run boots it with systemd-nspawn (volatile
    overlay: the cache is never written; private network: nothing leaves the container), installs
-   the project and the unit by running README.md's "Run as a service" block as written, then
-   checks READY, a goal state pushed from the host over a unix socket, the watchdog at the shipped
+   the project, its certificates and the unit by running README.md's "Run as a service" block as
+   written (a throwaway CA from agent/sandbox/pki.py stands for the operator's), then checks
+   READY, a goal state pushed from the host over a unix socket with mutual TLS (clients without
+   the CA's certificate refused), a half-right config refused with exit 2 and not restarted, the
+   watchdog at the shipped
    ``WatchdogSec`` (pinged while healthy, a hung agent killed and restarted), restarts, reload,
    stop, and the journal.
 
@@ -43,6 +46,7 @@ import pytest
 from agent._pb import goalstate_pb2 as pb
 from agent._pb import goalstate_pb2_grpc as pb_grpc
 from agent.sandbox import goalstates as g
+from agent.sandbox.pki import AGENT, Pki, sandbox_pki
 from tests.support.parts import missing
 
 pytestmark = pytest.mark.integration
@@ -60,10 +64,11 @@ PACKAGES = (
 )  # fmt: skip
 RECIPE = 1  # bump when the build steps below change (part of the cache key)
 README_PLACEHOLDER = "/path/to/this/repo"
+README_PKI = "/path/to/your/pki"  # where README's block takes ca.crt, agent.crt, agent.key from
 
 # Inside the container.
 SRC = "/src/aca-agent"  # a copy of the repository (pip builds in it)
-IO = "/run/aca-test"  # bound from the host: the gRPC socket and the config-editing script
+IO = "/run/aca-test"  # bound from the host: the gRPC socket, the config-editing script, the PKI
 GRPC_SOCKET = f"{IO}/grpc.sock"
 CONTROL_SOCKET = "/run/aca-agent/acactl.sock"
 CONFIG = "/etc/aca-agent/aca-agent.toml"
@@ -256,6 +261,7 @@ class Container:
         self.console = workdir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.leader = 0
+        self.pki = Pki(workdir / "ca")  # made by install_as_readme_says
 
     # -------------------------------------------------------------- lifecycle
     def boot(self, timeout: float = 120.0) -> None:
@@ -438,14 +444,23 @@ def readme_service_commands() -> str:
 
 def install_as_readme_says(container: Container) -> None:
     """Underlay address and the test's drop-in first, then README's block as a shell script, run
-    from the repository copy, with ``$EDITOR`` doing the config edit the block asks for."""
+    from the repository copy, with ``$EDITOR`` doing the config edit the block asks for and a
+    throwaway CA's files where the block takes the operator's."""
     (container.io / "edit-config").write_text(EDIT_CONFIG)
     (container.io / "edit-config").chmod(0o755)
+    container.pki = sandbox_pki(container.pki.dir)
+    given = container.io / "pki"
+    given.mkdir()
+    agent = container.pki.identity(AGENT)
+    for source, name in ((container.pki.ca, "ca.crt"), (agent.cert, "agent.crt"), (agent.key, "agent.key")):
+        shutil.copyfile(source, given / name)
     container.sh(
         f"ip addr add {UNDERLAY_IP}/32 dev lo && mkdir -p /etc/systemd/system/aca-agent.service.d && "
         f"cat > /etc/systemd/system/aca-agent.service.d/50-test.conf <<'EOF'\n{TEST_DROPIN}EOF"
     )
     script = readme_service_commands().replace(README_PLACEHOLDER, SRC)
+    assert README_PKI in script, f"README's block no longer installs certificates from {README_PKI}"
+    script = script.replace(README_PKI, f"{IO}/pki")
     started = time.monotonic()
     container.sh(f"set -ex\ncd {SRC}\n{script}", timeout=600, env={"EDITOR": f"{IO}/edit-config"})
     print(f"README's install block ran in {time.monotonic() - started:.1f}s")
@@ -454,8 +469,11 @@ def install_as_readme_says(container: Container) -> None:
 # ================================================================== 4. the service, checked
 @contextlib.contextmanager
 def controller(container: Container) -> Iterator[pb_grpc.GoalStateProvisionerStub]:
-    """The controller's side: gRPC from the host through the bound unix socket."""
-    with grpc.insecure_channel(f"unix:{container.io / 'grpc.sock'}") as channel:
+    """The controller's side: gRPC from the host through the bound unix socket, with the client
+    certificate the CA installed in the container signed."""
+    creds = container.pki.channel_credentials()
+    options = [("grpc.ssl_target_name_override", AGENT)]
+    with grpc.secure_channel(f"unix:{container.io / 'grpc.sock'}", creds, options=options) as channel:
         yield pb_grpc.GoalStateProvisionerStub(channel)
 
 
@@ -535,6 +553,46 @@ def test_goal_state_from_outside_is_applied_and_answered(box: Container) -> None
     assert neighbours["nb-1"]["state"] == "programmed"
     assert neighbours["nb-1"]["host_ip"] == REMOTE_HOST
     assert len(box.agent_flows()) > 10
+
+
+@diagnosed
+def test_the_installed_certificates_are_used_and_clients_without_one_refused(box: Container) -> None:
+    box.ensure_active()
+    assert box.sh("stat -c %a /etc/aca-agent/tls /etc/aca-agent/tls/agent.key").stdout.split() == [
+        "700",
+        "600",
+    ]
+    status = json.loads(box.sh(f"{ACACTL} status").stdout)
+    assert status["grpc_insecure"] is False
+    assert "event=grpc_listening address=unix:" in box.journal() and "tls=mutual" in box.journal()
+    target = f"unix:{box.io / 'grpc.sock'}"
+    no_client_cert = grpc.ssl_channel_credentials(root_certificates=box.pki.ca.read_bytes())
+    for channel in (
+        grpc.insecure_channel(target),
+        grpc.secure_channel(target, no_client_cert, options=[("grpc.ssl_target_name_override", AGENT)]),
+    ):
+        with channel, pytest.raises(grpc.RpcError) as err:
+            list(
+                pb_grpc.GoalStateProvisionerStub(channel).PushGoalStatesStream(
+                    iter([pb.GoalStateV2()]), timeout=5
+                )
+            )
+        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN)
+
+
+@diagnosed
+def test_a_half_right_config_exits_2_and_is_not_restarted(box: Container) -> None:
+    box.ensure_active()
+    restarts = int(box.show("NRestarts"))
+    box.sh(f"cp {CONFIG} {CONFIG}.good && sed -i 's/^tls_cert = .*//' {CONFIG}")
+    try:
+        assert box.sh("systemctl restart aca-agent", check=False, timeout=120).returncode != 0
+        assert (box.show("ActiveState"), box.show("ExecMainStatus")) == ("failed", "2")
+        assert int(box.show("NRestarts")) == restarts  # RestartPreventExitStatus=2
+        assert "aca-agent: bad configuration: [grpc] tls_key is set without tls_cert" in box.journal()
+    finally:
+        box.sh(f"mv {CONFIG}.good {CONFIG} && systemctl reset-failed aca-agent")
+    box.ensure_active()
 
 
 @diagnosed

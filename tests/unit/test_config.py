@@ -7,6 +7,7 @@ import pathlib
 import pytest
 
 from agent.config import from_args, load_file
+from agent.tls import is_local
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "systemd" / "aca-agent.toml"
 
@@ -47,3 +48,50 @@ def test_dhcp_settings_no_option_can_carry_are_refused(
     path.write_text(f"[dhcp]\n{text}\n")
     with pytest.raises(ValueError, match=reason):
         load_file(str(path))
+
+
+def test_controller_section_and_the_old_agent_key(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[controller]\naddress = "ctl:9016"\nca = "/ca"\ncert = "/c"\nkey = "/k"\nserver_name = "ctl"\n'
+    )
+    cfg = from_args(["--config", str(path), "--controller-server-name", "other"])
+    assert (cfg.controller.address, cfg.controller.ca, cfg.controller.server_name) == (
+        "ctl:9016",
+        "/ca",
+        "other",
+    )
+    path.write_text('[agent]\ncontroller = "old:9016"\n')
+    assert load_file(str(path)).controller.address == "old:9016"
+    path.write_text('[agent]\ncontroller = "old:9016"\n[controller]\naddress = "new:9016"\n')
+    with pytest.raises(ValueError, match="set twice"):
+        load_file(str(path))
+
+
+def test_grpc_tls_flags_and_pinned_clients(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[grpc]\nallowed_clients = ["ctl-1", "ctl-2"]\nallow_insecure = true\n')
+    cfg = from_args(["--config", str(path), "--grpc-tls-cert", "/c", "--grpc-tls-key", "/k"])
+    assert cfg.grpc.allowed_clients == ("ctl-1", "ctl-2") and cfg.grpc.allow_insecure
+    assert (cfg.grpc.tls_cert, cfg.grpc.tls_key, cfg.grpc.tls_client_ca) == ("/c", "/k", "")
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [
+        ("unix:/run/x.sock", True),
+        ("127.0.0.1:50001", True),
+        ("127.3.2.1:50001", True),
+        ("[::1]:50001", True),
+        ("localhost:50001", True),
+        ("ipv4:127.0.0.1:1", True),
+        ("0.0.0.0:50001", False),
+        ("[::]:50001", False),
+        ("10.0.0.1:50001", False),
+        ("controller.example:9016", False),
+        ("dns:///localhost.example:1", False),
+        ("SSL://127.0.0.1:9093", True),
+    ],
+)
+def test_which_addresses_stay_on_the_host(address: str, local: bool) -> None:
+    assert is_local(address) is local
