@@ -13,6 +13,7 @@ import time
 from agent.dataplane.openflow import codec
 from agent.dataplane.openflow.codec import FlowModCommand
 from agent.planner.flows import Field, Flow, Output, SetField, match
+from bench.common import environment
 
 
 def _flows(count: int) -> list[Flow]:
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
             codec.encode_bundle_add(1, 3, flow, FlowModCommand.ADD, i)
         times.append(time.perf_counter() - start)
     best = min(times)
+    print(f"versions {environment()}")
     print(f"RESULT flows={args.flows} encode_ms={best * 1e3:.1f} flow_mods_per_s={args.flows / best:.0f}")
 
 

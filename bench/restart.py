@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from contextlib import contextmanager
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
 from agent.sandbox.poll import wait_for
-from bench.common import SUBNET, VPC, context_states, controller_channel, neighbor_states, sandbox
+from bench.common import SUBNET, VPC, context_states, controller_channel, environment, neighbor_states, sandbox
 
 HOST = "host1"
 CHUNK = 10_000
@@ -156,11 +155,6 @@ def _install(box: Sandbox, neighbours: int, ports: int) -> None:
     assert statuses == {"SUCCESS"}, statuses
 
 
-def _versions() -> str:
-    ovs = subprocess.run(["ovs-vswitchd", "--version"], capture_output=True, text=True).stdout.split()
-    return f"ovs={ovs[3] if len(ovs) > 3 else 'unknown'} kernel={platform.release()} cores={os.cpu_count()}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.restart", description=__doc__)
     p.add_argument("--neighbours", type=int, default=50_000)
@@ -216,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vswitchd restart → flows {switch_ms:9.1f} ms  (replay {_field(replayed, 'us') / 1e3:.1f} ms, "
               f"pings lost {switch_lost[0]})", flush=True)  # fmt: skip
 
-    print(_versions())
+    print(f"versions {environment()}")
     print(
         f"RESULT neighbours={args.neighbours} ports={args.ports} flows={len(before)} "
         f"agent_restart_ms={agent_ms:.0f} agent_state_loaded_ms={loaded_ms:.0f} "

@@ -34,6 +34,7 @@ from bench.common import (
     agent_rss_mb,
     context_states,
     controller_channel,
+    environment,
     percentile,
     rss_mb,
     sandbox,
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     def p50_p99(values: list[float]) -> str:
         return f"p50 {percentile(values, 50):8.2f} ms  p99 {percentile(values, 99):8.2f} ms"
 
+    print(f"versions {environment(tools=() if args.no_ovn else ('ovn',))}")
     print(f"ports={args.ports} groups={GROUPS}x{RULES}+1 remote_members={args.members} samples={n}")
     figures: dict[str, object] = {"ports": args.ports, "members": args.members}
     for name, side in sides.items():

@@ -24,6 +24,7 @@ from agent.sandbox.ovs import process_gone
 from agent.sandbox.poll import wait_for
 from tests.support.agent_host import scratch_sandbox, status_by_id, statuses
 from tests.support.parts import require_ovs
+from tests.support.traffic import dump_flows
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +95,9 @@ def neighbour(nid: str, last_octet: int, revision: int = 1, mac: str | None = No
 
 
 def snapshot(sandbox: Sandbox) -> dict[str, Any]:
-    return {what: sandbox.control(HOST, what) for what in ("ports", "neighbours", "flows")}
+    """What the agent holds, and what the switch holds (read from OVS, not the agent's mirror)."""
+    held = {what: sandbox.control(HOST, what) for what in ("ports", "neighbours")}
+    return {**held, "switch": dump_flows(sandbox, HOST)}
 
 
 def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
