@@ -32,7 +32,15 @@ from contextlib import contextmanager
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
 from agent.sandbox.poll import wait_for
-from bench.common import SUBNET, VPC, context_states, controller_channel, environment, neighbor_states, sandbox
+from bench.common import (
+    SUBNET,
+    VPC,
+    context_states,
+    controller_channel,
+    environment,
+    neighbor_states,
+    sandbox,
+)
 
 HOST = "host1"
 CHUNK = 10_000
@@ -210,14 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vswitchd restart → flows {switch_ms:9.1f} ms  (replay {_field(replayed, 'us') / 1e3:.1f} ms, "
               f"pings lost {switch_lost[0]})", flush=True)  # fmt: skip
 
-    print(f"versions {environment()}")
     print(
         f"RESULT neighbours={args.neighbours} ports={args.ports} flows={len(before)} "
         f"agent_restart_ms={agent_ms:.0f} agent_state_loaded_ms={loaded_ms:.0f} "
         f"agent_resync_ms={_field(resync, 'us') / 1e3:.0f} "
         f"flows_rewritten={rewritten} agent_restart_pings_lost={agent_lost[0]} "
         f"vswitchd_restart_ms={switch_ms:.0f} vswitchd_replay_ms={_field(replayed, 'us') / 1e3:.0f} "
-        f"vswitchd_restart_pings_lost={switch_lost[0]} {_versions()} load1={load:.2f}"
+        f"vswitchd_restart_pings_lost={switch_lost[0]} {environment()} load1={load:.2f}"
     )
     return 0
 
