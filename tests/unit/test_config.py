@@ -47,3 +47,22 @@ def test_dhcp_settings_no_option_can_carry_are_refused(
     path.write_text(f"[dhcp]\n{text}\n")
     with pytest.raises(ValueError, match=reason):
         load_file(str(path))
+
+
+def test_bounds_parse_and_a_zero_is_refused(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text("[agent]\ncore_queue_mb = 16\n[grpc]\nmax_message_mb = 8\nmaximum_concurrent_rpcs = 2\n")
+    cfg = load_file(str(path))
+    grpc = cfg.grpc
+    assert (cfg.core_queue_mb, grpc.max_message_bytes, grpc.maximum_concurrent_rpcs) == (16, 8 << 20, 2)
+    defaults = from_args([])
+    assert (defaults.core_queue_mb, defaults.grpc.max_message_bytes) == (64, 64 << 20)
+    zeros = (
+        "[agent]\ncore_queue_mb = 0",
+        "[grpc]\nmaximum_concurrent_rpcs = 0",
+        "[grpc]\nmax_message_mb = 0",
+    )
+    for text in zeros:
+        path.write_text(text)
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            load_file(str(path))
