@@ -76,7 +76,7 @@ class AgentConfig:
     log_level: str = "INFO"
     log_file: str = ""  # empty: stderr (the journal under systemd)
     controller: str = ""  # host:port of the controller's GoalStateProvisioner (resync on start)
-    # Wire MB of goal states the core holds at once, parsed to applied (agent/core.py): a push
+    # Wire MB of goal states the core holds at once, parsed to answered (agent/core.py): a push
     # beyond it is refused with RESOURCE_EXHAUSTED, Kafka waits. Memory ceiling: docs/reliability.md.
     core_queue_mb: int = 64
     config_path: str = ""

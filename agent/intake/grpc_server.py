@@ -30,7 +30,7 @@ log = logging.getLogger("aca.grpc")
 SERVICE = "alcor.schema.GoalStateProvisioner"
 # The largest real goal state, 100,000 L2 neighbours with UUID ids and the host's resource list,
 # is 28.8 MiB as a GoalStateV2 and 20.3 MiB as a GoalState (v1); its reply is 5.8 MiB. This
-# limit (both directions) leaves 2x headroom; a message over it is refused unread by grpc.
+# limit (both directions) leaves 2x headroom; grpc refuses a message over it by its length prefix.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
