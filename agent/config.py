@@ -92,6 +92,9 @@ class AgentConfig:
     control_socket: str = "/run/aca-agent/acactl.sock"
     log_level: str = "INFO"
     log_file: str = ""  # empty: stderr (the journal under systemd)
+    # Wire MB of goal states the core holds at once, parsed to answered (agent/core.py): a push
+    # beyond it is refused with RESOURCE_EXHAUSTED, Kafka waits. Memory ceiling: docs/reliability.md.
+    core_queue_mb: int = 64
     config_path: str = ""
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     ovs: OvsSettings = field(default_factory=OvsSettings)
@@ -131,6 +134,13 @@ def load_file(path: str) -> AgentConfig:
     grpc_section = dict(data.get("grpc", {}))
     if "max_message_mb" in grpc_section:
         grpc_section["max_message_bytes"] = int(grpc_section.pop("max_message_mb")) * 1024 * 1024
+    for where, key, value in (
+        ("agent", "core_queue_mb", agent.get("core_queue_mb", 1)),
+        ("grpc", "max_message_mb", grpc_section.get("max_message_bytes", 1)),
+        ("grpc", "maximum_concurrent_rpcs", grpc_section.get("maximum_concurrent_rpcs", 1)),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"[{where}] {key} must be a positive integer, not {value!r}")
     unknown = set(data) - {"agent", "ovs", "grpc", "controller", "kafka", "dhcp", "routing"}
     if unknown:
         raise ValueError(f"unknown section(s): {', '.join(sorted(unknown))}")

@@ -6,6 +6,12 @@ two threads ever touch the state. Each goal state runs:
 state.apply → store.journal → planner.touch → planner.flows streamed into
 reconciler.update → statuses. The journaled messages become store rows when the worker is idle.
 
+Memory stays bounded (docs/reliability.md): an intake holds a share of ``queue_limit_bytes``
+(wire bytes) from before it parses a goal state until it is answered, so goal states parsed,
+decoded, queued or being applied never exceed it, however many pushes arrive; a push that does
+not fit is refused (``CoreBusy``: gRPC answers RESOURCE_EXHAUSTED) and Kafka waits for room.
+Internal work (repairs, resyncs, replays, acactl snapshots) is never refused.
+
 Failures stay small and visible (docs/reliability.md):
 - a journal write that fails undoes the message's changes (``state.revert``), so a resend is
   a change again and gets programmed; the reply says FAILURE and ``retry`` (Kafka re-reads it);
@@ -18,6 +24,7 @@ Failures stay small and visible (docs/reliability.md):
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import logging
@@ -51,6 +58,10 @@ log = logging.getLogger("aca.core")
 _SETTLE_IDLE_S = 0.05
 _SETTLE_AFTER = 1024
 _SETTLE_AFTER_RESOURCES = 100_000
+# Wire bytes of goal states the core holds at once (parsed, decoded, queued or being applied):
+# a goal state costs ~6x its wire size once parsed and decoded (a 100,000-neighbour GoalStateV2
+# is 29 MiB on the wire, +70 MiB parsed, +110 MiB decoded), so this caps that at ~450 MB.
+QUEUE_LIMIT_BYTES = 64 * 1024 * 1024
 # Repairs (a resync while the dataplane is not ready, else the failed owners) back off to this.
 _REPAIR_MIN_S = 0.5
 _REPAIR_MAX_S = 30.0
@@ -75,6 +86,44 @@ class MessageResult:
     retry: bool = False  # not durably accepted (journal failed, crash): the sender must resend
 
 
+class CoreBusy(Exception):
+    """The core holds as many goal-state bytes as it may: this one is refused, the sender retries."""
+
+
+class _Admission:
+    """Wire bytes of goal states admitted and not yet answered, up to a limit. A goal state is
+    always admitted when nothing is held, so any message the intake accepts can go through. A
+    waiting caller (Kafka) goes before callers that would be refused, so a flood of gRPC pushes
+    cannot starve it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiting = 0
+        self._cond = threading.Condition()
+
+    def _fits(self, size: int) -> bool:
+        return self.held == 0 or self.held + size <= self.limit
+
+    def acquire(self, size: int, wait: bool) -> bool:
+        with self._cond:
+            if wait:
+                self._waiting += 1
+                try:
+                    self._cond.wait_for(lambda: self._fits(size))
+                finally:
+                    self._waiting -= 1
+            elif self._waiting or not self._fits(size):
+                return False
+            self.held += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self.held -= size
+            self._cond.notify_all()
+
+
 @dataclass(slots=True)
 class _GoalStateWork:
     requests: list[Request]
@@ -86,7 +135,12 @@ class _GoalStateWork:
 
 class AgentCore:
     def __init__(
-        self, state: DesiredState, store: Store, planner: Planner, reconciler: FlowReconciler
+        self,
+        state: DesiredState,
+        store: Store,
+        planner: Planner,
+        reconciler: FlowReconciler,
+        queue_limit_bytes: int = QUEUE_LIMIT_BYTES,
     ) -> None:
         self.state = state
         self.store = store
@@ -100,7 +154,8 @@ class AgentCore:
         self.dhcp: DhcpDriver | None = None  # the DHCP responder's tables, when it runs
         self.routes: RouteDriver | None = None  # the route fast path's tables, when it runs
         self.counters: Counter[str] = Counter()
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue: queue.Queue[Any] = queue.Queue()  # goal states bounded by _admission
+        self._admission = _Admission(queue_limit_bytes)
         self._seq = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="aca-core", daemon=True)
         self._stopping = False
@@ -125,6 +180,22 @@ class AgentCore:
         self._stopping = True
         self._queue.put(None)
         self._thread.join(timeout)
+
+    def admit(self, size: int, source: str, wait: bool = False) -> contextlib.ExitStack:
+        """Take ``size`` bytes of the goal-state budget for one goal state of that wire size, to
+        hold (``with``) while the intake parses, decodes and applies it. Full: CoreBusy (counted),
+        or with ``wait`` block until there is room."""
+        admission = self._admission
+        if not admission.acquire(size, wait):
+            self.counters["goal_states_refused_busy"] += 1
+            log.warning(
+                "event=goal_state_refused reason=core_busy source=%s bytes=%d held_bytes=%d limit_bytes=%d",
+                source, size, admission.held, admission.limit,
+            )  # fmt: skip
+            raise CoreBusy(f"the agent holds {admission.held} of {admission.limit} bytes of goal states")
+        held = contextlib.ExitStack()
+        held.callback(admission.release, size)
+        return held
 
     def submit(self, requests: list[Request], source: str, wire: Wire) -> Future:
         """Queue a decoded goal state; ``wire`` is the message it was decoded from (journaled)."""

@@ -70,7 +70,13 @@ class Agent:
         self.dataplane = HostDataplane(
             cfg.ovs, cfg.underlay_ip, self.dhcp, cfg.dhcp.port, self.routes, cfg.routing.port
         )
-        self.core = AgentCore(self.state, self.store, planner, FlowReconciler(self.dataplane.flows))
+        self.core = AgentCore(
+            self.state,
+            self.store,
+            planner,
+            FlowReconciler(self.dataplane.flows),
+            queue_limit_bytes=cfg.core_queue_mb * 1024 * 1024,
+        )
         if self.store.recovery.quarantined:  # started empty: keep forwarding until refilled
             self.core.strays_kept_until = time.monotonic() + QUARANTINE_KEEP_FLOWS_S
         self.core.dhcp = self.dhcp
@@ -207,11 +213,13 @@ class Agent:
     def _start_kafka(self) -> None:
         def apply(message: pb.GoalState | pb.GoalStateV2) -> pb.GoalStateOperationReply:
             raw = message.SerializeToString()  # journaled as received (protobuf bytes round-trip)
-            if isinstance(message, pb.GoalState):
-                result = self.core.apply(decode_v1(message), "kafka-v1", Wire(1, raw))
-            else:
-                host_ip = self.cfg.underlay_ip
-                result = self.core.apply(decode_v2(message, host_ip), "kafka-v2", Wire(2, raw, host_ip))
+            # Never refused: a full core makes the consumer wait (uncommitted), not drop it.
+            with self.core.admit(len(raw), "kafka", wait=True):
+                if isinstance(message, pb.GoalState):
+                    result = self.core.apply(decode_v1(message), "kafka-v1", Wire(1, raw))
+                else:
+                    host_ip = self.cfg.underlay_ip
+                    result = self.core.apply(decode_v2(message, host_ip), "kafka-v2", Wire(2, raw, host_ip))
             if result.retry:  # not durably accepted: leave it uncommitted, the intake retries it
                 raise NotAccepted("the goal state was not stored; it is retried")
             return to_reply(result)

@@ -107,9 +107,10 @@ def agent_rss_mb(box: Sandbox, host: str) -> float:
     return rss_mb(box.state()["hosts"][host]["agent_pid"])
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """``pid``'s resident memory now, or with ``field="VmHWM"`` its peak since it started, in MiB."""
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 

@@ -2,10 +2,15 @@
 
 Requests are taken as raw bytes and decoded here, so bytes that are not a goal state get
 INVALID_ARGUMENT (grpcio's own deserializer failure would be INTERNAL) and the server goes on.
+
+Memory is bounded before anything is parsed (docs/reliability.md): grpc refuses a message over
+``max_message_bytes`` and RPCs beyond ``maximum_concurrent_rpcs`` (RESOURCE_EXHAUSTED), and a
+goal state the core has no room for is refused with RESOURCE_EXHAUSTED too; the controller retries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
 from collections.abc import Iterator
@@ -17,20 +22,28 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from agent._pb import goalstate_pb2 as pb
-from agent.core import AgentCore
+from agent.core import AgentCore, CoreBusy
 from agent.intake.replies import to_reply
 from agent.model.decode import Wire, decode_v1, decode_v2
 from agent.tls import ConfigError, check_ca, check_key_pair, is_local
 
 log = logging.getLogger("aca.grpc")
 SERVICE = "alcor.schema.GoalStateProvisioner"
+# The largest real goal state, 100,000 L2 neighbours with UUID ids and the host's resource list,
+# is 28.8 MiB as a GoalStateV2 and 20.3 MiB as a GoalState (v1); its reply is 5.8 MiB. This
+# limit (both directions) leaves 2x headroom; grpc refuses a message over it by its length prefix.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class GrpcSettings:
     listen: str = "0.0.0.0:50001"  # empty: no gRPC intake
-    max_message_bytes: int = 256 * 1024 * 1024
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     workers: int = 16
+    # RPCs served at once (an open v2 stream counts for its whole life); grpc answers more with
+    # RESOURCE_EXHAUSTED. Each may hold one received message (up to max_message_bytes) while the
+    # core decides whether it has room for it. Keep it at or below ``workers``.
+    maximum_concurrent_rpcs: int = 8
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""  # set → mutual TLS: clients must present a certificate signed by it
@@ -112,19 +125,29 @@ class GoalStateService:
             )
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a {message_type.__name__}: {exc}")
 
+    def _admit(self, raw: bytes, source: str, context: grpc.ServicerContext) -> contextlib.ExitStack:
+        """Room in the core for this goal state, held until it is answered; else RESOURCE_EXHAUSTED."""
+        try:
+            return self.core.admit(len(raw), source)
+        except CoreBusy as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry")
+
     def push_v1(self, raw: bytes, context: grpc.ServicerContext) -> pb.GoalStateOperationReply:
         self._authorize(context)
-        message = self._parse(raw, pb.GoalState, context)
-        return to_reply(self.core.apply(decode_v1(message), "grpc-v1", Wire(1, raw)))
+        with self._admit(raw, "grpc-v1", context):
+            message = self._parse(raw, pb.GoalState, context)
+            return to_reply(self.core.apply(decode_v1(message), "grpc-v1", Wire(1, raw)))
 
     def push_v2_stream(
         self, raws: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[pb.GoalStateOperationReply]:
         self._authorize(context)
         for raw in raws:
-            message = self._parse(raw, pb.GoalStateV2, context)
-            requests = decode_v2(message, self.host_ip)
-            yield to_reply(self.core.apply(requests, "grpc-v2", Wire(2, raw, self.host_ip)))
+            with self._admit(raw, "grpc-v2", context):
+                message = self._parse(raw, pb.GoalStateV2, context)
+                requests = decode_v2(message, self.host_ip)
+                reply = to_reply(self.core.apply(requests, "grpc-v2", Wire(2, raw, self.host_ip)))
+            yield reply
 
     def handler(self) -> grpc.GenericRpcHandler:
         serialize = pb.GoalStateOperationReply.SerializeToString
@@ -158,7 +181,11 @@ def start_server(service: GoalStateService, settings: GrpcSettings) -> grpc.Serv
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers), options=options)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.workers),
+        options=options,
+        maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs,
+    )
     server.add_generic_rpc_handlers((service.handler(),))
     creds = _credentials(settings)
     if creds is None:

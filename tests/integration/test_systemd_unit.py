@@ -654,6 +654,16 @@ def test_killed_agent_is_restarted(box: Container) -> None:
 
 
 @diagnosed
+def test_the_memory_ceiling_and_oom_preference_apply_to_the_running_agent(box: Container) -> None:
+    pid = box.ensure_active()
+    memory_max = re.findall(r"^MemoryMax=(\d+)G$", UNIT.read_text(), re.M)
+    oom_adjust = re.findall(r"^OOMScoreAdjust=(-?\d+)$", UNIT.read_text(), re.M)
+    assert len(memory_max) == len(oom_adjust) == 1, f"{UNIT.name}: one MemoryMax (in G), one OOMScoreAdjust"
+    assert int(box.show("MemoryMax")) == int(memory_max[0]) << 30
+    assert box.sh(f"cat /proc/{pid}/oom_score_adj").stdout.strip() == oom_adjust[0]
+
+
+@diagnosed
 def test_reload_changes_the_log_level_without_a_restart(box: Container) -> None:
     pid = box.ensure_active()
     flows = box.agent_flows()

@@ -95,3 +95,22 @@ def test_grpc_tls_flags_and_pinned_clients(tmp_path: pathlib.Path) -> None:
 )
 def test_which_addresses_stay_on_the_host(address: str, local: bool) -> None:
     assert is_local(address) is local
+
+
+def test_bounds_parse_and_a_zero_is_refused(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text("[agent]\ncore_queue_mb = 16\n[grpc]\nmax_message_mb = 8\nmaximum_concurrent_rpcs = 2\n")
+    cfg = load_file(str(path))
+    grpc = cfg.grpc
+    assert (cfg.core_queue_mb, grpc.max_message_bytes, grpc.maximum_concurrent_rpcs) == (16, 8 << 20, 2)
+    defaults = from_args([])
+    assert (defaults.core_queue_mb, defaults.grpc.max_message_bytes) == (64, 64 << 20)
+    zeros = (
+        "[agent]\ncore_queue_mb = 0",
+        "[grpc]\nmaximum_concurrent_rpcs = 0",
+        "[grpc]\nmax_message_mb = 0",
+    )
+    for text in zeros:
+        path.write_text(text)
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            load_file(str(path))
