@@ -28,6 +28,7 @@ import pathlib
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import grpc
 
@@ -37,6 +38,8 @@ from agent.config import AgentConfig
 from agent.model.decode import decode_v2
 from agent.sandbox import goalstates as gs
 from bench.common import rss_mb, sandbox
+
+UNLIMITED_REPLIES = [("grpc.max_receive_message_length", -1)]  # a 100,000-status reply is ~6 MB
 
 HOST = "host1"
 MiB = 1024 * 1024
@@ -76,17 +79,16 @@ def push(
 
 
 def flood(
-    target: str, messages: list, clients: int, pushes: int, timeout: float = 600.0
+    connect: Callable[[], grpc.Channel], messages: list, clients: int, pushes: int, timeout: float = 600.0
 ) -> collections.Counter[str]:
-    """Each client, on its own connection, pushes ``messages`` in turn ``pushes`` times, every
-    client starting at once. Outcomes: the replies' statuses (e.g. "SUCCESS"), or
+    """Each client, on its own connection (``connect()``), pushes ``messages`` in turn ``pushes``
+    times, every client starting at once. Outcomes: the replies' statuses (e.g. "SUCCESS"), or
     "RESOURCE_EXHAUSTED:core" / ":grpc" (who refused), or another code."""
-    options = [("grpc.max_receive_message_length", -1)]
     outcomes: collections.Counter[str] = collections.Counter()
     start = threading.Barrier(clients)
 
     def client(first: int) -> None:
-        with grpc.insecure_channel(target, options=options) as channel:
+        with connect() as channel:
             stub = goalstate_pb2_grpc.GoalStateProvisionerStub(channel)
             start.wait()
             for n in range(pushes):
@@ -147,14 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         pid = host.agent_pid
         assert pid is not None
         idle = rss_mb(pid)
-        with grpc.insecure_channel(host.grpc, options=[("grpc.max_receive_message_length", -1)]) as channel:
+        with box.channel(HOST, UNLIMITED_REPLIES) as channel:
             t0 = time.perf_counter()
             reply = push(goalstate_pb2_grpc.GoalStateProvisionerStub(channel), v2, 600.0)
             first_s = time.perf_counter() - t0
         assert {s.operation_status for s in reply.operation_statuses} == {pb.SUCCESS}
         state = rss_mb(pid)
         t0 = time.perf_counter()
-        outcomes = flood(host.grpc, [v2, v1], args.clients, args.pushes)
+        outcomes = flood(lambda: box.channel(HOST, UNLIMITED_REPLIES), [v2, v1], args.clients, args.pushes)
         flood_s = time.perf_counter() - t0
         peak = rss_mb(pid, "VmHWM")
         refused = box.control(HOST, "status")["counters"].get("goal_states_refused_busy", 0)

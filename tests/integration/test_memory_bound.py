@@ -21,7 +21,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 
-import grpc
 import pytest
 
 from agent._pb import goalstate_pb2_grpc as pb_grpc
@@ -31,7 +30,7 @@ from agent.sandbox.kafka import KafkaBroker, running_broker
 from agent.sandbox.ovs import process_gone
 from agent.sandbox.poll import wait_for
 from bench.common import rss_mb
-from bench.memory_flood import SUBNET, VPC, alcor_states, ceiling_mb, flood, push
+from bench.memory_flood import SUBNET, UNLIMITED_REPLIES, VPC, alcor_states, ceiling_mb, flood, push
 from tests.support.agent_host import scratch_sandbox, status_by_id
 from tests.support.kafka_agent import agent_config, committed_offset
 from tests.support.parts import require_ovs, require_tansu
@@ -79,13 +78,13 @@ def kafka_sandbox() -> Iterator[tuple[Sandbox, KafkaBroker]]:
         yield sb, broker
 
 
-def hold_maximum_size_state(host: HostInfo) -> list:
+def hold_maximum_size_state(sandbox: Sandbox, host: HostInfo) -> list:
     """Push a maximum-size goal state once (programmed); its states, for the flood to repeat."""
     held = alcor_states(NEIGHBOURS)
     v2 = g.goal_state_v2(*held, host_ip=host.underlay_ip)
     size = v2.ByteSize()
     assert 0.9 * (MAX_MESSAGE_MB << 20) < size <= MAX_MESSAGE_MB << 20, f"not maximum-size: {size} bytes"
-    with grpc.insecure_channel(host.grpc, options=[("grpc.max_receive_message_length", -1)]) as channel:
+    with sandbox.channel(host.name, UNLIMITED_REPLIES) as channel:
         first = push(pb_grpc.GoalStateProvisionerStub(channel), v2, TIMEOUT)
     assert set(status_by_id(first).values()) == {"SUCCESS"}
     return [v2, g.goal_state_v1(*held)]
@@ -97,10 +96,12 @@ def test_a_flood_of_maximum_size_pushes_stays_under_the_ceiling_and_the_agent_an
     host = sandbox.host(HOST)
     pid = host.agent_pid
     assert pid is not None
-    messages = hold_maximum_size_state(host)
+    messages = hold_maximum_size_state(sandbox, host)
     state_rss = rss_mb(pid)  # the state held; the flood adds none
 
-    outcomes = flood(host.grpc, messages, CLIENTS, PUSHES, TIMEOUT)
+    outcomes = flood(
+        lambda: sandbox.channel(host.name, UNLIMITED_REPLIES), messages, CLIENTS, PUSHES, TIMEOUT
+    )
 
     peak = rss_mb(pid, "VmHWM")
     ceiling = ceiling_mb(state_rss, CORE_QUEUE_MB, MAX_RPCS, MAX_MESSAGE_MB)
@@ -126,10 +127,12 @@ def test_kafka_goal_states_produced_during_a_flood_wait_for_room_and_none_is_los
 ) -> None:
     sb, broker = kafka_sandbox
     host = sb.host(HOST)
-    messages = hold_maximum_size_state(host)
+    messages = hold_maximum_size_state(sb, host)
     outcomes: Counter[str] = Counter()
     pushes = threading.Thread(
-        target=lambda: outcomes.update(flood(host.grpc, messages, CLIENTS, PUSHES, TIMEOUT))
+        target=lambda: outcomes.update(
+            flood(lambda: sb.channel(host.name, UNLIMITED_REPLIES), messages, CLIENTS, PUSHES, TIMEOUT)
+        )
     )
     pushes.start()
     ids = [f"nb-kafka-{i}" for i in range(5)]
