@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from agent.intake.grpc_server import GrpcSettings
+from agent.version import version
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def load_file(path: str) -> AgentConfig:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aca-agent", description="Alcor host agent")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("--config", help="TOML config file (every key optional)")
     p.add_argument("--host-id")
     p.add_argument("--underlay-ip", help="this host's tunnel endpoint address")

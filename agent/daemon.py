@@ -84,6 +84,7 @@ class Agent:
                 "host_id": cfg.host_id,
                 "underlay_ip": cfg.underlay_ip,
                 "bridge": cfg.ovs.bridge,
+                "ovs_rundir": cfg.ovs.rundir,
                 "started": time.time(),
                 "state_dir": cfg.state_dir,
                 "state_recovery": dataclasses.asdict(self.store.recovery),
