@@ -34,7 +34,8 @@ _DROP_REASONS = {
 }
 
 _ENGINES = {"dhcp_engine": "to the DHCP engine", "routing_engine": "to the routing engine"}
-_STEP = re.compile(r"^\s*(\d+)\. (.*?)(?:, priority (\d+))?(?:, cookie (0x[0-9a-f]+))?$")
+_STEP = re.compile(r"^\s*(\d+)\. (.*)$")
+_HEAD = re.compile(r"^(?:(.*), )?priority (\d+)(?:, cookie (0x[0-9a-f]+))?$")
 _BRIDGE = re.compile(r'^bridge\("([^"]+)"\)')
 
 
@@ -62,7 +63,8 @@ class Step:
 
 def parse_steps(output: str, bridge: str) -> list[Step]:
     """The steps ``ofproto/trace`` printed for ``bridge`` (recirculations included, in order);
-    other bridges (the underlay's) and notes (``->``) are left out."""
+    other bridges (the underlay's), notes (``->``) and the ``drop`` OVS prints after a ``ct``
+    action (the packet goes on in its recirculation, or after the commit) are left out."""
     steps: list[Step] = []
     current_bridge = ""
     for line in output.splitlines():
@@ -70,25 +72,27 @@ def parse_steps(output: str, bridge: str) -> list[Step]:
         if b:
             current_bridge = b.group(1)
             continue
-        if current_bridge != bridge or line.startswith(("Final flow:", "Megaflow:", "Datapath actions:")):
-            if line.startswith("Final flow:"):
-                current_bridge = ""
+        if line.startswith(("Final flow:", "Megaflow:", "Datapath actions:")):
+            current_bridge = ""
+        if current_bridge != bridge:
             continue
         m = _STEP.match(line)
         if m:
-            table, match, priority, cookie = m.groups()
-            steps.append(
-                Step(
-                    int(table),
-                    match,
-                    int(priority) if priority else None,
-                    int(cookie, 16) if cookie else None,
-                )
-            )
+            table, rest = int(m.group(1)), m.group(2)
+            head = _HEAD.match(rest)
+            if head is None:  # "No match."
+                steps.append(Step(table, rest, None, None))
+            else:
+                match, priority, cookie = head.groups()
+                steps.append(Step(table, match or "", int(priority), int(cookie, 16) if cookie else None))
             continue
         text = line.strip()
-        if steps and text and not text.startswith(("->", "thaw", "Resuming from table")):
-            steps[-1].actions.append(text)
+        if not steps or not text or text.startswith(("->", "thaw", "Resuming from table", "---")):
+            continue
+        actions = steps[-1].actions
+        if text == "drop" and actions and actions[-1].startswith("ct("):
+            continue
+        actions.append(text)
     return steps
 
 
@@ -98,17 +102,17 @@ def annotate(steps: list[Step], info: dict[str, Any]) -> None:
     for step in steps:
         step.table_name = TABLE_NAMES.get(step.table, str(step.table))
         if step.cookie is None:
-            step.owner = "-" if step.match != "No match." else "(no flow)"
+            step.owner = "(no flow)" if step.priority is None else "not the agent's"
             continue
         kind = kind_of(step.cookie)
         step.owner = owners.get(step.cookie) or (f"{kind.name.lower()}:?" if kind else "not the agent's")
 
 
 def verdict(steps: list[Step], info: dict[str, Any]) -> dict[str, Any]:
-    """Where the packet goes: every output (VM port, tunnel + remote host, the DHCP or routing
-    engine, back out of its in port), else the drop: the table it stopped in and why."""
+    """Where the packet goes: every output (VM port, tunnel + remote host and the neighbour
+    whose flow sent it there, the DHCP or routing engine, back out of its in port), else the
+    drop: the table it stopped in and why."""
     ports = {p["ofport"]: p["id"] for p in info["ports"] if p["ofport"] is not None}
-    hosts = {n["host_ip"]: n["id"] for n in info["neighbours"]}
     outputs: list[dict[str, Any]] = []
     tun_dst = ""
     for step in steps:
@@ -125,8 +129,6 @@ def verdict(steps: list[Step], info: dict[str, Any]) -> dict[str, Any]:
                 continue
             if port == info["tunnel_ofport"]:
                 out = {"to": "tunnel", "remote_host": tun_dst, "owner": step.owner}
-                if tun_dst in hosts:
-                    out["neighbour_on_host"] = hosts[tun_dst]
             elif port == info["dhcp_ofport"]:
                 out = {"to": "dhcp_engine"}
             elif port == info["route_ofport"]:
@@ -153,8 +155,7 @@ def describe(v: dict[str, Any]) -> str:
     parts = []
     for out in v["outputs"]:
         if out["to"] == "tunnel":
-            via = f" (neighbour {out['neighbour_on_host']}'s host)" if "neighbour_on_host" in out else ""
-            parts.append(f"tunnel to {out['remote_host']}{via}, by {out['owner']}")
+            parts.append(f"tunnel to host {out['remote_host']}, by {out['owner']}")
         elif out["to"] == "port":
             parts.append(f"port {out['port']} (ofport {out['ofport']})")
         elif out["to"] == "in_port":
