@@ -47,7 +47,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 COLUMNS = {
@@ -218,10 +218,10 @@ def _run(args: argparse.Namespace) -> int:
         result = request(sock, "check", timeout=60)
         if not result["ok"] and args.repair:
             repaired = request(sock, "resync", timeout=120)
-            result = {**request(sock, "check", timeout=60), "repaired": repaired, "drift_before": result}
             if not args.json:
-                print(f"DRIFT repaired by a resync: added={repaired['added']} deleted={repaired['deleted']}")
-                _print_check(result["drift_before"])
+                _print_check(result)
+                print(f"repaired by a resync: added={repaired['added']} deleted={repaired['deleted']}")
+            result = {**request(sock, "check", timeout=60), "repaired": repaired, "drift_before": result}
         _emit(args, result, _print_check)
         return 0 if result["ok"] else NOT_OK
     if args.command == "resync":

@@ -36,6 +36,7 @@ _DROP_REASONS = {
 _ENGINES = {"dhcp_engine": "to the DHCP engine", "routing_engine": "to the routing engine"}
 _STEP = re.compile(r"^\s*(\d+)\. (.*)$")
 _HEAD = re.compile(r"^(?:(.*), )?priority (\d+)(?:, cookie (0x[0-9a-f]+))?$")
+_GOTO = re.compile(r"goto_table:(\d+)")
 _BRIDGE = re.compile(r'^bridge\("([^"]+)"\)')
 
 
@@ -239,12 +240,18 @@ def trace(args: argparse.Namespace, info: dict[str, Any]) -> dict[str, Any]:
     return {"packet": flow, "steps": [s.as_dict() for s in steps], **verdict(steps, info)}
 
 
+def _named_gotos(action: str) -> str:
+    return _GOTO.sub(lambda m: f"goto_table:{TABLE_NAMES.get(int(m[1]), m[1])}", action)
+
+
 def render(result: dict[str, Any]) -> str:
     lines = [f"packet: {result['packet']}"]
     for s in result["steps"]:
-        prio = f" priority={s['priority']}" if s["priority"] is not None else ""
-        lines.append(f"  {s['table_name']:<17} {s['owner']:<28}{prio} {s['match']}")
+        head = " ".join(
+            x for x in (f"priority={s['priority']}" if s["priority"] is not None else "", s["match"]) if x
+        )
+        lines.append(f"  {s['table_name']:<17} {s['owner']:<28} {head}")
         for action in s["actions"]:
-            lines.append(f"  {'':<17}   {action}")
+            lines.append(f"  {'':<17}   {_named_gotos(action)}")
     lines.append(describe(result))
     return "\n".join(lines)

@@ -119,7 +119,7 @@ def test_check_reports_drift_per_owner_and_repair_fixes_it(box: Sandbox) -> None
 
     repaired = acactl(box, "check", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert "repaired by a resync: added=1 deleted=1" in repaired.stdout, repaired.stdout
+    assert "\nrepaired by a resync: added=1 deleted=1\nok: " in repaired.stdout, repaired.stdout
     assert acactl(box, "check").returncode == 0
     assert box.ping("a", VMS["d"][2], count=1).returncode == 0
 
