@@ -236,7 +236,11 @@ def _resync(core: AgentCore) -> dict[str, Any]:
     if not core.dataplane_ready:
         raise RuntimeError("the dataplane is not ready: the agent resyncs by itself once OVS is back")
     core.counters["operator_resyncs"] += 1
-    result = core.resync()
+    try:
+        result = core.resync()
+    except (ConnectionError, TimeoutError) as exc:  # as for a bundle: the outcome is unknown
+        core.dataplane_lost()
+        raise RuntimeError(f"resync failed ({exc}); the agent repairs by itself") from exc
     return {
         "added": result.added,
         "deleted": result.deleted,
@@ -248,7 +252,8 @@ def _resync(core: AgentCore) -> dict[str, Any]:
 def _plan(core: AgentCore, requests: list[Request]) -> dict[str, Any]:
     """The decoded goal state planned on a copy of the held state: per resource its
     status-to-be and owners, and the flows its bundle would add, change and remove."""
-    result = preview(core.planner, core.reconciler, requests, core.dataplane_ready)
+    ready = core.dataplane_ready
+    result = preview(core.planner, core.reconciler, requests, ready, retrying=bool(core.failed) or not ready)
 
     def flows(bucket: dict[Owner, list[Flow]]) -> list[dict[str, str]]:
         return [
@@ -288,6 +293,7 @@ def _trace_info(core: AgentCore, info: dict[str, Any]) -> dict[str, Any]:
     return {
         "bridge": info.get("bridge", "br-int"),
         "ovs_rundir": info.get("ovs_rundir", ""),
+        "underlay_ip": info.get("underlay_ip", ""),
         "tunnel_ofport": planner.tunnel_ofport,
         "dhcp_ofport": planner.dhcp_ofport,
         "route_ofport": planner.route_ofport,
@@ -308,6 +314,7 @@ def _trace_info(core: AgentCore, info: dict[str, Any]) -> dict[str, Any]:
                 "mac": n.mac,
                 "host_ip": n.host_ip,
                 "ips": [ip for _v, ip in state.neighbor_segments(n)],
+                "segments": sorted({vni for vni, _ip in state.neighbor_segments(n)}),
             }
             for n in state.neighbors.values()
         ],
@@ -328,8 +335,8 @@ def handle(core: AgentCore, request: dict[str, Any], info: dict[str, Any]) -> An
         log.warning("event=log_level_set level=%s by=control_socket", level.lower())
         return {"level": level.lower()}
     if what == "plan":  # version (1, 2), message (base64 protobuf), host_ip (V2; default this host)
-        wire = Wire(int(request.get("version", 2)), base64.b64decode(request["message"]),
-                    str(request.get("host_ip") or info.get("underlay_ip", "")))  # fmt: skip
+        host_ip = str(request.get("host_ip") or info.get("underlay_ip", ""))
+        wire = Wire(int(request.get("version", 2)), base64.b64decode(request["message"]), host_ip)
         requests = decode_wire(wire)  # here, not on the worker: decoding needs no state
         return core.call(lambda: _plan(core, requests)).result(60)
     if what == "resync":

@@ -3,7 +3,9 @@
 The planner is pure over the desired state and its own indexes, so a copy of both takes the
 goal state exactly as the core would: the same ``apply``, ``touch`` and per-owner ``flows``.
 The copy is diffed against the reconciler's mirror the way a bundle is built
-(``FlowReconciler._stream``), and then dropped: nothing the core holds is touched.
+(``FlowReconciler._stream``), and then dropped: nothing the core holds is touched. The copy is
+made on the worker (one consistent state), about 25 µs per held resource (~0.5 s with 20,000
+neighbours), during which goal states wait.
 """
 
 from __future__ import annotations
@@ -47,20 +49,25 @@ def _copy_planner(planner: Planner) -> Planner:
 
 
 def preview(
-    planner: Planner, reconciler: FlowReconciler, requests: list[Request], dataplane_ready: bool
+    planner: Planner,
+    reconciler: FlowReconciler,
+    requests: list[Request],
+    dataplane_ready: bool,
+    retrying: bool = False,
 ) -> Preview:
     """Apply ``requests`` to a copy of the planner's state; per resource its status-to-be, and
-    per owner the flows the bundle would add, replace and delete."""
+    per owner the flows the bundle would add, replace and delete. As in the core, every changed
+    resource is planned (context ones too), and with ``retrying`` (owners failed, or the switch
+    away) the unchanged ones a goal state resends as well."""
     shadow = _copy_planner(planner)
     outcomes = shadow.state.apply(requests)
     out = Preview()
     owners: set[Owner] = set()
     for o in outcomes:
         req = o.request
-        if not req.acted_on:
-            continue
         row = ResourcePreview(req.type, req.id, req.op, o.status, o.reason)
-        if o.changed:
+        resent = retrying and o.status is Status.SUCCESS and req.op is not Op.DELETE
+        if o.changed or resent:
             try:
                 touched = shadow.touch(req.type, req.id)
             except Exception as exc:  # as the core does: this resource fails alone
@@ -68,6 +75,8 @@ def preview(
             else:
                 row.owners = sorted(touched)
                 owners |= touched
+        if not req.acted_on:
+            continue
         if row.status is Status.SUCCESS:
             pending = req.op is not Op.DELETE and req.type is ResourceType.PORT and shadow.is_pending(req.id)
             if pending or (row.owners and not dataplane_ready):

@@ -175,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--v1", action="store_true", help="the file is a V1 GoalState")
     plan.add_argument("--host-ip", help="decode a V2 goal state for this host (default: the agent's)")
     tr = sub.add_parser("trace", help="a packet through the flows OVS holds, each step's owner named")
-    tr.add_argument("--in-port", required=True, help="VM port id (or an ofport number)")
+    tr.add_argument("--in-port", required=True, help="VM port id, 'tunnel' (from a remote host) or an ofport")
     tr.add_argument("--proto", choices=["icmp", "tcp", "udp", "arp", "dhcp"], default="icmp")
     tr.add_argument("--src-mac", help="default: the port's MAC")
     tr.add_argument("--dst-mac", help="default: the destination IP's holder, or the gateway if routed")
@@ -183,6 +183,8 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--dst-ip")
     tr.add_argument("--src-port", type=int, default=40000)
     tr.add_argument("--dst-port", type=int, default=80)
+    tr.add_argument("--tun-src", help="from the tunnel: the remote host (default: --src-ip's neighbour's)")
+    tr.add_argument("--tun-id", type=int, help="from the tunnel: the VNI (default: the destination's)")
     comp = sub.add_parser("completion", help="print a shell completion script")
     comp.add_argument("shell", choices=["bash"])
     return p

@@ -168,38 +168,59 @@ def describe(v: dict[str, Any]) -> str:
     return "OUTPUT: " + "; ".join(parts)
 
 
+def _holder(ip: str | None, info: dict[str, Any]) -> dict[str, Any] | None:
+    """The port or neighbour holding ``ip``."""
+    return next((h for h in (*info["ports"], *info["neighbours"]) if ip and ip in h["ips"]), None)
+
+
+def _from_tunnel(args: argparse.Namespace, info: dict[str, Any]) -> tuple[str, str, str]:
+    """(in fields, source MAC, source IP) of a packet arriving over VXLAN: from the remote
+    neighbour holding --src-ip, in the segment of its destination, unless told otherwise."""
+    if info["tunnel_ofport"] is None:
+        raise ValueError("this agent has no tunnel port yet")
+    src, dst = _holder(args.src_ip, info), _holder(args.dst_ip, info)
+    tun_src = args.tun_src or (src or {}).get("host_ip")
+    vni = args.tun_id or (dst or {}).get("segment") or next(iter((src or {}).get("segments", ())), None)
+    if not (tun_src and vni and args.src_ip):
+        raise ValueError("from the tunnel: give --src-ip (a neighbour's), or --tun-src and --tun-id")
+    fields = f"in_port={info['tunnel_ofport']},tun_id={vni},tun_src={tun_src},tun_dst={info['underlay_ip']}"
+    return fields, args.src_mac or (src or {}).get("mac", ""), args.src_ip
+
+
 def packet(args: argparse.Namespace, info: dict[str, Any]) -> str:
     """The ``ofproto/trace`` flow for the packet described by ``args``; the VM port's own MAC
     and first IP are the defaults for the source, the destination IP's holder (or the port's
     gateway, for an address outside its subnet) for the destination MAC."""
     port = next((p for p in info["ports"] if args.in_port in (p["id"], str(p["ofport"]))), None)
-    if port is None:
+    if args.in_port == "tunnel":
+        in_fields, src_mac, src_ip = _from_tunnel(args, info)
+    elif port is None:
         if not args.in_port.isdigit():
-            raise ValueError(f"no port {args.in_port!r} on this agent (give its id or an ofport number)")
-        in_port, src_mac, src_ip = int(args.in_port), args.src_mac, args.src_ip
+            raise ValueError(f"no port {args.in_port!r} on this agent (a port id, 'tunnel' or an ofport)")
+        in_fields, src_mac, src_ip = f"in_port={args.in_port}", args.src_mac, args.src_ip
     else:
         if port["ofport"] is None:
             raise ValueError(f"port {port['id']} is not bound to an OVS interface yet (pending)")
-        in_port = port["ofport"]
+        in_fields = f"in_port={port['ofport']}"
         src_mac = args.src_mac or port["mac"]
         src_ip = args.src_ip or (port["ips"][0] if port["ips"] else "0.0.0.0")
     if args.proto == "dhcp":
         return (
-            f"udp,in_port={in_port},dl_src={src_mac},dl_dst=ff:ff:ff:ff:ff:ff,"
+            f"udp,{in_fields},dl_src={src_mac},dl_dst=ff:ff:ff:ff:ff:ff,"
             "nw_src=0.0.0.0,nw_dst=255.255.255.255,nw_ttl=64,udp_src=68,udp_dst=67"
         )
     if not args.dst_ip:
         raise ValueError("--dst-ip is needed (except for --proto dhcp)")
     dst_mac = args.dst_mac or _dst_mac(args.dst_ip, port, info)
     if not src_mac or not dst_mac:
-        raise ValueError("give --src-mac and --dst-mac (the in port is not one of the agent's ports)")
+        raise ValueError("give --src-mac and --dst-mac (not found among the agent's ports and neighbours)")
     if args.proto == "arp":
         return (
-            f"arp,in_port={in_port},dl_src={src_mac},dl_dst=ff:ff:ff:ff:ff:ff,arp_op=1,"
+            f"arp,{in_fields},dl_src={src_mac},dl_dst=ff:ff:ff:ff:ff:ff,arp_op=1,"
             f"arp_spa={src_ip},arp_tpa={args.dst_ip},arp_sha={src_mac}"
         )
     base = (
-        f"{args.proto},in_port={in_port},dl_src={src_mac},dl_dst={dst_mac},"
+        f"{args.proto},{in_fields},dl_src={src_mac},dl_dst={dst_mac},"
         f"nw_src={src_ip},nw_dst={args.dst_ip},nw_ttl=64"
     )
     if args.proto == "icmp":
@@ -212,7 +233,7 @@ def _dst_mac(dst_ip: str, port: dict[str, Any] | None, info: dict[str, Any]) -> 
     cidr = (port or {}).get("cidr")
     if cidr and ipaddress.ip_address(dst_ip) not in ipaddress.ip_network(cidr):
         return str(port.get("gateway_mac", "")) if port else ""
-    holder = next((h for h in (*info["ports"], *info["neighbours"]) if dst_ip in h["ips"]), None)
+    holder = _holder(dst_ip, info)
     return holder["mac"] if holder else ""
 
 

@@ -169,6 +169,16 @@ def test_trace_across_vxlan(box: Sandbox) -> None:
     assert _owners(result)[-1] == ("L2_LOOKUP", "neighbor:port-b")
 
 
+def test_trace_from_the_tunnel_to_a_local_port(box: Sandbox) -> None:
+    """What host2's VM b sends to c arrives on host1 over VXLAN: the source, its host and the
+    VNI come from the neighbour holding b's address."""
+    result = _trace(box, "--in-port", "tunnel", "--src-ip", VMS["b"][2], "--dst-ip", VMS["c"][2])
+    assert f"tun_src={box.host('host2').underlay_ip}" in result["packet"], result["packet"]
+    assert result["outputs"] == [{"to": "port", "port": "port-c", "ofport": _ofport(box, "port-c")}]
+    assert _owners(result)[0] == ("CLASSIFY", "base:base")  # the tunnel's intake is the skeleton's
+    assert _owners(result)[-1] == ("L2_LOOKUP", "port:port-c")
+
+
 def test_trace_routed_by_the_dvr(box: Sandbox) -> None:
     result = _trace(box, "--in-port", "port-a", "--dst-ip", VMS["b"][2])  # dst MAC: the gateway's
     assert f"dl_dst={GW1[1]}" in result["packet"]

@@ -90,6 +90,21 @@ def _texts(flows: Any) -> list[str]:
     return sorted(f.text(TABLE_NAMES) for f in flows)
 
 
+def test_plan_of_a_changed_context_subnet_lists_exactly_the_bundle(core: AgentCore) -> None:
+    """A subnet sent as context (INFO) with a new gateway MAC: nothing acted on, yet its router,
+    ports and neighbours are re-planned, as the push then does."""
+    moved = gs.subnet("s1", "v1", "10.0.1.0/24", 100, GW[0], "fa:16:3e:aa:00:99", revision=2)
+    plan = _plan(core, CONTEXT[0], moved)
+    assert plan["resources"] == []
+    driver: RecordingDriver = core.reconciler.driver  # type: ignore[assignment]
+    sent = len(driver.bundles)
+    _push(core, CONTEXT[0], moved)
+    ((deletes, adds),) = driver.bundles[sent:]
+    assert sorted(r["flow"] for r in plan["added"] + plan["changed"]) == _texts(adds)
+    assert sorted(r["flow"] for r in plan["removed"]) == _texts(deletes)
+    assert any("fa:16:3e:aa:00:99" in r["flow"] for r in plan["added"] + plan["changed"])
+
+
 def test_plan_changes_nothing_and_lists_exactly_the_bundle(core: AgentCore) -> None:
     change = (
         *CONTEXT,
