@@ -191,6 +191,12 @@ def test_trace_routed_by_the_dvr(box: Sandbox) -> None:
     assert out["to"] == "tunnel" and out["remote_host"] == box.host("host2").underlay_ip
 
 
+def test_trace_routed_without_a_host_route_goes_to_the_routing_engine(box: Sandbox) -> None:
+    result = _trace(box, "--in-port", "port-a", "--dst-ip", "10.1.2.99")  # nobody holds it
+    assert result["outputs"] == [{"to": "routing_engine"}], result
+    assert _owners(result)[-1] == ("L3_ROUTING", "base:base")  # the table's miss: punted
+
+
 def test_trace_dhcp_request_goes_to_the_responder(box: Sandbox) -> None:
     result = _trace(box, "--in-port", "port-a", "--proto", "dhcp")
     assert result["outputs"] == [{"to": "dhcp_engine"}], result
