@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from agent.cli.acactl import read_goal_state
 from agent.control import handle
 from agent.core import AgentCore
 from agent.model.decode import Wire, decode_wire
@@ -147,3 +148,14 @@ def test_plan_says_what_would_be_refused_or_pending(core: AgentCore) -> None:
     assert rows["p4"]["status"] == "INVALID_ARG" and "outside subnet" in rows["p4"]["reason"]
     assert rows["n3"]["status"] == "INVALID_ARG" and "neighbor n1" in rows["n3"]["reason"]
     assert not any(r["owner"] == "port:p3" for r in plan["added"])  # unbound: no flows yet
+
+
+def test_plan_of_a_v1_goal_state_read_from_a_binary_file(core: AgentCore, tmp_path: Any) -> None:
+    """acactl's reader takes binary protobuf (or JSON); a V1 goal state is planned like a V2."""
+    msg = gs.goal_state_v1(*CONTEXT, gs.port("p2", "v1", "s2", "10.0.2.8", "fa:16:3e:00:00:08"))
+    path = tmp_path / "gs.bin"
+    path.write_bytes(msg.SerializeToString())
+    version, raw = read_goal_state(str(path), v1=True)
+    plan = handle(core, {"what": "plan", "version": version, "message": base64.b64encode(raw).decode()}, {})
+    assert {r["id"]: r["status"] for r in plan["resources"]} == {"p2": "SUCCESS"}
+    assert {r["owner"] for r in plan["added"]} >= {"port:p2"}
