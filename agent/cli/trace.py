@@ -21,7 +21,7 @@ from agent.planner.cookies import kind_of
 from agent.planner.pipeline import TABLE_NAMES, Table
 
 # Why a packet that stops in a table is dropped there (the table's miss or its drop flows).
-_DROP_REASONS = {
+_DROP_REASONS: dict[int, str] = {
     Table.CLASSIFY: "unknown in port: neither a bound VM port nor the tunnel",
     Table.PORT_SECURITY: "port security: the source MAC/IP is not the port's own (nor an allowed pair)",
     Table.SG_EGRESS: "security group: not admitted to conntrack",
@@ -110,9 +110,9 @@ def annotate(steps: list[Step], info: dict[str, Any]) -> None:
 
 
 def verdict(steps: list[Step], info: dict[str, Any]) -> dict[str, Any]:
-    """Where the packet goes: every output (VM port, tunnel + remote host and the neighbour
-    whose flow sent it there, the DHCP or routing engine, back out of its in port), else the
-    drop: the table it stopped in and why."""
+    """Where the packet goes: every output (VM port, tunnel + remote host and the owner of the
+    flow that sent it there, the DHCP or routing engine, back out of its in port), else the
+    drop: the table it stopped in, the owner of the flow it stopped at, and why."""
     ports = {p["ofport"]: p["id"] for p in info["ports"] if p["ofport"] is not None}
     outputs: list[dict[str, Any]] = []
     tun_dst = ""
@@ -144,7 +144,7 @@ def verdict(steps: list[Step], info: dict[str, Any]) -> dict[str, Any]:
     last = steps[-1] if steps else None
     if last is None:
         return {"verdict": "drop", "table": "", "reason": "OVS traced no step"}
-    reason = _DROP_REASONS.get(last.table, f"no flow in {last.table_name} sends it on")  # type: ignore[call-overload]
+    reason = _DROP_REASONS.get(last.table, f"no flow in {last.table_name} sends it on")
     if last.match == "No match.":
         reason = f"no flow matches in {last.table_name}"
     return {"verdict": "drop", "table": last.table_name, "owner": last.owner, "reason": reason}
