@@ -2,7 +2,8 @@
 packet, preview a goal state; resync and set-log-level act (they need the socket's access too).
 
 Exit codes: 0 yes / done, 1 the agent could not be asked (or refused), 2 usage, 3 the answer is
-no: drift (`check`), not ready or owners failed (`status`).
+no: drift (`check`), not ready or owners failed (`status`), a resource the goal state would not
+get accepted (`plan`: INVALID_ARG, OUT_OF_ORDER or FAILURE).
 """
 
 from __future__ import annotations
@@ -245,7 +246,8 @@ def _run(args: argparse.Namespace) -> int:
             params["host_ip"] = args.host_ip
         result = request(sock, "plan", timeout=90, **params)
         _emit(args, result, _print_plan)
-        return 0
+        refused = [r for r in result["resources"] if r["status"] not in ("SUCCESS", "PENDING")]
+        return NOT_OK if refused else 0
     if args.command == "trace":
         result = trace.trace(args, request(sock, "trace_info"))
         _emit(args, result, lambda r: print(trace.render(r)))

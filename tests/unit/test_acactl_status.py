@@ -1,5 +1,6 @@
-"""`acactl status` and `set-log-level` through a real control socket on a real core (in-memory
-switch): the exit code says whether the agent is ready with every owner programmed."""
+"""`acactl status`, `plan` and `set-log-level` through a real control socket on a real core
+(in-memory switch): the exit code says whether the agent is ready with every owner programmed,
+and whether a goal state would be accepted."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from agent.cli import acactl
 from agent.control import ControlServer
@@ -74,3 +76,19 @@ def test_set_log_level_applies_at_once_and_refuses_unknown_levels(agent: Any, ca
             lg.setLevel(level)
     with pytest.raises(RuntimeError, match="unknown log level 'loud'"):
         acactl.request(sock, "set_log_level", level="loud")
+
+
+def test_plan_exit_code_says_whether_the_goal_state_would_be_accepted(
+    agent: Any, tmp_path: Any, capsys: Any
+) -> None:
+    _core, _driver, sock = agent
+    context = (gs.vpc("v1", 100), gs.subnet("s1", "v1", "10.0.1.0/24", 100))
+    good = gs.goal_state_v2(
+        *context, gs.port("p1", "v1", "s1", "10.0.1.5", "fa:16:3e:00:00:05"), host_ip=HOST
+    )
+    bad = gs.goal_state_v2(*context, gs.port("p2", "v1", "s1", "10.0.9.5", "fa:16:3e:00:00:06"), host_ip=HOST)
+    for msg, expected in ((good, 0), (bad, acactl.NOT_OK)):
+        path = tmp_path / "gs.json"
+        path.write_text(json_format.MessageToJson(msg))
+        assert acactl.main(["--socket", sock, "plan", str(path)]) == expected
+    assert "outside subnet s1" in capsys.readouterr().out
