@@ -17,6 +17,12 @@ from setuptools.command.egg_info import egg_info
 ROOT = pathlib.Path(__file__).resolve().parent
 PROTO_DIR = ROOT / "proto"
 PB_PACKAGE = "agent/_pb"
+# The code generator is pinned (pyproject.toml's build requirements say the same), so the
+# generated modules' version guards are known: grpcio-tools 1.85.1 writes gRPC stubs that
+# require grpcio >= 1.85.1 and protobuf modules (its bundled protoc) that require protobuf >= 7.35.1.
+GRPCIO_TOOLS = "1.85.1"
+GRPC_VERSION_GUARD = "1.85.1"
+PROTOBUF_GENCODE = "7.35.1"
 
 
 class GenerateProto(Command):
@@ -78,20 +84,34 @@ setup(
     description="Per-host network control agent for Alcor VPCs (Open vSwitch, gRPC/Kafka goal states)",
     python_requires=">=3.11",
     # agent._pb is generated during the build, after this list is made: name it explicitly,
-    # or a (non-editable) install ships without it.
-    packages=sorted({*find_packages(include=["agent", "agent.*", "bench", "bench.*"]), "agent._pb"}),
+    # or a (non-editable) install ships without it. Only the agent's namespace is installed (the
+    # sandbox is agent.sandbox); bench/ runs from the checkout, never from site-packages.
+    packages=sorted({*find_packages(include=["agent", "agent.*"]), "agent._pb"}),
+    # Floors = the versions agent/_pb is generated for (GRPC_VERSION_GUARD), which
+    # tests/unit/test_packaging.py reads back from the generated modules' own version guards.
     install_requires=[
         "ovs>=3.1",
         "pyroute2>=0.7",
-        "grpcio>=1.60",
-        "protobuf>=4.25",
+        f"grpcio>={GRPC_VERSION_GUARD}",
+        f"protobuf>={PROTOBUF_GENCODE}",
         "confluent-kafka>=2.3",
         "cffi>=1.16",
     ],
     extras_require={
-        "test": ["pytest>=8", "scapy>=2.5", "ruff>=0.5", "grpcio-tools>=1.60", "hypothesis>=6.100"],
-        "bench": ["matplotlib>=3.6"],  # bench.scale's plots
+        "test": [
+            "pytest>=8",
+            "scapy>=2.5",
+            "ruff>=0.5",
+            f"grpcio-tools=={GRPCIO_TOOLS}",
+            "hypothesis>=6.100",
+        ],
+        "bench": ["matplotlib>=3.6"],  # bench.scale's plots (bench/ runs from the checkout)
     },
+    # What the unit's Documentation= names, under the install prefix (/opt/aca-venv in the unit).
+    data_files=[
+        ("share/doc/aca-agent", ["README.md"]),
+        ("share/doc/aca-agent/docs", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))),
+    ],
     # The DHCP engine (native/dhcp.c, native/dhcp.h) as the cffi extension agent._native.
     cffi_modules=["native/build_ffi.py:ffibuilder"],
     cmdclass={

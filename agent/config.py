@@ -9,6 +9,7 @@ from typing import Any
 
 from agent.intake.controller_client import ControllerSettings
 from agent.intake.grpc_server import GrpcSettings
+from agent.version import version
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def load_file(path: str) -> AgentConfig:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aca-agent", description="Alcor host agent")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("--config", help="TOML config file (every key optional)")
     p.add_argument("--host-id")
     p.add_argument("--underlay-ip", help="this host's tunnel endpoint address")

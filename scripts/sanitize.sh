@@ -25,7 +25,7 @@ trap 'rm -rf "$work"' EXIT
 #    (the copy comes first on sys.path, ahead of the installed build).
 cp -a agent tests native pyproject.toml "$work"/
 rm -f "$work"/agent/_native*.so
-(cd "$work" && ACA_NATIVE_CFLAGS="$SAN" ACA_NATIVE_LDFLAGS="-fsanitize=address,undefined" \
+(cd "$work" && ACA_NATIVE_CFLAGS="-Werror $SAN" ACA_NATIVE_LDFLAGS="-fsanitize=address,undefined" \
     "$VENV/bin/python" native/build_ffi.py >"$work/build.log" 2>&1) || { cat "$work/build.log"; exit 1; }
 asan=$(gcc -print-file-name=libasan.so)
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1"

@@ -5,6 +5,7 @@ namespace behind. Its times are figures, not asserted here."""
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -24,7 +25,11 @@ def _bench_netns() -> set[str]:
 def test_quick_run() -> None:
     before = _bench_netns()
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.restart", "--quick"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "bench.restart", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=pathlib.Path(__file__).resolve().parents[2],  # bench/ runs from the checkout, not installed
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]

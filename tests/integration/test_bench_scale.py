@@ -33,6 +33,7 @@ def test_quick_run(tmp_path: pathlib.Path) -> None:
     before = _bench_netns()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.scale", "--quick", "--no-progress", "--out", str(tmp_path)],
+        cwd=pathlib.Path(__file__).resolve().parents[2],  # bench/ runs from the checkout, not installed
         capture_output=True,
         text=True,
         timeout=900,  # a hang guard, not a speed check: bench.scale prints the figures

@@ -4,6 +4,7 @@ line naming both sides' figures and leaves no namespace of its own behind."""
 
 from __future__ import annotations
 
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ def test_small_run_reports_both_sides() -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=pathlib.Path(__file__).resolve().parents[2],  # bench/ runs from the checkout, not installed
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]

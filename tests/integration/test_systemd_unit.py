@@ -528,6 +528,13 @@ def test_active_only_after_ready(box: Container) -> None:
 
 
 @diagnosed
+def test_the_units_documentation_was_installed_by_readmes_pip_install(box: Container) -> None:
+    (doc,) = box.show("Documentation").split()
+    assert doc.startswith("file:///opt/aca-venv/"), doc
+    box.sh(f"test -s {doc.removeprefix('file://')}")
+
+
+@diagnosed
 def test_goal_state_from_outside_is_applied_and_answered(box: Container) -> None:
     box.ensure_active()
     msg = g.goal_state_v2(
