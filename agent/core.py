@@ -328,7 +328,7 @@ class AgentCore:
                 # The bundle may or may not have been committed: dump, diff and resync before
                 # anything is answered, and keep retrying until that succeeds.
                 log.warning(
-                    "event=dataplane_outcome_unknown error=%r owners=%d action=resync", str(exc), len(owners)
+                    "event=dataplane_outcome_unknown error=%s owners=%d action=resync", str(exc), len(owners)
                 )
                 self.dataplane_lost()
                 self.repair_now()
@@ -367,7 +367,7 @@ class AgentCore:
                 status = Status.PENDING
         if reason:
             log.warning(
-                "event=resource_rejected id=%s type=%s op=%s status=%s reason=%r",
+                "event=resource_rejected id=%s type=%s op=%s status=%s reason=%s",
                 req.id, req.type.name, req.op.name, status.name, reason,
             )  # fmt: skip
         return ResourceStatus(
@@ -476,7 +476,7 @@ class AgentCore:
                 self._program(set(self.failed))
         except Exception as exc:
             self.dataplane_ready = False
-            log.warning("event=repair_failed error=%r retry_in_s=%.1f", str(exc), self._repair_backoff)
+            log.warning("event=repair_failed error=%s retry_in_s=%.1f", str(exc), self._repair_backoff)
         if not self.dataplane_ready or self.failed:
             self.counters["repairs_pending"] += 1
             self._repair_at = time.monotonic() + self._repair_backoff

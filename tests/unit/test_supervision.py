@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from agent.daemon import Agent
+from agent.logs import LogfmtFormatter
 from agent.sandbox.poll import wait_for
 from agent.supervision import Heartbeat, Supervisor
 
@@ -66,7 +67,9 @@ def watched() -> Iterator[Beating]:
 
 
 def thread_died_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=thread_died ")]
+    """As the agent writes them (logfmt values)."""
+    lines = [LogfmtFormatter().message(r) for r in caplog.records]
+    return [line for line in lines if line.startswith("event=thread_died ")]
 
 
 def test_a_loop_that_raises_is_restarted_with_a_doubling_capped_backoff(
