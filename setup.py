@@ -87,6 +87,8 @@ setup(
         "protobuf>=4.25",
         "confluent-kafka>=2.3",
         "cffi>=1.16",
+        "prometheus-client>=0.17",  # [metrics]: the exposition format and its HTTP server
+        "grpcio-health-checking>=1.60",  # grpc.health.v1 on the agent's gRPC server
     ],
     extras_require={
         "test": ["pytest>=8", "scapy>=2.5", "ruff>=0.5", "grpcio-tools>=1.60", "hypothesis>=6.100"],

@@ -224,6 +224,7 @@ class HostDataplane:
             core.call(core.dataplane_lost)
         elif state is State.CONNECTED and self._datapath_id is not None:  # a reconnect
             self._reconnected = True
+            core.counters["openflow_reconnects"] += 1  # (only this thread writes this key)
             core.call(core.repair_now)
 
     def _recover(self) -> None:

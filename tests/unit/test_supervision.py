@@ -20,6 +20,17 @@ from agent.sandbox.poll import wait_for
 from agent.supervision import Heartbeat, Supervisor
 
 
+def fake_agent(stop_event: threading.Event, sup: Supervisor) -> SimpleNamespace:
+    """What ``Agent.run`` reads: the stop event, the supervisor, what the health status needs."""
+    return SimpleNamespace(
+        stop_event=stop_event,
+        supervisor=sup,
+        ready=True,
+        core=SimpleNamespace(dataplane_ready=True),
+        _set_serving=lambda serving: None,
+    )
+
+
 class Flaky:
     """A loop that raises its first ``failures`` runs, then beats until told to stop."""
 
@@ -218,7 +229,7 @@ def test_watchdog_is_pinged_only_while_every_thread_is_healthy(
 ) -> None:
     sup = CountingSupervisor()
     sup.watch("beating", thread_name=watched.thread.name, progress=lambda: watched.last, stall_after=0.3)
-    agent = SimpleNamespace(stop_event=threading.Event(), supervisor=sup)
+    agent = fake_agent(threading.Event(), sup)
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(Agent.run(agent)))  # type: ignore[arg-type]
     runner.start()
@@ -242,7 +253,7 @@ def test_run_returns_non_zero_when_a_thread_died(watched: Beating) -> None:
     stop_event = threading.Event()
     sup = Supervisor(on_fatal=stop_event.set)
     sup.watch("beating", thread_name=watched.thread.name)
-    agent = SimpleNamespace(stop_event=stop_event, supervisor=sup)
+    agent = fake_agent(stop_event, sup)
     watched.end.set()
     watched.thread.join(5)
     assert Agent.run(agent) == 1  # type: ignore[arg-type]

@@ -166,6 +166,8 @@ class OpenFlowConnection:
         self._next_xid = 1
         self._bundle_ids = itertools.count(1)
         self._bundle_lock = threading.Lock()
+        # Called after each committed bundle with (flow-mods, seconds from CLOSE to COMMIT reply).
+        self.on_bundle: Callable[[int, float], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -480,6 +482,7 @@ class Bundle:
         self._queued: list[Flow] = []
         self._command = FlowModCommand.ADD
         self._done = False
+        self._messages = 0  # flow-mods sent in it
 
     def add(self, flows: Sequence[Flow]) -> None:
         self._queue(flows, FlowModCommand.ADD)
@@ -511,6 +514,7 @@ class Bundle:
                 conn._bundles.append(self._errors)
             head = self._control(BundleCtrl.OPEN_REQUEST, self._open_xid)
         first = conn._alloc_xids(len(flows))
+        self._messages += len(flows)
         self._errors.chunks.append((first, flows))
         enc, bid, cmd = codec.encode_bundle_add, self._id, self._command
         conn._write(
@@ -524,6 +528,7 @@ class Bundle:
             self._done = True
             return
         conn = self._conn
+        closing = time.perf_counter()
         close_xid = conn._alloc_xids(1)
         closed = conn._register(close_xid)
         try:
@@ -548,6 +553,8 @@ class Bundle:
             raise
         finally:
             conn._unregister(commit_xid)
+        if conn.on_bundle is not None:
+            conn.on_bundle(self._messages, time.perf_counter() - closing)
 
     def _raise_refused(self) -> None:
         if self._errors.errors:
