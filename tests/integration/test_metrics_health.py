@@ -1,11 +1,13 @@
 """Operability against a real agent in a sandbox host: its Prometheus metrics scraped over HTTP
-move with real goal states and real DHCP traffic (udhcpc in a VM namespace) and agree with what
-OVS holds; its gRPC health service says NOT_SERVING while ovs-vswitchd is gone and SERVING once
-the agent replayed its flows into the restarted switch."""
+move with real goal states and real DHCP traffic (udhcpc in a VM namespace), agree with what
+OVS holds, and show Kafka intake (a real tansu broker in the host's namespace) with librdkafka's
+consumer lag; its gRPC health service says NOT_SERVING while ovs-vswitchd is gone and SERVING
+once the agent replayed its flows into the restarted switch."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import shutil
 import signal
@@ -21,9 +23,11 @@ from agent.intake.grpc_server import SERVICE
 from agent.planner.pipeline import TABLE_NAMES
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
+from agent.sandbox.kafka import running_broker
 from agent.sandbox.poll import wait_for
 from tests.support.agent_host import scratch_sandbox, status_by_id
-from tests.support.parts import missing, require_ovs
+from tests.support.kafka_agent import agent_config, committed_offset
+from tests.support.parts import missing, require_ovs, require_tansu
 
 pytestmark = pytest.mark.integration
 require_ovs()
@@ -186,3 +190,42 @@ def test_health_is_not_serving_while_ovs_vswitchd_is_gone(box: Sandbox) -> None:
     assert value(after, "aca_openflow_reconnects_total") == reconnects + 1
     # Serving again means the switch holds the agent's flows again.
     assert by_label(after, "aca_flows_installed", "table") == ovs_flows_per_table(box)
+
+
+def test_kafka_intake_counts_and_consumer_lag() -> None:
+    require_tansu()
+    topic, group = f"host-{HOST}", f"aca-agent-{HOST}"
+    with contextlib.ExitStack() as stack:
+        sb = stack.enter_context(scratch_sandbox())
+        host = sb.host_up(HOST, agent=False)
+        broker = stack.enter_context(running_broker(netns=host.netns))
+        stack.callback(sb.stop_agent, HOST)  # unwound first: the agent leaves while the broker is up
+        broker.create_topic(topic)
+        broker.create_topic(f"{topic}-replies")
+        config = agent_config(host, broker, f"{topic}-replies", {"statistics.interval.ms": "500"})
+        sb.restart_agent(HOST, agent_args=["--config", str(config), "--metrics-listen", str(METRICS_PORT)])
+        message = gs.goal_state_v2(
+            gs.vpc("vpc-k", 4500),
+            gs.subnet("sn-k", "vpc-k", "10.45.0.0/24", 4500),
+            gs.neighbor("nb-k1", "vpc-k", "sn-k", "10.45.0.9", "fa:16:3e:45:00:09", "172.31.99.3"),
+            host_ip=host.underlay_ip,
+        )
+        applied = broker.produce(topic, message.SerializeToString())
+        poison = broker.produce(topic, b"\xff\xff not a goal state")
+        wait_for(lambda: committed_offset(broker, topic, group) == poison + 1, 30, "both records committed")
+        assert poison == applied + 1
+        got = scrape(sb)
+        assert value(got, "aca_kafka_messages_total", result="applied") == 1
+        assert value(got, "aca_kafka_messages_total", result="poison") == 1
+        assert value(got, "aca_goal_states_total", source="kafka-v2", outcome="success") == 1
+        assert value(got, "aca_resource_statuses_total", type="NEIGHBOR", status="SUCCESS") == 1
+        assert ("aca_kafka_errors_total", frozenset()) in got
+        # librdkafka's statistics (every 500 ms here) report the partition caught up.
+        wait_for(
+            lambda: (
+                ("aca_kafka_consumer_lag", frozenset({("topic", topic), ("partition", "0")})) in scrape(sb)
+            ),
+            30,
+            "the consumer lag of partition 0",
+        )
+        assert value(scrape(sb), "aca_kafka_consumer_lag", topic=topic, partition="0") == 0
