@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -151,15 +150,13 @@ class AgentCollector(Collector):
     def __init__(self, core: AgentCore, kafka: Callable[[], KafkaIntake | None]) -> None:
         self.core = core
         self.kafka = kafka
-        self._lock = threading.Lock()  # one scrape at a time reads the engines
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            yield from self._core()
-            yield from self._flows()
-            yield from self._kafka()
-            yield from self._dhcp()
-            yield from self._routing()
+        yield from self._core()
+        yield from self._flows()
+        yield from self._kafka()
+        yield from self._dhcp()
+        yield from self._routing()
 
     def _core(self) -> Iterator[Metric]:
         core = self.core
