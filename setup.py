@@ -96,6 +96,8 @@ setup(
         f"protobuf>={PROTOBUF_GENCODE}",
         "confluent-kafka>=2.3",
         "cffi>=1.16",
+        "prometheus-client>=0.17",  # [metrics]: the exposition format and its HTTP server
+        "grpcio-health-checking>=1.60",  # grpc.health.v1 on the agent's gRPC server
     ],
     extras_require={
         "test": [

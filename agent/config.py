@@ -9,6 +9,7 @@ from typing import Any
 
 from agent.intake.controller_client import ControllerSettings
 from agent.intake.grpc_server import GrpcSettings
+from agent.metrics import parse_listen
 from agent.version import version
 
 
@@ -86,6 +87,17 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # Prometheus metrics over HTTP (docs/metrics.md). Empty: off. A bare port listens on
+    # 127.0.0.1 only; any other address must be written out ("0.0.0.0:9464", "[::]:9464").
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            parse_listen(self.listen)  # ValueError naming the key
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     host_id: str = ""
     underlay_ip: str = ""
@@ -103,6 +115,7 @@ class AgentConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def kafka_topic(self) -> str:
@@ -142,10 +155,10 @@ def load_file(path: str) -> AgentConfig:
     ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"[{where}] {key} must be a positive integer, not {value!r}")
-    unknown = set(data) - {"agent", "ovs", "grpc", "controller", "kafka", "dhcp", "routing"}
+    unknown = set(data) - {"agent", "ovs", "grpc", "controller", "kafka", "dhcp", "routing", "metrics"}
     if unknown:
         raise ValueError(f"unknown section(s): {', '.join(sorted(unknown))}")
-    nested = set(agent) & {"ovs", "grpc", "kafka", "dhcp", "routing", "config_path"}
+    nested = set(agent) & {"ovs", "grpc", "kafka", "dhcp", "routing", "metrics", "config_path"}
     if nested:
         raise ValueError(f"[agent] cannot set {', '.join(sorted(nested))}")
     return replace(
@@ -157,6 +170,7 @@ def load_file(path: str) -> AgentConfig:
         kafka=_section(KafkaConfig, dict(data.get("kafka", {})), "kafka"),
         dhcp=_section(DhcpConfig, dict(data.get("dhcp", {})), "dhcp"),
         routing=_section(RoutingConfig, dict(data.get("routing", {})), "routing"),
+        metrics=_section(MetricsConfig, dict(data.get("metrics", {})), "metrics"),
     )
 
 
@@ -190,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-dhcp", action="store_true", help="do not answer DHCP (no responder port)")
     p.add_argument("--routing-mode", choices=["proactive", "on_demand"])
     p.add_argument("--no-route-fast-path", action="store_true", help="drop routed packets without a flow")
+    p.add_argument("--metrics-listen", help="Prometheus metrics on PORT (loopback) or HOST:PORT")
     return p
 
 
@@ -242,4 +257,5 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
             **({"mode": args.routing_mode} if args.routing_mode else {}),
             **({"fast_path": False} if args.no_route_fast_path else {}),
         ),
+        metrics=replace(cfg.metrics, listen=args.metrics_listen) if args.metrics_listen else cfg.metrics,
     )

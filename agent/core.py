@@ -31,7 +31,6 @@ import logging
 import queue
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -84,6 +83,9 @@ class MessageResult:
     statuses: list[ResourceStatus] = field(default_factory=list)
     total_us: int = 0
     retry: bool = False  # not durably accepted (journal failed, crash): the sender must resend
+    config_us: int = 0  # the message's phases, as each status carries them
+    dataplane_us: int = 0
+    crashed: bool = False  # a bug stopped it half-way (every resource FAILURE)
 
 
 class CoreBusy(Exception):
@@ -154,6 +156,8 @@ class AgentCore:
         self.dhcp: DhcpDriver | None = None  # the DHCP responder's tables, when it runs
         self.routes: RouteDriver | None = None  # the route fast path's tables, when it runs
         self.counters: Counter[str] = Counter()
+        # Called on the worker with (source, result) before each reply is released (metrics).
+        self.on_goal_state: Callable[[str, MessageResult], None] | None = None
         self._queue: queue.Queue[Any] = queue.Queue()  # goal states bounded by _admission
         self._admission = _Admission(queue_limit_bytes)
         self._seq = itertools.count(1)
@@ -287,27 +291,28 @@ class AgentCore:
 
     def _run_goal_state(self, work: _GoalStateWork) -> None:
         try:
-            work.future.set_result(self._apply_goal_state(work))
+            result = self._apply_goal_state(work)
         except Exception as exc:  # a bug must not kill the worker; every resource reports FAILURE
-            log.error(
-                "event=goal_state_crashed source=%s error=%r\n%s", work.source, exc, traceback.format_exc()
-            )
+            log.error("event=goal_state_crashed source=%s error=%r", work.source, exc, exc_info=True)
             # Whatever it left half-done, the switch is made to match the held state again.
             self.dataplane_lost()
             elapsed = int((time.perf_counter() - work.received) * 1e6)
-            work.future.set_result(
-                MessageResult(
-                    [
-                        ResourceStatus(
-                            r.id, r.type, r.op, Status.FAILURE, elapsed_us=elapsed, reason=repr(exc)
-                        )
-                        for r in work.requests
-                        if r.acted_on
-                    ],
-                    elapsed,
-                    retry=True,
-                )
+            result = MessageResult(
+                [
+                    ResourceStatus(r.id, r.type, r.op, Status.FAILURE, elapsed_us=elapsed, reason=repr(exc))
+                    for r in work.requests
+                    if r.acted_on
+                ],
+                elapsed,
+                retry=True,
+                crashed=True,
             )
+        if self.on_goal_state is not None:  # before the reply: whoever reads it sees it counted
+            try:
+                self.on_goal_state(work.source, result)
+            except Exception:
+                log.exception("event=goal_state_observer_failed")
+        work.future.set_result(result)
 
     def _apply_goal_state(self, work: _GoalStateWork) -> MessageResult:
         seq = next(self._seq)
@@ -354,7 +359,9 @@ class AgentCore:
         ]
         total_us = int((time.perf_counter() - work.received) * 1e6)
         self._log_goal_state(seq, work, outcomes, statuses, result, config_us, dataplane_us, total_us)
-        return MessageResult(statuses, total_us, retry=not stored)
+        return MessageResult(
+            statuses, total_us, retry=not stored, config_us=config_us, dataplane_us=dataplane_us
+        )
 
     def _touch(
         self, outcomes: list[Outcome], reasons: dict[tuple[ResourceType, str], str]
@@ -399,7 +406,7 @@ class AgentCore:
                 # The bundle may or may not have been committed: dump, diff and resync before
                 # anything is answered, and keep retrying until that succeeds.
                 log.warning(
-                    "event=dataplane_outcome_unknown error=%r owners=%d action=resync", str(exc), len(owners)
+                    "event=dataplane_outcome_unknown error=%s owners=%d action=resync", str(exc), len(owners)
                 )
                 self.dataplane_lost()
                 self.repair_now()
@@ -438,7 +445,7 @@ class AgentCore:
                 status = Status.PENDING
         if reason:
             log.warning(
-                "event=resource_rejected id=%s type=%s op=%s status=%s reason=%r",
+                "event=resource_rejected id=%s type=%s op=%s status=%s reason=%s",
                 req.id, req.type.name, req.op.name, status.name, reason,
             )  # fmt: skip
         return ResourceStatus(
@@ -547,13 +554,18 @@ class AgentCore:
                 self._program(set(self.failed))
         except Exception as exc:
             self.dataplane_ready = False
-            log.warning("event=repair_failed error=%r retry_in_s=%.1f", str(exc), self._repair_backoff)
+            log.warning("event=repair_failed error=%s retry_in_s=%.1f", str(exc), self._repair_backoff)
         if not self.dataplane_ready or self.failed:
             self.counters["repairs_pending"] += 1
             self._repair_at = time.monotonic() + self._repair_backoff
             self._repair_backoff = min(self._repair_backoff * 2, _REPAIR_MAX_S)
         else:
             self._repair_backoff = _REPAIR_MIN_S
+
+    @property
+    def queue_depth(self) -> int:
+        """Work items (goal states, dataplane events, acactl snapshots) waiting for the worker."""
+        return self._queue.qsize()
 
     @property
     def repair_in_s(self) -> float | None:

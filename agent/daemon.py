@@ -14,6 +14,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import grpc
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import HealthServicer
 
 from agent import config as config_mod
 from agent import logs, sdnotify, startup_check
@@ -23,11 +25,13 @@ from agent.control import ControlServer
 from agent.core import AgentCore
 from agent.dataplane.host import HostDataplane
 from agent.intake.controller_client import OnDemandClient, request_resync
-from agent.intake.grpc_server import GoalStateService, start_server
+from agent.intake.grpc_server import SERVICE, GoalStateService, start_server
 from agent.intake.kafka_consumer import KafkaIntake, KafkaSettings
 from agent.intake.kafka_security import insecure as kafka_insecure
 from agent.intake.kafka_security import security_options as kafka_security_options
 from agent.intake.replies import to_reply
+from agent.metrics import THREAD_NAME as METRICS_THREAD
+from agent.metrics import AgentMetrics
 from agent.model.decode import Wire, decode_v1, decode_v2
 from agent.model.state import DesiredState
 from agent.model.store import Store, recover
@@ -85,6 +89,15 @@ class Agent:
         self.on_demand: OnDemandClient | None = None
         self.grpc_server: grpc.Server | None = None
         self.kafka: KafkaIntake | None = None
+        # grpc.health.v1: SERVING only while `ready` (see run); NOT_SERVING until then.
+        self.health = HealthServicer()
+        self._serving: bool | None = None
+        self._set_serving(False)
+        self.metrics: AgentMetrics | None = None
+        if cfg.metrics.listen:
+            self.metrics = AgentMetrics(self.core, lambda: self.kafka)
+            self.core.on_goal_state = self.metrics.observe_goal_state
+            self.dataplane.conn.on_bundle = self.metrics.observe_bundle
         self.control = ControlServer(
             cfg.control_socket,
             self.core,
@@ -109,6 +122,8 @@ class Agent:
             "event=starting host_id=%s underlay_ip=%s state_dir=%s resources=%s",
             self.cfg.host_id, self.cfg.underlay_ip, self.cfg.state_dir, self.state.count(),
         )  # fmt: skip
+        if self.metrics is not None:  # first: a slow start can be watched
+            self.metrics.serve(self.cfg.metrics.listen)
         self.core.start()
         # Dataplane first: the persisted desired state is programmed (by diff) before any intake.
         self.dataplane.start(self.core)
@@ -116,7 +131,7 @@ class Agent:
             self._start_punts(self.routes)
         if self.cfg.grpc.listen:
             service = GoalStateService(self.core, self.cfg.underlay_ip, self.cfg.grpc.allowed_clients)
-            self.grpc_server = start_server(service, self.cfg.grpc)
+            self.grpc_server = start_server(service, self.cfg.grpc, self.health)
         if self.cfg.kafka.bootstrap_servers:
             self._start_kafka()
         self.control.start()
@@ -167,6 +182,8 @@ class Agent:
             thread_name=f"openflow:{conn.path}",
         )
         sup.watch("control", thread_name="aca-control")
+        if self.metrics is not None:
+            sup.watch("metrics", thread_name=METRICS_THREAD)
         if self.punts is not None:
             from agent.routing.punts import THREAD_NAME as PUNTS_THREAD
 
@@ -244,21 +261,36 @@ class Agent:
         try:
             fresh = config_mod.load_file(self.cfg.config_path)
         except (OSError, ValueError) as exc:
-            log.error("event=reload_failed error=%r", str(exc))
+            log.error("event=reload_failed error=%s", str(exc))
             return
         self.cfg = replace(self.cfg, log_level=fresh.log_level)
         logs.set_level(fresh.log_level)
         log.warning("event=reloaded log_level=%s", fresh.log_level)
 
+    def _set_serving(self, serving: bool) -> None:
+        """The gRPC health status of the server ("") and of the goal-state service."""
+        if serving is self._serving:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE):
+            self.health.set(service, status)
+        log.info("event=health serving=%s", serving)
+
     def run(self) -> int:
         """Until stopped (0) or a supervised thread died (1, systemd restarts the agent): check
-        the threads every second and ping the watchdog only while all of them are healthy."""
+        the threads every second and ping the watchdog only while all of them are healthy. The
+        gRPC health says SERVING while, in addition, the switch holds the desired state."""
         interval = sdnotify.watchdog_interval()
         while not self.stop_event.wait(min(interval or 1.0, 1.0)):
-            if self.supervisor.check() and interval:
+            healthy = self.supervisor.check()
+            self._set_serving(self.ready and self.core.dataplane_ready and healthy)
+            if healthy and interval:
                 sdnotify.notify("WATCHDOG=1")
         if self.supervisor.fatal:
-            log.critical("event=exiting reason=thread_died thread=%r", self.supervisor.fatal)
+            log.critical("event=exiting reason=thread_died thread=%s", self.supervisor.fatal)
             return 1
         return 0
 
@@ -266,8 +298,11 @@ class Agent:
         sdnotify.notify("STOPPING=1")
         self.stop_event.set()
         self.supervisor.stop()
+        self.health.enter_graceful_shutdown()  # NOT_SERVING for every service from here on
         if self.grpc_server is not None:
             self.grpc_server.stop(grace=2).wait(3)
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.kafka is not None:
             self.kafka.stop(5)
         self.control.stop()
@@ -291,7 +326,7 @@ def _dhcp_driver(cfg: AgentConfig, state: DesiredState) -> DhcpDriver | None:
         from agent.dhcp.leases import Settings
     except ImportError as exc:
         log.error(
-            "event=dhcp_unavailable error=%r hint='reinstall the package to build agent._native'", str(exc)
+            'event=dhcp_unavailable error=%s hint="reinstall the package to build agent._native"', str(exc)
         )
         return None
     settings = Settings(cfg.dhcp.mtu, cfg.dhcp.lease_time, cfg.dhcp.domain)
@@ -308,7 +343,7 @@ def _route_driver(cfg: AgentConfig, planner: Planner) -> RouteDriver | None:
         from agent.routing.driver import RouteDriver
         from agent.routing.engine import RouteEngine
     except ImportError as exc:
-        log.error("event=route_fast_path_unavailable error=%r", str(exc))
+        log.error("event=route_fast_path_unavailable error=%s", str(exc))
         return None
     engine = RouteEngine(cfg.routing.queue)
     return RouteDriver(planner, engine, cfg.routing.cache_idle_timeout)
@@ -330,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         agent = Agent(cfg)
     except StateDirInUse as exc:
-        log.error("event=state_dir_in_use state_dir=%s error=%r", cfg.state_dir, str(exc))
+        log.error("event=state_dir_in_use state_dir=%s error=%s", cfg.state_dir, str(exc))
         print(f"aca-agent: {exc}", file=sys.stderr)
         return os.EX_TEMPFAIL  # a unit's Restart= retries: the other agent may be going away
     gc.freeze()  # what start-up loaded is permanent; keep it out of every collection

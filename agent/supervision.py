@@ -237,7 +237,7 @@ class Supervisor:
     def _died(self, entry: _Entry, error: str) -> None:
         entry.error = error
         entry.state = ThreadState.DEAD
-        log.critical("event=thread_died name=%s error=%r action=exit", entry.name, error)
+        log.critical("event=thread_died name=%s error=%s action=exit", entry.name, error)
         with self._lock:
             first = self.fatal is None
             if first:
@@ -271,7 +271,7 @@ class Supervisor:
             entry.restarts += 1
             entry.state = ThreadState.RESTARTING
             log.error(
-                "event=thread_died name=%s error=%r action=restart restart_in_s=%.2f restarts=%d",
+                "event=thread_died name=%s error=%s action=restart restart_in_s=%.2f restarts=%d",
                 entry.name, error, backoff, entry.restarts,
             )  # fmt: skip
             if self._stopping.wait(backoff):

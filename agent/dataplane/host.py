@@ -157,13 +157,13 @@ class HostDataplane:
         if self.underlay_ip:
             if not netlink.underlay_address_present(self.underlay_ip):
                 log.warning(
-                    "event=underlay_ip_missing ip=%s hint='tunnels will not carry traffic'", self.underlay_ip
+                    'event=underlay_ip_missing ip=%s hint="tunnels will not carry traffic"', self.underlay_ip
                 )
             tunnel_ofport = self.ovsdb.ensure_vxlan_port(
                 self.settings.bridge, self.underlay_ip, name=self.settings.tunnel_port, timeout=timeout
             )
         else:
-            log.warning("event=no_underlay_ip hint='no VXLAN port: neighbours cannot be reached'")
+            log.warning('event=no_underlay_ip hint="no VXLAN port: neighbours cannot be reached"')
         core.call(lambda: core.set_tunnel(tunnel_ofport)).result(timeout)
         if self.dhcp is not None:
             dhcp_ofport = self._start_dhcp(timeout)
@@ -228,6 +228,7 @@ class HostDataplane:
             core.call(core.dataplane_lost)
         elif state is State.CONNECTED and self._datapath_id is not None:  # a reconnect
             self._reconnected = True
+            core.counters["openflow_reconnects"] += 1  # (only this thread writes this key)
             core.call(core.repair_now)
 
     def _recover(self) -> None:

@@ -31,7 +31,7 @@ import ovs.jsonrpc
 import ovs.poller
 import ovs.stream
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aca.ovsdb")
 
 DB_NAME = "Open_vSwitch"
 _TICK_MS = 1000
@@ -314,7 +314,7 @@ class _WriteJob(_Job):
             self.next_cfg = self.txn.get_increment_new_value()
             self.stage = _Stage.APPLY
         elif status == T.TRY_AGAIN:
-            log.debug("%s: transaction must be retried", self.what)
+            log.debug("event=ovsdb_transaction_retry what=%s", self.what)
             self.retry_after_seqno = self.base_seqno
             self.stage = _Stage.BUILD
         else:
@@ -617,7 +617,7 @@ class Ovsdb:
         try:
             self._on_interface_change(list(current))
         except Exception:
-            log.exception("on_interface_change callback failed")
+            log.exception("event=ovsdb_callback_failed callback=on_interface_change")
 
 
 def _ofport(idl: ovs.db.idl.Idl, name: str) -> int | None:

@@ -88,14 +88,14 @@ def profile(state: DesiredState, subnet: Subnet, settings: Settings) -> Profile:
         try:
             code, raw = o.encode_extra(kv.name, kv.value)
         except o.OptionError as exc:  # decode refuses these: only rows kept by an older agent
-            log.warning("event=dhcp_option_skipped subnet=%s name=%r reason=%r", subnet.id, kv.name, str(exc))
+            log.warning("event=dhcp_option_skipped subnet=%s name=%s reason=%s", subnet.id, kv.name, str(exc))
             continue
         if code == o.LEASE_TIME:
             lease_time = int.from_bytes(raw, "big")
         else:
             extras[code] = raw
     if o.profile_size(extras) > o.PROFILE_MAX:  # likewise: decode keeps new subnets within it
-        log.warning("event=dhcp_options_skipped subnet=%s reason='profile too large'", subnet.id)
+        log.warning('event=dhcp_options_skipped subnet=%s reason="profile too large"', subnet.id)
         extras = {}
     return Profile(server_ip(subnet), lease_time, o.tlvs({**opts, **extras}))
 

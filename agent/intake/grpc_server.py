@@ -20,6 +20,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
 
 from agent._pb import goalstate_pb2 as pb
 from agent.core import AgentCore, CoreBusy
@@ -121,7 +123,7 @@ class GoalStateService:
         except DecodeError as exc:
             self.core.counters["grpc_undecodable"] += 1
             log.warning(
-                "event=grpc_undecodable type=%s bytes=%d error=%r", message_type.__name__, len(raw), str(exc)
+                "event=grpc_undecodable type=%s bytes=%d error=%s", message_type.__name__, len(raw), str(exc)
             )
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a {message_type.__name__}: {exc}")
 
@@ -175,7 +177,11 @@ def _credentials(settings: GrpcSettings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)])
 
 
-def start_server(service: GoalStateService, settings: GrpcSettings) -> grpc.Server:
+def start_server(
+    service: GoalStateService, settings: GrpcSettings, health: HealthServicer | None = None
+) -> grpc.Server:
+    """``health``, if given, answers grpc.health.v1 on the same server (its status is set by
+    whoever knows the agent's health: the daemon)."""
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -187,6 +193,8 @@ def start_server(service: GoalStateService, settings: GrpcSettings) -> grpc.Serv
         maximum_concurrent_rpcs=settings.maximum_concurrent_rpcs,
     )
     server.add_generic_rpc_handlers((service.handler(),))
+    if health is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
     creds = _credentials(settings)
     if creds is None:
         port = server.add_insecure_port(settings.listen)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import collections
 import enum
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from google.protobuf.message import DecodeError
@@ -42,6 +44,9 @@ THREAD_NAME = "aca-kafka-intake"
 # (a big goal state takes seconds; a hung core is the core's own stall), a reply flush takes at
 # most _REPLY_FLUSH_TIMEOUT_S, a synchronous commit at most librdkafka's request timeout (60 s).
 _STALL_S = 120.0
+# How often librdkafka reports its statistics (consumer lag per partition); a passthrough
+# option of the same name overrides it.
+_STATS_INTERVAL_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class KafkaSettings:
     def consumer_config(self) -> dict[str, object]:
         """Extras first, so nothing passed through can turn auto-commit back on."""
         return {
+            "statistics.interval.ms": _STATS_INTERVAL_MS,
             **self.extra,
             "bootstrap.servers": self.bootstrap_servers,
             "group.id": self.group_id,
@@ -93,6 +99,17 @@ def decode_goal_state(value: bytes | None, fmt: str) -> DecodedGoalState:
         raise DecodeError("null value")
     cls = goalstate_pb2.GoalState if fmt == "v1" else goalstate_pb2.GoalStateV2
     return cls.FromString(value)
+
+
+def consumer_lag(topics: dict[str, Any]) -> dict[tuple[str, int], int]:
+    """(topic, partition) → consumer lag from the ``topics`` of librdkafka's statistics; its
+    internal partition (-1) and partitions without a known lag (-1) are left out."""
+    return {
+        (topic, int(pid)): part["consumer_lag"]
+        for topic, t in topics.items()
+        for pid, part in t.get("partitions", {}).items()
+        if int(pid) >= 0 and part.get("consumer_lag", -1) >= 0
+    }
 
 
 def _header(msg: Message, name: str) -> str:
@@ -146,10 +163,16 @@ class KafkaIntake:
         self._producer: Producer | None = None
         self._limit = _RateLimit(_LOG_INTERVAL_S)
         self._backoff = _BACKOFF_MIN_S
+        self._lag: dict[tuple[str, int], int] = {}  # from librdkafka's last statistics
 
     @property
     def state(self) -> IntakeState:
         return self._state
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) → records between the committed offset and the partition's end,
+        as of librdkafka's last statistics (partitions it does not know a lag for left out)."""
+        return dict(self._lag)
 
     # ------------------------------------------------------------ lifecycle
     def start(self, supervisor: Supervisor | None = None) -> None:
@@ -171,7 +194,9 @@ class KafkaIntake:
             )
 
     def _open(self) -> None:
-        self._consumer = Consumer({**self._settings.consumer_config(), "error_cb": self._on_error})
+        self._consumer = Consumer(
+            {**self._settings.consumer_config(), "error_cb": self._on_error, "stats_cb": self._on_stats}
+        )
         if self._settings.reply_topic:
             self._producer = Producer({**self._settings.producer_config(), "error_cb": self._on_error})
         self._consumer.subscribe(
@@ -236,7 +261,7 @@ class KafkaIntake:
         try:
             goal_state = decode_goal_state(msg.value(), fmt)
         except DecodeError as exc:
-            log.error("event=kafka_poison %s format=%s error=%r", where, fmt, str(exc))
+            log.error("event=kafka_poison %s format=%s error=%s", where, fmt, str(exc))
             self._count("poison")
             self._commit(msg)
             return
@@ -304,7 +329,7 @@ class KafkaIntake:
             self._consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
         except KafkaException as exc:
             # Partition revoked meanwhile: the next owner starts from the last commit anyway.
-            log.warning("event=kafka_seek_failed %s error=%r", where, str(exc))
+            log.warning("event=kafka_seek_failed %s error=%s", where, str(exc))
         self._stop.wait(self._backoff)
         self._backoff = min(self._backoff * 2, _BACKOFF_MAX_S)
 
@@ -318,7 +343,7 @@ class KafkaIntake:
             suppressed = self._limit.allow("commit_failed")
             if suppressed is not None:
                 log.warning(
-                    "event=kafka_commit_failed topic=%s partition=%s offset=%s error=%r suppressed=%d",
+                    "event=kafka_commit_failed topic=%s partition=%s offset=%s error=%s suppressed=%d",
                     msg.topic(),
                     msg.partition(),
                     msg.offset(),
@@ -333,12 +358,20 @@ class KafkaIntake:
         suppressed = self._limit.allow(f"error:{err.code()}")
         if suppressed is not None:
             log.warning(
-                "event=kafka_error code=%s fatal=%s reason=%r suppressed=%d",
+                "event=kafka_error code=%s fatal=%s reason=%s suppressed=%d",
                 err.name(),
                 err.fatal(),
                 err.str(),
                 suppressed,
             )
+
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka's statistics: keep each assigned partition's consumer lag (-1: unknown)."""
+        try:
+            topics = json.loads(stats_json).get("topics", {})
+        except ValueError:
+            return
+        self._lag = consumer_lag(topics)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("event=kafka_assigned partitions=%s", _names(partitions))

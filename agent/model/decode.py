@@ -379,7 +379,7 @@ def decode_state(rtype: ResourceType, state: Any, map_key: str = "", acted_on: b
     except v.Invalid as exc:
         if not acted:  # context gets no status: the resources that reference it would only
             # say "unknown subnet", so the reason is logged here
-            log.warning("event=context_rejected id=%s type=%s reason=%r", rid, rtype.name, str(exc))
+            log.warning("event=context_rejected id=%s type=%s reason=%s", rid, rtype.name, str(exc))
         return Request(rtype, op, rid, update_type, error=str(exc), acted_on=acted)
     if resource.id != rid:
         resource = type(resource)(**{**_fields(resource), "id": rid})

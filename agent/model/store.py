@@ -211,7 +211,7 @@ class Store:
             source = pathlib.Path(f"{self.path}{suffix}")
             if source.exists():
                 source.rename(f"{target}{suffix}")
-        log.error("event=state_quarantined path=%s reason=%r", target, reason)
+        log.error("event=state_quarantined path=%s reason=%s", target, reason)
         self.recovery.quarantined, self.recovery.reason = str(target), reason
         return self._open()
 

@@ -174,7 +174,7 @@ class FlowReconciler:
                 result.failed.update({o: str(exc) for o in planned})
             else:
                 log.warning(
-                    "event=bundle_rejected owners=%d error=%r retry=per_owner", len(planned), str(exc)
+                    "event=bundle_rejected owners=%d error=%s retry=per_owner", len(planned), str(exc)
                 )
                 for owner, flows in planned.items():
                     try:
@@ -249,7 +249,7 @@ class FlowReconciler:
         try:
             self._apply(deletes, [f for flows in adds.values() for f in flows])
         except BundleRejected as exc:
-            log.warning("event=bundle_rejected owners=%d error=%r retry=per_owner", len(adds), str(exc))
+            log.warning("event=bundle_rejected owners=%d error=%s retry=per_owner", len(adds), str(exc))
             self._apply(deletes, [])
             for owner, flows in adds.items():
                 try:

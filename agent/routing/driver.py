@@ -164,7 +164,7 @@ class RouteDriver:
         try:
             self.cache.delete_flows(cache_cookie(nb_id), cookies.OWNER_MASK)
         except (ConnectionError, TimeoutError) as exc:
-            log.warning("event=route_cache_delete_failed neighbour=%s error=%r", nb_id, str(exc))
+            log.warning("event=route_cache_delete_failed neighbour=%s error=%s", nb_id, str(exc))
 
     # ------------------------------------------------------------------ hits (worker thread)
     def cache_hit(self, tag: int, ip: str) -> Flow | None:
@@ -180,7 +180,7 @@ class RouteDriver:
         try:
             self.cache.apply_bundle([], [flow])
         except Exception as exc:  # a refused or lost flow only costs another trip through C
-            log.warning("event=route_cache_install_failed ip=%s error=%r", ip, str(exc))
+            log.warning("event=route_cache_install_failed ip=%s error=%s", ip, str(exc))
             return None
         self.cache_installs += 1
         return flow

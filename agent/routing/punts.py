@@ -180,7 +180,7 @@ class PuntConsumer:
                     verdict = self.release(frame)
                 except OSError as exc:
                     self.counters["dropped_send"] += 1
-                    log.warning("event=on_demand_inject_failed ip=%s error=%r", key[1], str(exc))
+                    log.warning("event=on_demand_inject_failed ip=%s error=%s", key[1], str(exc))
                     continue
                 self.counters["forwarded" if verdict is Verdict.FORWARD else "dropped_engine"] += 1
 

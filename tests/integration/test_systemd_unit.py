@@ -713,6 +713,52 @@ def _seconds(timespan: str) -> float:
 def test_no_errors_under_the_hardening(box: Container) -> None:
     """A denied syscall, address family or capability surfaces as an error in the agent's log
     (SystemCallErrorNumber=EPERM makes a filtered call fail, not kill): none over the whole run."""
-    lines = box.journal("-u aca-agent -o cat").splitlines()
+    lines = [line for line in box.journal("-u aca-agent -o cat").splitlines() if PROVOKED not in line]
     bad = [line for line in lines if "level=ERROR" in line or "level=CRITICAL" in line or "Traceback" in line]
     assert not bad, "\n".join(bad)
+
+
+PROVOKED = "provoked-by-test"  # an acactl request the agent does not know: an error with its traceback
+
+
+@diagnosed
+def test_journal_priorities_find_warnings_and_errors_each_in_one_entry_with_its_traceback(
+    box: Container,
+) -> None:
+    """Lines reach journald with their syslog priority and no timestamp of their own, and a
+    traceback stays in its record's entry (journald splits a stream on newlines)."""
+    pid = box.ensure_active()
+    ask = (
+        "import json, socket; s = socket.socket(socket.AF_UNIX); "
+        f"s.connect({CONTROL_SOCKET!r}); s.sendall(json.dumps({{'what': {PROVOKED!r}}}).encode() + b'\\n'); "
+        "print(s.makefile().readline())"
+    )
+    answer = json.loads(box.sh(f"python3 -c {shlex.quote(ask)}").stdout)
+    assert answer["ok"] is False and PROVOKED in answer["error"]
+    box.sh("systemctl reload aca-agent")  # event=reloaded: a warning
+
+    def entries() -> list[dict[str, str]]:
+        out = box.sh(f"journalctl --no-pager -o json -p warning _PID={pid}", check=False).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    deadline = time.monotonic() + 10
+    found = entries()
+    while not any("event=reloaded" in e.get("MESSAGE", "") for e in found):
+        assert time.monotonic() < deadline, f"no event=reloaded at priority warning: {found}"
+        time.sleep(0.2)
+        found = entries()
+    messages = [str(e["MESSAGE"]) for e in found]
+    assert all(m.startswith("level=") for m in messages), messages  # no "<N>" left, no ts=
+    assert all(e["PRIORITY"] in ("2", "3", "4") for e in found), found
+    reloaded = next(e for e in found if "event=reloaded" in e["MESSAGE"])
+    assert reloaded["PRIORITY"] == "4" and "level=WARNING" in reloaded["MESSAGE"]
+    (failed,) = [e for e in found if "event=task_failed" in e["MESSAGE"]]
+    assert failed["PRIORITY"] == "3" and "level=ERROR" in failed["MESSAGE"]
+    assert (
+        "traceback=" in failed["MESSAGE"] and f"ValueError: unknown request '{PROVOKED}'" in failed["MESSAGE"]
+    )
+    traceback = failed["MESSAGE"].split("traceback=", 1)[1]
+    assert json.loads(traceback).startswith("Traceback (most recent call last):\n  File ")
+    # Not one traceback line as an entry of its own; info lines stay below the warning priority.
+    assert not any(m.lstrip().startswith(("File ", "Traceback", "raise ")) for m in messages), messages
+    assert not any("event=goal_state " in m for m in messages)

@@ -15,8 +15,20 @@ from types import SimpleNamespace
 import pytest
 
 from agent.daemon import Agent
+from agent.logs import LogfmtFormatter
 from agent.sandbox.poll import wait_for
 from agent.supervision import Heartbeat, Supervisor
+
+
+def fake_agent(stop_event: threading.Event, sup: Supervisor) -> SimpleNamespace:
+    """What ``Agent.run`` reads: the stop event, the supervisor, what the health status needs."""
+    return SimpleNamespace(
+        stop_event=stop_event,
+        supervisor=sup,
+        ready=True,
+        core=SimpleNamespace(dataplane_ready=True),
+        _set_serving=lambda serving: None,
+    )
 
 
 class Flaky:
@@ -66,7 +78,9 @@ def watched() -> Iterator[Beating]:
 
 
 def thread_died_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=thread_died ")]
+    """As the agent writes them (logfmt values)."""
+    lines = [LogfmtFormatter().message(r) for r in caplog.records]
+    return [line for line in lines if line.startswith("event=thread_died ")]
 
 
 def test_a_loop_that_raises_is_restarted_with_a_doubling_capped_backoff(
@@ -215,7 +229,7 @@ def test_watchdog_is_pinged_only_while_every_thread_is_healthy(
 ) -> None:
     sup = CountingSupervisor()
     sup.watch("beating", thread_name=watched.thread.name, progress=lambda: watched.last, stall_after=0.3)
-    agent = SimpleNamespace(stop_event=threading.Event(), supervisor=sup)
+    agent = fake_agent(threading.Event(), sup)
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(Agent.run(agent)))  # type: ignore[arg-type]
     runner.start()
@@ -239,7 +253,7 @@ def test_run_returns_non_zero_when_a_thread_died(watched: Beating) -> None:
     stop_event = threading.Event()
     sup = Supervisor(on_fatal=stop_event.set)
     sup.watch("beating", thread_name=watched.thread.name)
-    agent = SimpleNamespace(stop_event=stop_event, supervisor=sup)
+    agent = fake_agent(stop_event, sup)
     watched.end.set()
     watched.thread.join(5)
     assert Agent.run(agent) == 1  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from agent.dataplane.openflow import codec
 from agent.dataplane.openflow.codec import BundleCtrl, DecodedFlow, ErrorInfo, FlowModCommand, MsgType
 from agent.planner.flows import Action, Flow
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aca.openflow")
 
 _BACKOFF_MIN = 0.1
 _BACKOFF_MAX = 2.0
@@ -166,6 +166,8 @@ class OpenFlowConnection:
         self._next_xid = 1
         self._bundle_ids = itertools.count(1)
         self._bundle_lock = threading.Lock()
+        # Called after each committed bundle with (flow-mods, seconds from CLOSE to COMMIT reply).
+        self.on_bundle: Callable[[int, float], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -215,12 +217,12 @@ class OpenFlowConnection:
                 return
             self._state = state
             self._state_cond.notify_all()
-        log.debug("openflow %s: %s", self.path, state.value)
+        log.debug("event=openflow_state path=%s state=%s", self.path, state.value)
         if self._on_state_change is not None:
             try:
                 self._on_state_change(state)
             except Exception:
-                log.exception("on_state_change callback failed")
+                log.exception("event=openflow_callback_failed callback=on_state_change path=%s", self.path)
 
     def _run(self) -> None:
         delay = _BACKOFF_MIN
@@ -243,10 +245,10 @@ class OpenFlowConnection:
                 for msg in frames:
                     self._dispatch(msg)
             except _MALFORMED as exc:
-                log.warning("event=openflow_malformed path=%s error=%r action=reconnect", self.path, str(exc))
+                log.warning("event=openflow_malformed path=%s error=%s action=reconnect", self.path, exc)
             except OSError as exc:
                 if not self._stop.is_set():
-                    log.info("openflow %s: %s", self.path, exc)
+                    log.info("event=openflow_connection_error path=%s error=%s", self.path, exc)
             finally:
                 self._sock = None
                 sock.close()
@@ -320,12 +322,12 @@ class OpenFlowConnection:
 
     def _unsolicited(self, msg_type: int, xid: int, msg: bytes) -> None:
         if self._on_message is None:
-            log.debug("openflow %s: ignoring message type %d", self.path, msg_type)
+            log.debug("event=openflow_message_ignored path=%s type=%d", self.path, msg_type)
             return
         try:
             self._on_message(Message(msg_type, xid, msg))
         except Exception:
-            log.exception("on_message callback failed")
+            log.exception("event=openflow_callback_failed callback=on_message path=%s", self.path)
 
     # ------------------------------------------------------------ writing
     def _alloc_xids(self, n: int) -> int:
@@ -480,6 +482,7 @@ class Bundle:
         self._queued: list[Flow] = []
         self._command = FlowModCommand.ADD
         self._done = False
+        self._messages = 0  # flow-mods sent in it
 
     def add(self, flows: Sequence[Flow]) -> None:
         self._queue(flows, FlowModCommand.ADD)
@@ -511,6 +514,7 @@ class Bundle:
                 conn._bundles.append(self._errors)
             head = self._control(BundleCtrl.OPEN_REQUEST, self._open_xid)
         first = conn._alloc_xids(len(flows))
+        self._messages += len(flows)
         self._errors.chunks.append((first, flows))
         enc, bid, cmd = codec.encode_bundle_add, self._id, self._command
         conn._write(
@@ -524,6 +528,7 @@ class Bundle:
             self._done = True
             return
         conn = self._conn
+        closing = time.perf_counter()
         close_xid = conn._alloc_xids(1)
         closed = conn._register(close_xid)
         try:
@@ -548,6 +553,8 @@ class Bundle:
             raise
         finally:
             conn._unregister(commit_xid)
+        if conn.on_bundle is not None:
+            conn.on_bundle(self._messages, time.perf_counter() - closing)
 
     def _raise_refused(self) -> None:
         if self._errors.errors:
@@ -573,4 +580,4 @@ class Bundle:
                 max(0.1, self._deadline - time.monotonic()),
             )
         except (OpenFlowError, ConnectionError, TimeoutError) as exc:
-            log.warning("discarding bundle %d: %s", self._id, exc)
+            log.warning("event=openflow_bundle_discard_failed bundle=%d error=%s", self._id, exc)
