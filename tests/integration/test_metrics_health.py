@@ -128,7 +128,7 @@ def test_metrics_move_with_goal_states_and_dhcp_traffic(box: Sandbox) -> None:
     assert ("aca_worker_queue_depth", frozenset()) in after
 
     # Bytes that are not a goal state: INVALID_ARGUMENT, and counted.
-    with grpc.insecure_channel(box.host(HOST).grpc) as channel:
+    with box.channel(HOST) as channel:
         push = channel.unary_unary(f"/{SERVICE}/PushNetworkResourceStates")
         with pytest.raises(grpc.RpcError) as refused:
             push(b"\xff\xff\xff", timeout=10)
@@ -162,7 +162,7 @@ def test_metrics_move_with_goal_states_and_dhcp_traffic(box: Sandbox) -> None:
 
 def health(sb: Sandbox) -> dict[str, str]:
     """The server's ("") and the goal-state service's status from grpc.health.v1."""
-    with grpc.insecure_channel(sb.host(HOST).grpc) as channel:
+    with sb.channel(HOST) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         return {
             service: health_pb2.HealthCheckResponse.ServingStatus.Name(
