@@ -146,9 +146,19 @@ def test_unit_security_exposure_is_the_score_readme_states() -> None:
 def python_requirements() -> list[str]:
     """The project's runtime requirements (setup.py) and build requirements (pyproject.toml)."""
     runtime: list[str] = []
-    for node in ast.walk(ast.parse((ROOT / "setup.py").read_text())):
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    # The floors are f-strings over setup.py's own version constants (NAME = "x.y.z").
+    constants = {
+        target.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and node.arg == "install_requires":
-            runtime = list(ast.literal_eval(node.value))
+            code = compile(ast.Expression(node.value), "setup.py", "eval")
+            runtime = list(eval(code, {"__builtins__": {}}, constants))
     build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     assert runtime, "install_requires not found in setup.py"
     return sorted(set(runtime) | set(build))
