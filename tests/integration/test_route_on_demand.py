@@ -150,6 +150,7 @@ def test_a_destination_deleted_and_asked_for_again_gets_its_held_packet_through_
     address = f"unix:{box.root}/host1-controller.sock"
     box.restart_agent("host1", agent_args=("--controller", address, "--config", str(config)))
     wait_for(lambda: box.control("host1", "status")["dataplane_ready"], 20, "host1 agent ready")
+    assert_reaches(box, "a", VMS["b"][2])  # the underlay neighbour: the first VXLAN packet may wait for it
     forgotten = neighbour(box, VMS, "e")
     forgotten.operation_type = pb.DELETE
     host_ip = box.host("host1").underlay_ip
@@ -187,6 +188,7 @@ def test_on_demand_mode_rewrites_the_first_packet_in_c_and_caches_the_route(
     known = gs.goal_state_v2(neighbour(box, VMS, "b"), host_ip=box.host("host1").underlay_ip)
     (reply,) = box.push_message("host1", known)  # (as an ON_DEMAND answer leaves it)
     assert {s.operation_status for s in reply.operation_statuses} == {pb.SUCCESS}, reply
+    assert_reaches(box, "a", VMS["b"][2])  # the underlay neighbour and the way back, before C's turn
     address = f"unix:{box.root}/host1-controller.sock"
     box.restart_agent("host1", agent_args=("--controller", address, "--routing-mode", "on_demand"))
     wait_for(lambda: box.control("host1", "status")["dataplane_ready"], 20, "host1 agent ready")
