@@ -135,6 +135,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file")
     p.add_argument("--controller", help="controller host:port for RequestGoalStates")
     p.add_argument("--grpc-listen", help="address:port or unix:PATH")
+    p.add_argument(
+        "--subscribe-listen", help="SubscribeInfoProvisioner: address:port or unix:PATH ('' turns it off)"
+    )
     p.add_argument("--ovsdb", help="OVSDB remote, e.g. unix:/var/run/openvswitch/db.sock")
     p.add_argument("--ovs-rundir", help="directory holding <bridge>.mgmt")
     p.add_argument("--bridge")
@@ -177,7 +180,11 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         cfg,
         **{k: v for k, v in top.items() if v is not None},
         ovs=replace(cfg.ovs, **{k: v for k, v in ovs.items() if v is not None}),
-        grpc=replace(cfg.grpc, listen=args.grpc_listen) if args.grpc_listen else cfg.grpc,
+        grpc=replace(
+            cfg.grpc,
+            **({"listen": args.grpc_listen} if args.grpc_listen else {}),
+            **({"subscribe_listen": args.subscribe_listen} if args.subscribe_listen is not None else {}),
+        ),
         kafka=replace(cfg.kafka, **{k: v for k, v in kafka.items() if v is not None}),
         dhcp=replace(cfg.dhcp, enabled=False) if args.no_dhcp else cfg.dhcp,
         routing=replace(

@@ -26,6 +26,7 @@ from agent.intake.controller_client import OnDemandClient, request_resync
 from agent.intake.grpc_server import GoalStateService, start_server
 from agent.intake.kafka_consumer import KafkaIntake, KafkaSettings
 from agent.intake.replies import to_reply
+from agent.intake.subscribe_service import SubscribeService
 from agent.model.decode import Wire, decode_v1, decode_v2
 from agent.model.state import DesiredState
 from agent.model.store import Store, recover
@@ -76,6 +77,7 @@ class Agent:
         self.punts: PuntConsumer | None = None
         self.on_demand: OnDemandClient | None = None
         self.grpc_server: grpc.Server | None = None
+        self.subscribe_server: grpc.Server | None = None
         self.kafka: KafkaIntake | None = None
         self.control = ControlServer(
             cfg.control_socket,
@@ -104,6 +106,9 @@ class Agent:
         self.grpc_server = start_server(GoalStateService(self.core, self.cfg.underlay_ip), self.cfg.grpc)
         if self.cfg.kafka.bootstrap_servers:
             self._start_kafka()
+        if self.cfg.grpc.subscribe_listen:  # the goal-state endpoint's settings and credentials
+            grpc_settings = replace(self.cfg.grpc, listen=self.cfg.grpc.subscribe_listen, workers=4)
+            self.subscribe_server = start_server(SubscribeService(self.kafka), grpc_settings)
         self.control.start()
         if self.cfg.controller:
             threading.Thread(
@@ -172,6 +177,7 @@ class Agent:
             "ready": self.ready and self.core.dataplane_ready and healthy,
             "threads": states,
             "thread_errors": self.supervisor.errors(),
+            "kafka_topics": self.kafka.subscriptions() if self.kafka is not None else [],
         }
 
     def _start_punts(self, routes: RouteDriver) -> None:
@@ -210,10 +216,24 @@ class Agent:
             group_id=self.cfg.kafka_group,
             reply_topic=self.cfg.kafka.reply_topic or None,
             extra=dict(self.cfg.kafka.options),
+            host_ip=self.cfg.underlay_ip,
         )
+
+        def persist(topic: str, key: str | None) -> None:
+            """On the core's thread, which owns the store's connection."""
+            store = self.store
+            if key is None:
+                self.core.call(lambda: store.drop_subscription(topic)).result(30)
+            else:
+                self.core.call(lambda: store.set_subscription(topic, key)).result(30)
+
         # Kafka's counters (applied, poison, ...) show in `acactl status` next to the core's.
         self.kafka = KafkaIntake(
-            settings, apply, metrics=lambda name: self.core.counters.update([f"kafka_{name}"])
+            settings,
+            apply,
+            metrics=lambda name: self.core.counters.update([f"kafka_{name}"]),
+            shared=self.core.call(self.store.subscriptions).result(30),  # the core owns the store
+            persist=persist,
         )
         self.kafka.start(self.supervisor)
 
@@ -246,8 +266,9 @@ class Agent:
         sdnotify.notify("STOPPING=1")
         self.stop_event.set()
         self.supervisor.stop()
-        if self.grpc_server is not None:
-            self.grpc_server.stop(grace=2).wait(3)
+        for server in (self.subscribe_server, self.grpc_server):
+            if server is not None:
+                server.stop(grace=2).wait(3)
         if self.kafka is not None:
             self.kafka.stop(5)
         self.control.stop()

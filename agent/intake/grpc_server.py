@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from agent._pb import goalstate_pb2 as pb
 from agent.core import AgentCore
 from agent.intake.replies import to_reply
+from agent.intake.subscribe_service import SubscribeService
 from agent.model.decode import Wire, decode_v1, decode_v2
 
 log = logging.getLogger("aca.grpc")
@@ -28,6 +29,7 @@ SERVICE = "alcor.schema.GoalStateProvisioner"
 @dataclass(frozen=True)
 class GrpcSettings:
     listen: str = "0.0.0.0:50001"
+    subscribe_listen: str = "0.0.0.0:50002"  # SubscribeInfoProvisioner, same credentials; "": off
     max_message_bytes: int = 256 * 1024 * 1024
     workers: int = 16
     tls_cert: str = ""
@@ -88,7 +90,7 @@ def _credentials(settings: GrpcSettings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)])
 
 
-def start_server(service: GoalStateService, settings: GrpcSettings) -> grpc.Server:
+def start_server(service: GoalStateService | SubscribeService, settings: GrpcSettings) -> grpc.Server:
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),

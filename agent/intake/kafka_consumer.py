@@ -4,6 +4,13 @@ Delivery is at-least-once: a message's offset is committed only after the core h
 (and persisted) its goal state and, when configured, its reply has been delivered. A crash in
 between redelivers the message; the core makes re-applying it a no-op. Undecodable messages are
 committed past, so one bad record can never wedge the host.
+
+Besides its own topic the intake consumes the shared topics the controller subscribed the host
+to (``subscribe``/``unsubscribe``, from ``PushNodeSubscribeInfo``), in the same consumer group,
+so one re-subscribe of the one consumer adds or removes a topic: the group rebalances and every
+topic resumes from its committed offset, i.e. just after the last message applied. Which records
+of a shared topic this host acts on: ``agent.intake.subscriptions``. Subscription changes, like
+every other use of the consumer, run on the consuming thread between two messages.
 """
 
 from __future__ import annotations
@@ -11,15 +18,19 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from google.protobuf.message import DecodeError
 
 from agent._pb import goalstate_pb2
+from agent.intake.subscriptions import Route, route, topic_problem
+from agent.model.resources import Status
 from agent.supervision import Heartbeat, Supervisor
 
 log = logging.getLogger("aca.kafka")
@@ -27,6 +38,9 @@ log = logging.getLogger("aca.kafka")
 DecodedGoalState = goalstate_pb2.GoalState | goalstate_pb2.GoalStateV2
 ApplyFn = Callable[[DecodedGoalState], goalstate_pb2.GoalStateOperationReply]
 MetricsFn = Callable[[str], None]
+# Records a subscription change durably (key None: the topic is dropped); raises if it cannot.
+PersistFn = Callable[[str, str | None], None]
+Answer = tuple[Status, str]  # a subscription request's status and, unless SUCCESS, the reason
 
 FORMAT_HEADER = "alcor-format"
 SOURCE_TOPIC_HEADER = "alcor-source-topic"
@@ -42,6 +56,8 @@ THREAD_NAME = "aca-kafka-intake"
 # (a big goal state takes seconds; a hung core is the core's own stall), a reply flush takes at
 # most _REPLY_FLUSH_TIMEOUT_S, a synchronous commit at most librdkafka's request timeout (60 s).
 _STALL_S = 120.0
+# How long a broker may take to say whether a topic exists and may be read.
+_METADATA_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class KafkaSettings:
     reply_topic: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     poll_timeout_s: float = 0.5
+    host_ip: str = ""  # host_resources' name for this host, and its key on shared topics by default
 
     def consumer_config(self) -> dict[str, object]:
         """Extras first, so nothing passed through can turn auto-commit back on."""
@@ -134,10 +151,22 @@ class KafkaIntake:
     name each time one of `counters` moves.
     """
 
-    def __init__(self, config: KafkaSettings, apply: ApplyFn, metrics: MetricsFn | None = None) -> None:
+    def __init__(
+        self,
+        config: KafkaSettings,
+        apply: ApplyFn,
+        metrics: MetricsFn | None = None,
+        shared: Mapping[str, str] | None = None,
+        persist: PersistFn | None = None,
+    ) -> None:
+        """``shared``: the shared topics to consume from the start, each with this host's key on
+        it ("" for the default); ``persist`` records every later change before it takes effect."""
         self._settings = config
         self._apply = apply
         self._metrics = metrics
+        self._shared: dict[str, str] = dict(shared or {})
+        self._persist = persist
+        self._commands: queue.Queue[tuple[Callable[[Consumer], object], Future]] = queue.Queue()
         self.counters: collections.Counter[str] = collections.Counter()
         self._state = IntakeState.STOPPED
         self._stop = threading.Event()
@@ -150,6 +179,142 @@ class KafkaIntake:
     @property
     def state(self) -> IntakeState:
         return self._state
+
+    # ------------------------------------------------------------ shared topics (any thread)
+    def subscribe(self, topic: str, key: str, timeout: float = 30.0) -> Answer:
+        """Consume ``topic`` from now on, next to what is consumed already (which loses nothing:
+        the rebalance resumes every topic at its committed offset). FAILURE if the broker does
+        not know the topic or refuses it; the subscription is persisted before it is used."""
+        problem = self._own_topic_problem(topic)
+        if problem:
+            return Status.INVALID_ARG, problem
+        return self._run_on_consumer(lambda consumer: self._subscribe(consumer, topic, key), timeout)
+
+    def unsubscribe(self, topic: str, timeout: float = 30.0) -> Answer:
+        """Stop consuming ``topic``. Runs between two messages, so whatever was received from it
+        has been applied and committed; a topic not subscribed is already gone (SUCCESS)."""
+        problem = self._own_topic_problem(topic)
+        if problem:
+            return Status.INVALID_ARG, problem
+        return self._run_on_consumer(lambda consumer: self._unsubscribe(consumer, topic), timeout)
+
+    def subscriptions(self, timeout: float = 3.0) -> list[dict[str, object]]:
+        """Each consumed topic with the group's committed offset, the end of the topic and the lag
+        between them (summed over partitions; None where the broker did not answer in time)."""
+        topics = [self._settings.topic, *sorted(self._shared.copy())]  # changed by the consuming thread
+        try:
+            lags = self._commands_future(self._lag, timeout)
+        except (TimeoutError, KafkaException):
+            lags = {}
+        return [
+            {
+                "topic": topic,
+                "shared": topic != self._settings.topic,
+                "key": self._key(topic) if topic != self._settings.topic else None,
+                **lags.get(topic, {"committed": None, "end": None, "lag": None}),
+            }
+            for topic in topics
+        ]
+
+    def _own_topic_problem(self, topic: str) -> str:
+        problem = topic_problem(topic)
+        if problem:
+            return problem
+        if topic == self._settings.topic:
+            return f"topic {topic!r} is this host's own goal state topic, always consumed"
+        if topic == self._settings.reply_topic:
+            return f"topic {topic!r} is this host's reply topic"
+        return ""
+
+    def _key(self, topic: str) -> str:
+        return self._shared.get(topic) or self._settings.host_ip
+
+    def _commands_future(self, fn: Callable[[Consumer], object], timeout: float) -> object:
+        fut: Future = Future()
+        self._commands.put((fn, fut))
+        return fut.result(timeout)
+
+    def _run_on_consumer(self, fn: Callable[[Consumer], Answer], timeout: float) -> Answer:
+        try:
+            return self._commands_future(fn, timeout)  # type: ignore[return-value]
+        except TimeoutError:
+            return Status.FAILURE, f"the Kafka intake did not take the request within {timeout:.0f}s"
+        except Exception as exc:
+            return Status.FAILURE, f"{type(exc).__name__}: {exc}"
+
+    # ------------------------------------------------------------ shared topics (consuming thread)
+    def _topics(self) -> list[str]:
+        return [self._settings.topic, *sorted(self._shared)]
+
+    def _resubscribe(self, consumer: Consumer) -> None:
+        consumer.subscribe(
+            self._topics(), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+
+    def _subscribe(self, consumer: Consumer, topic: str, key: str) -> Answer:
+        refused = self._broker_refuses(consumer, topic)
+        if refused:
+            return Status.FAILURE, refused
+        known = topic in self._shared
+        if self._persist is not None and self._shared.get(topic) != key:
+            self._persist(topic, key)
+        self._shared[topic] = key
+        if not known:
+            self._resubscribe(consumer)
+        log.info(
+            "event=kafka_subscribed topic=%s key=%s topics=%d", topic, self._key(topic), len(self._shared) + 1
+        )
+        return Status.SUCCESS, ""
+
+    def _unsubscribe(self, consumer: Consumer, topic: str) -> Answer:
+        if topic not in self._shared:
+            return Status.SUCCESS, ""
+        if self._persist is not None:
+            self._persist(topic, None)
+        del self._shared[topic]
+        self._resubscribe(consumer)
+        log.info("event=kafka_unsubscribed topic=%s topics=%d", topic, len(self._shared) + 1)
+        return Status.SUCCESS, ""
+
+    @staticmethod
+    def _broker_refuses(consumer: Consumer, topic: str) -> str:
+        """Why the broker will not serve ``topic`` (unknown, not authorized, unreachable), or ""."""
+        try:
+            metadata = consumer.list_topics(topic, timeout=_METADATA_TIMEOUT_S)
+        except KafkaException as exc:
+            return f"broker: {exc.args[0].str() if exc.args else exc}"
+        found = metadata.topics.get(topic)
+        if found is None:
+            return "broker: topic not in the metadata"
+        if found.error is not None:
+            return f"broker: {found.error.str()}"
+        return ""
+
+    def _lag(self, consumer: Consumer) -> dict[str, dict[str, int | None]]:
+        partitions = consumer.committed(consumer.assignment(), timeout=2)
+        out: dict[str, dict[str, int | None]] = {}
+        for tp in partitions:
+            _low, high = consumer.get_watermark_offsets(tp, timeout=2)
+            committed = tp.offset if tp.offset >= 0 else 0  # nothing committed: from the start
+            row = out.setdefault(tp.topic, {"committed": 0, "end": 0, "lag": 0})
+            row["committed"] += committed  # type: ignore[operator]
+            row["end"] += high  # type: ignore[operator]
+            row["lag"] += max(high - committed, 0)  # type: ignore[operator]
+        return out
+
+    def _run_commands(self, consumer: Consumer) -> None:
+        while True:
+            try:
+                fn, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(consumer))
+            except Exception as exc:
+                log.warning("event=kafka_request_failed error=%r", str(exc))
+                fut.set_exception(exc)
 
     # ------------------------------------------------------------ lifecycle
     def start(self, supervisor: Supervisor | None = None) -> None:
@@ -174,12 +339,7 @@ class KafkaIntake:
         self._consumer = Consumer({**self._settings.consumer_config(), "error_cb": self._on_error})
         if self._settings.reply_topic:
             self._producer = Producer({**self._settings.producer_config(), "error_cb": self._on_error})
-        self._consumer.subscribe(
-            [self._settings.topic],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
+        self._resubscribe(self._consumer)
         self._set_state(IntakeState.JOINING)
 
     def stop(self, timeout: float = 10.0) -> bool:
@@ -211,6 +371,7 @@ class KafkaIntake:
             while not self._stop.is_set():
                 if heartbeat is not None:
                     heartbeat.beat()
+                self._run_commands(consumer)
                 msg = consumer.poll(self._settings.poll_timeout_s)
                 if msg is None:
                     continue
@@ -232,7 +393,8 @@ class KafkaIntake:
     # ------------------------------------------------------------ per message
     def _handle(self, msg: Message) -> None:
         fmt = _header(msg, FORMAT_HEADER) or "v2"
-        where = f"topic={msg.topic()} partition={msg.partition()} offset={msg.offset()}"
+        topic = msg.topic()
+        where = f"topic={topic} partition={msg.partition()} offset={msg.offset()}"
         try:
             goal_state = decode_goal_state(msg.value(), fmt)
         except DecodeError as exc:
@@ -240,6 +402,13 @@ class KafkaIntake:
             self._count("poison")
             self._commit(msg)
             return
+        if topic in self._shared:
+            verdict = route(msg.key(), self._key(topic), goal_state, self._settings.host_ip)
+            if verdict is not Route.APPLY:
+                log.debug("event=kafka_skipped %s reason=%s", where, verdict.value)
+                self._count(f"skipped_{verdict.value}")
+                self._commit(msg)
+                return
         started = time.perf_counter()
         try:
             reply = self._apply(goal_state)
