@@ -392,6 +392,7 @@ class KafkaIntake:
 
     # ------------------------------------------------------------ per message
     def _handle(self, msg: Message) -> None:
+        received_ms = time.time() * 1e3
         fmt = _header(msg, FORMAT_HEADER) or "v2"
         topic = msg.topic()
         where = f"topic={topic} partition={msg.partition()} offset={msg.offset()}"
@@ -415,6 +416,7 @@ class KafkaIntake:
         except Exception:
             self._retry_later(msg, where, "apply_failed")
             return
+        applied = time.perf_counter()
         if self._producer is not None:
             try:
                 self._send_reply(msg, fmt, reply)
@@ -422,15 +424,16 @@ class KafkaIntake:
                 # Retried whole: re-applying is a no-op for the core, and the reply goes out again.
                 self._retry_later(msg, where, "reply_failed")
                 return
+        replied = time.perf_counter()
         self._backoff = _BACKOFF_MIN_S
         self._count("applied")
         self._commit(msg)
-        log.debug(
-            "event=kafka_applied %s format=%s took_us=%d",
-            where,
-            fmt,
-            (time.perf_counter() - started) * 1e6,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # each stage of the round, for latency investigations
+            log.debug(
+                "event=kafka_applied %s format=%s polled_after_ms=%d apply_us=%d reply_us=%d commit_us=%d",
+                where, fmt, received_ms - msg.timestamp()[1], (applied - started) * 1e6,
+                (replied - applied) * 1e6, (time.perf_counter() - replied) * 1e6,
+            )  # fmt: skip
 
     def _send_reply(self, msg: Message, fmt: str, reply: goalstate_pb2.GoalStateOperationReply) -> None:
         """Deliver the reply before the commit, so a committed goal state always has its reply out."""
