@@ -58,6 +58,7 @@ THREAD_NAME = "aca-kafka-intake"
 _STALL_S = 120.0
 # How long a broker may take to say whether a topic exists and may be read.
 _METADATA_TIMEOUT_S = 10.0
+_LAG_REFRESH_S = 1.0  # how often the consuming thread updates the lag figures acactl shows
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,10 @@ class KafkaIntake:
         self._metrics = metrics
         self._shared: dict[str, str] = dict(shared or {})
         self._persist = persist
-        self._commands: queue.Queue[tuple[Callable[[Consumer], object], Future]] = queue.Queue()
+        self._commands: queue.Queue[tuple[Callable[[Consumer], Answer], Future]] = queue.Queue()
+        self._committed: dict[tuple[str, int], int] = {}  # (topic, partition) → next offset, as committed
+        self._lags: dict[str, dict[str, int | None]] = {}  # see subscriptions
+        self._lags_at = 0.0
         self.counters: collections.Counter[str] = collections.Counter()
         self._state = IntakeState.STOPPED
         self._stop = threading.Event()
@@ -198,20 +202,19 @@ class KafkaIntake:
             return Status.INVALID_ARG, problem
         return self._run_on_consumer(lambda consumer: self._unsubscribe(consumer, topic), timeout)
 
-    def subscriptions(self, timeout: float = 3.0) -> list[dict[str, object]]:
-        """Each consumed topic with the group's committed offset, the end of the topic and the lag
-        between them (summed over partitions; None where the broker did not answer in time)."""
+    def subscriptions(self) -> list[dict[str, object]]:
+        """Each consumed topic with its position (the next offset to apply: what was applied is
+        committed), the end of the topic and the lag between them, summed over partitions, as
+        the consuming thread last saw them (within a second); None while not known yet."""
         topics = [self._settings.topic, *sorted(self._shared.copy())]  # changed by the consuming thread
-        try:
-            lags = self._commands_future(self._lag, timeout)
-        except (TimeoutError, KafkaException):
-            lags = {}
+        lags = self._lags
+        unknown = {"position": None, "end": None, "lag": None}
         return [
             {
                 "topic": topic,
                 "shared": topic != self._settings.topic,
                 "key": self._key(topic) if topic != self._settings.topic else None,
-                **lags.get(topic, {"committed": None, "end": None, "lag": None}),
+                **lags.get(topic, unknown),
             }
             for topic in topics
         ]
@@ -229,15 +232,13 @@ class KafkaIntake:
     def _key(self, topic: str) -> str:
         return self._shared.get(topic) or self._settings.host_ip
 
-    def _commands_future(self, fn: Callable[[Consumer], object], timeout: float) -> object:
+    def _run_on_consumer(self, fn: Callable[[Consumer], Answer], timeout: float) -> Answer:
         fut: Future = Future()
         self._commands.put((fn, fut))
-        return fut.result(timeout)
-
-    def _run_on_consumer(self, fn: Callable[[Consumer], Answer], timeout: float) -> Answer:
         try:
-            return self._commands_future(fn, timeout)  # type: ignore[return-value]
+            return fut.result(timeout)
         except TimeoutError:
+            fut.cancel()  # not run later behind the caller's back (unless already running)
             return Status.FAILURE, f"the Kafka intake did not take the request within {timeout:.0f}s"
         except Exception as exc:
             return Status.FAILURE, f"{type(exc).__name__}: {exc}"
@@ -290,17 +291,26 @@ class KafkaIntake:
             return f"broker: {found.error.str()}"
         return ""
 
-    def _lag(self, consumer: Consumer) -> dict[str, dict[str, int | None]]:
-        partitions = consumer.committed(consumer.assignment(), timeout=2)
-        out: dict[str, dict[str, int | None]] = {}
-        for tp in partitions:
-            _low, high = consumer.get_watermark_offsets(tp, timeout=2)
-            committed = tp.offset if tp.offset >= 0 else 0  # nothing committed: from the start
-            row = out.setdefault(tp.topic, {"committed": 0, "end": 0, "lag": 0})
-            row["committed"] += committed  # type: ignore[operator]
-            row["end"] += high  # type: ignore[operator]
-            row["lag"] += max(high - committed, 0)  # type: ignore[operator]
-        return out
+    def _refresh_lags(self, consumer: Consumer) -> None:
+        """Local figures only (no broker round trip on the consuming thread): the position
+        librdkafka holds, else the last offset this intake committed, and the end of each
+        partition as its last fetch response gave it."""
+        now = time.monotonic()
+        if now - self._lags_at < _LAG_REFRESH_S:
+            return
+        self._lags_at = now
+        lags: dict[str, dict[str, int | None]] = {}
+        for tp in consumer.position(consumer.assignment()):
+            position = tp.offset if tp.offset >= 0 else self._committed.get((tp.topic, tp.partition))
+            _low, end = consumer.get_watermark_offsets(tp, cached=True) or (None, None)
+            row = lags.setdefault(tp.topic, {"position": 0, "end": 0, "lag": 0})
+            if position is None or end is None or end < 0 or row["lag"] is None:
+                row.update(position=None, end=None, lag=None)
+                continue
+            row["position"] += position  # type: ignore[operator]
+            row["end"] += end  # type: ignore[operator]
+            row["lag"] += max(end - position, 0)  # type: ignore[operator]
+        self._lags = lags
 
     def _run_commands(self, consumer: Consumer) -> None:
         while True:
@@ -372,6 +382,7 @@ class KafkaIntake:
                 if heartbeat is not None:
                     heartbeat.beat()
                 self._run_commands(consumer)
+                self._refresh_lags(consumer)
                 msg = consumer.poll(self._settings.poll_timeout_s)
                 if msg is None:
                     continue
@@ -484,6 +495,7 @@ class KafkaIntake:
         assert self._consumer is not None
         try:
             self._consumer.commit(message=msg, asynchronous=False)
+            self._committed[(msg.topic(), msg.partition())] = msg.offset() + 1
         except KafkaException as exc:
             # Applied but not committed: a redelivery re-applies it, which the core makes a no-op.
             self._count("commit_failed")

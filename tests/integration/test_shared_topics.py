@@ -339,6 +339,7 @@ def test_sigkill_with_two_shared_topics_in_flight_loses_nothing_and_applies_noth
             answers = replies[(topic, offset)]
             assert all(a == answers[0] for a in answers), (topic, offset, answers)
             assert set(answers[0].values()) == {"SUCCESS"}
-    rows = shared.topics(host)
-    assert all(rows[topic]["lag"] == 0 for topic in topics), rows
+    wait_for(  # acactl status: both topics caught up (the figures are refreshed every second)
+        lambda: all(shared.topics(host)[topic]["lag"] == 0 for topic in topics), 10, "lag 0 on both topics"
+    )
     assert_flow_table_clean(shared.box, host)
