@@ -8,6 +8,7 @@ topics and resource ids.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import pathlib
 import re
@@ -343,3 +344,40 @@ def test_sigkill_with_two_shared_topics_in_flight_loses_nothing_and_applies_noth
         lambda: all(shared.topics(host)[topic]["lag"] == 0 for topic in topics), 10, "lag 0 on both topics"
     )
     assert_flow_table_clean(shared.box, host)
+
+
+def test_subscribing_while_the_own_topic_flows_loses_and_repeats_nothing_there(shared: Shared) -> None:
+    """The re-subscribe rebalances the group while records flow on the host's own topic (before,
+    during and after): every one is applied, and answered exactly once (a replay would answer twice)."""
+    host, topic, own = "host2", "vpc-sh-join", "host-host2"
+    shared.create_topics(topic)
+    log = pathlib.Path(shared.box.host(host).log_file)
+    offsets: list[int] = []
+    started, stop = threading.Event(), threading.Event()
+
+    def producer() -> None:
+        """Keeps at most a few records ahead of the agent, so some are always in flight."""
+        n = 0
+        while not stop.is_set() and n < 400:
+            offsets.append(shared.publish(own, neighbour_message(shared.ips, f"nb-j{n}", (host,), 600 + n)))
+            n += 1
+            if n == 10:
+                started.set()
+            if n > 5:
+                wait_for(lambda n=n: f"nb-j{n - 5}" in shared.neighbours(host), 30, f"nb-j{n - 5} applied")
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    try:
+        assert started.wait(60)
+        assert shared.push_subscribe(host, topic) == "SUCCESS"
+        wait_for(lambda: f"{topic}/0" in log.read_text(), 30, "the rebalance that assigns the new topic")
+        produced = len(offsets)
+        wait_for(lambda: len(offsets) >= produced + 10, 30, "more records after the rebalance")
+    finally:
+        stop.set()
+        thread.join(120)
+    shared.wait_committed(host, own, offsets[-1])
+    answered = collections.Counter(o for t, o, _r in shared.replies(host) if t == own and o in set(offsets))
+    assert answered == dict.fromkeys(offsets, 1)
+    assert {f"nb-j{n}" for n in range(len(offsets))} <= set(shared.neighbours(host))
