@@ -4,12 +4,14 @@ One tansu broker on loopback; ``--hosts`` agent-like clients, each consuming its
 ``host-<i>`` in its own group and, per record, producing a reply to ``host-<i>-replies`` (flushed)
 and committing the record synchronously, as the agent does; a controller producing one 600-byte
 record per host per round and a reader of every reply topic. Client settings are bench.scale's
-(fetch.wait.max.ms=10, linger.ms=0). Two runs on fresh brokers: topics empty at the start, and
-topics already holding ``--prefill`` records (one batch each, as the bench's records are). If the
-reply time depends on what the broker holds rather than on the clients' history, the prefilled
-run starts where the empty run ends. ``--no-commit`` leaves out the commits.
+(fetch.wait.max.ms=10, linger.ms=0). Three runs on fresh brokers: topics empty at the start;
+topics already holding ``--prefill`` records (one batch each, as the bench's records are); and as
+many records in as many other topics that nobody reads. If the reply time depends on what the
+broker holds in the partitions being fetched, rather than on the clients' history or on data held
+anywhere, the second run starts where the first ends and the third does not. ``--no-commit``
+leaves out the commits.
 
-    python -m bench.kafka_control                 # 8 hosts, 400 rounds, prefill 800 (~1 minute)
+    python -m bench.kafka_control                 # 8 hosts, 400 rounds, prefill 800 (a few minutes)
 """
 
 from __future__ import annotations
@@ -46,17 +48,21 @@ def _agent(broker: KafkaBroker, i: int, start: int, commit: bool, stop: threadin
     consumer.close()
 
 
-def run(hosts: int, rounds: int, prefill: int, commit: bool) -> tuple[list[float], float]:
-    """Per-round reply times (ms, every host's reply) and the broker's CPU seconds over the rounds."""
+def run(hosts: int, rounds: int, prefill: int, unread: int, commit: bool) -> tuple[list[float], float]:
+    """Per-round reply times (ms, every host's reply) and the broker's CPU seconds over the rounds;
+    the clients' topics hold ``prefill`` records at the start, as many topics nobody reads ``unread``."""
     with running_broker() as broker:
         for i in range(hosts):
-            broker.create_topic(f"host-{i}")
-            broker.create_topic(f"host-{i}-replies")
+            for topic in (f"host-{i}", f"unread-{i}"):
+                broker.create_topic(topic)
+                broker.create_topic(f"{topic}-replies")
         producer = Producer({**broker.client_config(), **PRODUCER_OPTIONS})
-        for _ in range(prefill):  # one flush per record: one batch each, as in bench.scale
+        for n in range(max(prefill, unread)):  # one flush per record: one batch each, as in bench.scale
             for i in range(hosts):
-                producer.produce(f"host-{i}", VALUE)
-                producer.produce(f"host-{i}-replies", b"r" * 60, headers=[("offset", "-1")])
+                for topic, fill in ((f"host-{i}", prefill), (f"unread-{i}", unread)):
+                    if n < fill:
+                        producer.produce(topic, VALUE)
+                        producer.produce(f"{topic}-replies", b"r" * 60, headers=[("offset", "-1")])
             producer.flush(10)
         stop, arrived, cond = threading.Event(), {}, threading.Condition()
 
@@ -109,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     print(f"# {environment()}")
     result = {"hosts": args.hosts, "rounds": args.rounds, "commit": "off" if args.no_commit else "sync"}
-    for label, prefill in (("empty", 0), ("prefilled", args.prefill)):
-        times, cpu = run(args.hosts, args.rounds, prefill, not args.no_commit)
+    runs = (("empty", 0, 0), ("prefilled", args.prefill, 0), ("unread_prefilled", 0, args.prefill))
+    for label, prefill, unread in runs:
+        times, cpu = run(args.hosts, args.rounds, prefill, unread, not args.no_commit)
         tenth = len(times) // 10
         first, last = statistics.median(times[:tenth]), statistics.median(times[-tenth:])
-        print(f"{label} (topics holding {prefill} records at start): reply p50 first tenth {first:.1f} ms, "
-              f"last tenth {last:.1f} ms; broker CPU {cpu:.1f} s")  # fmt: skip
+        print(f"{label} ({prefill} records in the topics read, {unread} in unread ones): reply p50 "
+              f"first tenth {first:.1f} ms, last tenth {last:.1f} ms; broker CPU {cpu:.1f} s")  # fmt: skip
         result |= {f"{label}_first_p50_ms": f"{first:.2f}", f"{label}_last_p50_ms": f"{last:.2f}",
                    f"{label}_broker_cpu_s": f"{cpu:.1f}"}  # fmt: skip
     result["prefill"] = args.prefill
