@@ -193,6 +193,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-tls-cert", help="the gRPC intake's server certificate")
     p.add_argument("--grpc-tls-key", help="its key")
     p.add_argument("--grpc-tls-client-ca", help="CA that signs the clients allowed to push (mutual TLS)")
+    p.add_argument(
+        "--subscribe-listen", help="SubscribeInfoProvisioner: address:port or unix:PATH ('' turns it off)"
+    )
     p.add_argument("--ovsdb", help="OVSDB remote, e.g. unix:/var/run/openvswitch/db.sock")
     p.add_argument("--ovs-rundir", help="directory holding <bridge>.mgmt")
     p.add_argument("--bridge")
@@ -231,6 +234,7 @@ def from_args(argv: list[str] | None = None) -> AgentConfig:
         "tls_cert": args.grpc_tls_cert,
         "tls_key": args.grpc_tls_key,
         "tls_client_ca": args.grpc_tls_client_ca,
+        "subscribe_listen": args.subscribe_listen,
     }
     ovs = {
         "db": args.ovsdb,

@@ -30,6 +30,7 @@ from agent.intake.kafka_consumer import KafkaIntake, KafkaSettings
 from agent.intake.kafka_security import insecure as kafka_insecure
 from agent.intake.kafka_security import security_options as kafka_security_options
 from agent.intake.replies import to_reply
+from agent.intake.subscribe_service import SubscribeService
 from agent.metrics import THREAD_NAME as METRICS_THREAD
 from agent.metrics import AgentMetrics
 from agent.model.decode import Wire, decode_v1, decode_v2
@@ -88,6 +89,7 @@ class Agent:
         self.punts: PuntConsumer | None = None
         self.on_demand: OnDemandClient | None = None
         self.grpc_server: grpc.Server | None = None
+        self.subscribe_server: grpc.Server | None = None
         self.kafka: KafkaIntake | None = None
         # grpc.health.v1: SERVING only while `ready` (see run); NOT_SERVING until then.
         self.health = HealthServicer()
@@ -134,6 +136,9 @@ class Agent:
             self.grpc_server = start_server(service, self.cfg.grpc, self.health)
         if self.cfg.kafka.bootstrap_servers:
             self._start_kafka()
+        if self.cfg.grpc.subscribe_listen:  # the goal-state endpoint's settings and credentials
+            grpc_settings = replace(self.cfg.grpc, listen=self.cfg.grpc.subscribe_listen, workers=4)
+            self.subscribe_server = start_server(SubscribeService(self.kafka), grpc_settings)
         self.control.start()
         if self.cfg.controller.address:
             threading.Thread(
@@ -206,6 +211,7 @@ class Agent:
             "ready": self.ready and self.core.dataplane_ready and healthy,
             "threads": states,
             "thread_errors": self.supervisor.errors(),
+            "kafka_topics": self.kafka.subscriptions() if self.kafka is not None else [],
         }
 
     def _start_punts(self, routes: RouteDriver) -> None:
@@ -247,10 +253,24 @@ class Agent:
             group_id=self.cfg.kafka_group,
             reply_topic=self.cfg.kafka.reply_topic or None,
             extra={**self.cfg.kafka.options, **kafka_security_options(self.cfg.kafka)},
+            host_ip=self.cfg.underlay_ip,
         )
+
+        def persist(topic: str, key: str | None) -> None:
+            """On the core's thread, which owns the store's connection."""
+            store = self.store
+            if key is None:
+                self.core.call(lambda: store.drop_subscription(topic)).result(30)
+            else:
+                self.core.call(lambda: store.set_subscription(topic, key)).result(30)
+
         # Kafka's counters (applied, poison, ...) show in `acactl status` next to the core's.
         self.kafka = KafkaIntake(
-            settings, apply, metrics=lambda name: self.core.counters.update([f"kafka_{name}"])
+            settings,
+            apply,
+            metrics=lambda name: self.core.counters.update([f"kafka_{name}"]),
+            shared=self.core.call(self.store.subscriptions).result(30),  # the core owns the store
+            persist=persist,
         )
         self.kafka.start(self.supervisor)
 
@@ -299,8 +319,9 @@ class Agent:
         self.stop_event.set()
         self.supervisor.stop()
         self.health.enter_graceful_shutdown()  # NOT_SERVING for every service from here on
-        if self.grpc_server is not None:
-            self.grpc_server.stop(grace=2).wait(3)
+        for server in (self.subscribe_server, self.grpc_server):
+            if server is not None:
+                server.stop(grace=2).wait(3)
         if self.metrics is not None:
             self.metrics.stop()
         if self.kafka is not None:

@@ -4,7 +4,9 @@ For every new port the simulator sends, like the NCM, a GoalStateV2 to the port'
 port, its DHCP entry and the router, with the VPC and subnet as context; the first port of the
 VPC on a host also carries every existing port as a neighbour) and the new port as a neighbour
 to every other host of the VPC. Transport: one long-lived PushGoalStatesStream per host (gRPC),
-or one topic per host with a shared reply topic (Kafka, a tansu broker in the sandbox underlay).
+or one topic per host with a reply topic per host (Kafka, a tansu broker in the sandbox underlay).
+``--transport shared`` grows a second VPC beside the first whose changes go once to the VPC's
+topic, every agent subscribed to it by PushNodeSubscribeInfo (docs/scale.md, shared-topic mode).
 
 Workloads, one after the other on the same hosts:
   grow    one VPC from 0 to --ports ports, a port at a time (each waits for every host's reply);
@@ -52,6 +54,7 @@ from agent.cli import acactl
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import HostInfo, Sandbox, SandboxError, VmInfo
 from bench import scale_report
+from bench.common import environment
 
 VPC, SUBNET, ROUTER, VNI = "vpc-scale", "subnet-scale", "router-scale", 7000
 CIDR, GW_IP, GW_MAC, DVR_MAC = "10.64.0.0/16", "10.64.0.1", "fa:16:3e:ff:ff:01", "fa:16:3e:ff:ff:02"
@@ -65,8 +68,11 @@ def reply_topic(host: str) -> str:
     return f"host-{host}-replies"
 
 
+def replying_host(topic: str) -> str:
+    return topic.removeprefix("host-").removesuffix("-replies")
+
+
 PING_LEAD_S = 0.1  # a sampled VM's ping runs this long before its goal states are sent
-AGENT_LOG_LEVEL = ("--log-level", "WARNING")
 # tansu's quick-join settings plus no batching delays: the bench measures latency, not batching.
 # tansu answers a fetch only when fetch.wait.max.ms is over, even when data arrived meanwhile (a
 # one-way latency floor of up to that long), and now and then leaves a request unanswered: a short
@@ -84,8 +90,9 @@ READER_OPTIONS = {"fetch.wait.max.ms": "10", "socket.timeout.ms": "3000"}
 CSV_FIELDS = [
     "kind", "transport", "workload", "op", "port", "host", "role", "neighbours", "t_s",
     "latency_ms", "agent_ms", "config_ms", "dataplane_ms", "queue_ms", "wire_ms", "status",
-    "cpu_s", "rss_mb", "held_neighbours", "flows",
+    "cpu_s", "rss_mb", "held_neighbours", "flows", "messages",
 ]  # fmt: skip
+SHARED_VPC = 1  # the shared-topic mode's second VPC (Ncm n), grown over its topic
 
 
 # ---------------------------------------------------------------- controller simulator (NCM)
@@ -94,72 +101,112 @@ class PortSpec:
     index: int
     host: HostInfo
     revision: int = 1
+    vpc: int = 0  # which of the run's VPCs (the shared-topic mode grows a second one)
 
     @property
     def id(self) -> str:
-        return f"port-{self.index}"
+        return f"port-{self.index}" if not self.vpc else f"port{self.vpc}-{self.index}"
 
     @property
     def ip(self) -> str:
-        return str(ipaddress.IPv4Address("10.64.0.0") + 16 + self.index)
+        return str(ipaddress.IPv4Address(f"10.{64 + self.vpc}.0.0") + 16 + self.index)
 
     @property
     def mac(self) -> str:
         i = self.index
-        return f"fa:16:3e:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+        return f"fa:16:{0x3E + self.vpc:02x}:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
 
 
 class Ncm:
-    """What Alcor's NCM sends for a new or updated port of one VPC; ports go round-robin over hosts."""
+    """What Alcor's NCM sends for a new or updated port of one VPC; ports go round-robin over hosts.
 
-    def __init__(self, hosts: list[HostInfo]) -> None:
+    VPC ``n`` (0: the bench's) has its own names, VNI and addresses, so two grow side by side."""
+
+    def __init__(self, hosts: list[HostInfo], n: int = 0) -> None:
         self.hosts = hosts
+        self.n = n
+        self.vpc, self.subnet, self.router = (
+            (VPC, SUBNET, ROUTER) if not n else (f"{VPC}-{n}", f"{SUBNET}-{n}", f"{ROUTER}-{n}")
+        )
+        self.vni, self.cidr, self.gw_ip = VNI + n, f"10.{64 + n}.0.0/16", f"10.{64 + n}.0.1"
         self.ports: list[PortSpec] = []
         self.members: list[HostInfo] = []  # hosts holding a port of the VPC, in order of their first
 
+    @property
+    def topic(self) -> str:
+        """The VPC's shared topic (shared-topic mode)."""
+        return f"vpc-{self.vpc}"
+
     def new_port(self) -> PortSpec:
         index = len(self.ports)  # numbered in creation order
-        return PortSpec(index, self.hosts[index % len(self.hosts)])
+        return PortSpec(index, self.hosts[index % len(self.hosts)], vpc=self.n)
 
-    @staticmethod
-    def _context() -> list[Any]:
+    def _context(self) -> list[Any]:
         return [
-            gs.vpc(VPC, VNI, CIDR, op=gs.INFO),
-            gs.subnet(SUBNET, VPC, CIDR, VNI, GW_IP, GW_MAC, op=gs.INFO),
+            gs.vpc(self.vpc, self.vni, self.cidr, op=gs.INFO),
+            gs.subnet(self.subnet, self.vpc, self.cidr, self.vni, self.gw_ip, GW_MAC, op=gs.INFO),
         ]
 
-    @staticmethod
-    def _neighbour(p: PortSpec) -> Any:
-        return gs.neighbor(p.id, VPC, SUBNET, p.ip, p.mac, p.host.underlay_ip)
+    def _neighbour(self, p: PortSpec) -> Any:
+        return gs.neighbor(p.id, self.vpc, self.subnet, p.ip, p.mac, p.host.underlay_ip)
+
+    def _own(self, p: PortSpec) -> tuple[list[Any], list[Any], str]:
+        """What ``p``'s own host acts on: the router, the port and its DHCP entry; and, for its
+        host's first port of the VPC, every existing port as a neighbour (the bootstrap)."""
+        own = [
+            gs.router(self.router, DVR_MAC, [self.subnet]),
+            gs.port(p.id, self.vpc, self.subnet, p.ip, p.mac, host_ip=p.host.underlay_ip),
+            gs.dhcp(f"dhcp-{p.id}", self.subnet, p.mac, p.ip, hostname=f"vm-{p.index}"),
+        ]
+        if all(h.name != p.host.name for h in self.members):
+            return own, [self._neighbour(q) for q in self.ports], "port+bootstrap"
+        return own, [], "port"
+
+    def _joined(self, p: PortSpec) -> None:
+        self.ports.append(p)
+        if all(h.name != p.host.name for h in self.members):
+            self.members.append(p.host)
 
     def create(self, p: PortSpec) -> list[tuple[HostInfo, str, pb.GoalStateV2]]:
-        """(host, role, message) for port ``p``; the port then counts as a member of the VPC."""
-        own = [
-            *self._context(),
-            gs.router(ROUTER, DVR_MAC, [SUBNET]),
-            gs.port(p.id, VPC, SUBNET, p.ip, p.mac, host_ip=p.host.underlay_ip),
-            gs.dhcp(f"dhcp-{p.index}", SUBNET, p.mac, p.ip, hostname=f"vm-{p.index}"),
+        """(host, role, message) for port ``p``, one message per host; the port then counts as a
+        member of the VPC."""
+        own, bootstrap, role = self._own(p)
+        out = [
+            (p.host, role, gs.goal_state_v2(*self._context(), *own, *bootstrap, host_ip=p.host.underlay_ip))
         ]
-        role = "port"
-        if all(h.name != p.host.name for h in self.members):
-            # First port of the VPC on this host: it learns every existing port as a neighbour.
-            own += [self._neighbour(q) for q in self.ports]
-            role = "port+bootstrap"
-        out = [(p.host, role, gs.goal_state_v2(*own, host_ip=p.host.underlay_ip))]
         for h in self.members:
             if h.name != p.host.name:
                 msg = gs.goal_state_v2(*self._context(), self._neighbour(p), host_ip=h.underlay_ip)
                 out.append((h, "neighbour", msg))
-        self.ports.append(p)
-        if all(h.name != p.host.name for h in self.members):
-            self.members.append(p.host)
+        self._joined(p)
         return out
+
+    def create_shared(self, p: PortSpec) -> tuple[pb.GoalStateV2, list[tuple[HostInfo, str]]]:
+        """The same change as one message for the VPC's topic, and (host, role) of every host it
+        names: ``host_resources`` gives the port's host what ``create`` sends it, and every other
+        member the port as a neighbour; every host subscribed reads it, the others skip it."""
+        own, bootstrap, role = self._own(p)
+        msg = gs.goal_state_v2(*self._context(), *own, *bootstrap, self._neighbour(p))
+        mine = msg.host_resources[p.host.underlay_ip].resources
+        for state, rtype in zip(own, (pb.ROUTER, pb.PORT, pb.DHCP), strict=True):
+            mine.add(type=rtype, id=state.configuration.id)
+        for q in bootstrap:
+            mine.add(type=pb.NEIGHBOR, id=f"L2/{q.configuration.id}")
+        named = [(p.host, role)]
+        for h in self.members:
+            if h.name != p.host.name:
+                msg.host_resources[h.underlay_ip].resources.add(type=pb.NEIGHBOR, id=f"L2/{p.id}")
+                named.append((h, "neighbour"))
+        self._joined(p)
+        return msg, named
 
     def update(self, p: PortSpec) -> list[tuple[HostInfo, str, pb.GoalStateV2]]:
         """A FULL update of ``p`` with its allowed address pair toggled; only its host is told."""
         p.revision += 1
         pairs = [(PAIR_IP, PAIR_MAC)] if p.revision % 2 == 0 else []
-        port = gs.port(p.id, VPC, SUBNET, p.ip, p.mac, p.host.underlay_ip, gs.UPDATE, p.revision, pairs=pairs)
+        port = gs.port(
+            p.id, self.vpc, self.subnet, p.ip, p.mac, p.host.underlay_ip, gs.UPDATE, p.revision, pairs=pairs
+        )
         return [(p.host, "update", gs.goal_state_v2(*self._context(), port, host_ip=p.host.underlay_ip))]
 
 
@@ -180,6 +227,7 @@ class Op:
         self.expected = expected
         self.t0 = 0.0  # perf_counter at the first send
         self.t0_wall = 0.0  # the same moment on the wall clock (ping timestamps)
+        self.published: list[float] = []  # perf_counter when the broker acknowledged each message (Kafka)
         self.replies: list[Reply] = []
         self.sent_to: list[str] = []
         self.error: str | None = None
@@ -279,8 +327,9 @@ class GrpcTransport:
 
 
 class KafkaTransport:
-    """Goal states produced to each host's topic (host-<host id>); each agent replies on its reply
-    topic, whose records name the source topic and offset they answer; one reader reads them all."""
+    """Goal states produced to each host's topic (host-<host id>), or once to a VPC's topic that
+    several hosts act on; each agent replies on its reply topic, whose records name the source
+    topic and offset they answer; one reader reads them all and matches (topic, offset, host)."""
 
     name = "kafka"
 
@@ -292,8 +341,8 @@ class KafkaTransport:
         self._broker = broker
         self._hosts = hosts
         self._lock = threading.Lock()
-        self._by_offset: dict[tuple[str, int], Sent] = {}
-        self._early: dict[tuple[str, int], tuple[pb.GoalStateOperationReply, float]] = {}
+        self._by_offset: dict[tuple[str, int, str], Sent] = {}
+        self._early: dict[tuple[str, int, str], tuple[pb.GoalStateOperationReply, float]] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -330,7 +379,11 @@ class KafkaTransport:
                     continue
                 t = time.perf_counter()
                 headers = {k: v.decode() for k, v in record.headers() or () if v is not None}
-                key = (headers["alcor-source-topic"], int(headers["alcor-source-offset"]))
+                key = (
+                    headers["alcor-source-topic"],
+                    int(headers["alcor-source-offset"]),
+                    replying_host(record.topic()),
+                )
                 reply = pb.GoalStateOperationReply.FromString(record.value())
                 with self._lock:
                     sent = self._by_offset.pop(key, None)
@@ -341,22 +394,30 @@ class KafkaTransport:
         finally:
             consumer.close()
 
-    def _delivered(self, sent: Sent, err: Any, record: Any) -> None:
+    def _delivered(self, sents: list[Sent], err: Any, record: Any) -> None:
         if err is not None:
-            sent.op.fail(f"produce to host-{sent.host}: {err}")
+            for sent in sents:
+                sent.op.fail(f"produce to {record.topic()}: {err}")
             return
-        key = (record.topic(), record.offset())
-        with self._lock:
-            early = self._early.pop(key, None)
-            if early is None:
-                self._by_offset[key] = sent
-        if early is not None:
-            sent.op.add(sent.host, sent.role, early[0], early[1])
+        acked = time.perf_counter()
+        for sent in sents:
+            sent.op.published.append(acked)
+            key = (record.topic(), record.offset(), sent.host)
+            with self._lock:
+                early = self._early.pop(key, None)
+                if early is None:
+                    self._by_offset[key] = sent
+            if early is not None:
+                sent.op.add(sent.host, sent.role, early[0], early[1])
 
     def send(self, sent: Sent, msg: pb.GoalStateV2 | bytes) -> None:
+        self.publish(f"host-{sent.host}", msg, [sent])
+
+    def publish(self, topic: str, msg: pb.GoalStateV2 | bytes, sents: list[Sent]) -> None:
+        """One record on ``topic`` that every host of ``sents`` answers."""
         value = msg if isinstance(msg, bytes) else msg.SerializeToString()
         self._producer.produce(
-            f"host-{sent.host}", value=value, on_delivery=lambda err, rec: self._delivered(sent, err, rec)
+            topic, value=value, on_delivery=lambda err, rec: self._delivered(sents, err, rec)
         )
         self._producer.poll(0)
 
@@ -386,15 +447,19 @@ def agent_rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def scale_sandbox(transport: str, hosts: int, progress: Progress) -> Iterator[tuple[Sandbox, Any]]:
-    """``hosts`` hosts with agents (and, for Kafka, a broker on the underlay); always torn down."""
+def scale_sandbox(
+    transport: str, hosts: int, progress: Progress, agent_kafka_options: dict[str, str] | None = None
+) -> Iterator[tuple[Sandbox, Any]]:
+    """``hosts`` hosts with agents at their default log level (and, for Kafka, a broker on the
+    underlay; for the shared-topic mode also the shared VPC's topic and each agent's subscribe
+    endpoint on a unix socket); always torn down."""
     root = tempfile.mkdtemp(prefix="acasc-")
     box = Sandbox(pathlib.Path(root) / "sandbox", prefix=f"acasc{uuid.uuid4().hex[:4]}-")
     broker = None
     try:
         box.underlay_up()
-        agent_args: tuple[str, ...] = AGENT_LOG_LEVEL
-        if transport == "kafka":
+        agent_args: tuple[str, ...] = ()
+        if transport in ("kafka", "shared"):
             from agent.sandbox.kafka import KafkaBroker
 
             subprocess.run(
@@ -405,7 +470,10 @@ def scale_sandbox(transport: str, hosts: int, progress: Progress) -> Iterator[tu
             for i in range(1, hosts + 1):
                 broker.create_topic(f"host-host{i}")
                 broker.create_topic(reply_topic(f"host{i}"))
-            options = "\n".join(f'"{k}" = "{v}"' for k, v in AGENT_KAFKA_OPTIONS.items())
+            if transport == "shared":
+                broker.create_topic(Ncm([], SHARED_VPC).topic)
+            chosen = AGENT_KAFKA_OPTIONS if agent_kafka_options is None else agent_kafka_options
+            options = "\n".join(f'"{k}" = "{v}"' for k, v in chosen.items())
             config = pathlib.Path(root) / "agent-kafka.toml"
             config.write_text(
                 # The broker is on the sandbox underlay, plaintext (tansu speaks no TLS): allowed.
@@ -415,7 +483,11 @@ def scale_sandbox(transport: str, hosts: int, progress: Progress) -> Iterator[tu
             agent_args = (*agent_args, "--config", str(config))
         for i in range(1, hosts + 1):
             progress.line(f"[{transport}] starting host {i}/{hosts}")
-            extra = ("--kafka-reply-topic", reply_topic(f"host{i}")) if broker is not None else ()
+            extra: tuple[str, ...] = ()
+            if broker is not None:
+                extra = ("--kafka-reply-topic", reply_topic(f"host{i}"))
+            if transport == "shared":
+                extra += ("--subscribe-listen", f"unix:{subscribe_socket(box, f'host{i}')}")
             box.host_up(f"host{i}", agent_args=(*agent_args, *extra))
         yield box, broker
     finally:
@@ -431,6 +503,34 @@ def scale_sandbox(transport: str, hosts: int, progress: Progress) -> Iterator[tu
             box.down()
             shutil.rmtree(root, ignore_errors=True)
             progress.clear()
+
+
+def subscribe_socket(box: Sandbox, host: str) -> pathlib.Path:
+    return box.root / host / "subscribe.sock"  # the host's directory (Sandbox._new_host)
+
+
+def push_subscribe(box: Sandbox, host: str, topic: str) -> None:
+    """``PushNodeSubscribeInfo(Subscribe, topic)`` to the host's agent, as the controller does."""
+    import grpc
+
+    from agent._pb import goalstate_pb2_grpc
+
+    with grpc.insecure_channel(f"unix:{subscribe_socket(box, host)}") as channel:
+        stub = goalstate_pb2_grpc.SubscribeInfoProvisionerStub(channel)
+        request = pb.NodeSubscribeInfo(subscribe_operation=pb.Subscribe, topic=topic)
+        status = stub.PushNodeSubscribeInfo(request, timeout=60).operation_status
+    if status != pb.SUCCESS:
+        raise RuntimeError(f"{host}: subscribing to {topic} answered {pb.OperationStatus.Name(status)}")
+
+
+def tansu_version() -> str:
+    from agent.sandbox.kafka import tansu_binary
+
+    binary = tansu_binary()
+    if binary is None:
+        return "missing"
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.split()
+    return out[-1] if out else "unknown"
 
 
 # ---------------------------------------------------------------- progress
@@ -552,7 +652,14 @@ class Run:
         row.update(fields)
         return row
 
-    def record(self, op: Op) -> None:
+    def record(self, op: Op, label: str | None = None, published: int = 0) -> None:
+        """One row per reply; with ``label`` (the rows' transport: the shared-topic mode's two ways)
+        also one row for the ``published`` messages, from the first send to the broker's last ack."""
+        if label is not None:
+            self.rows.append(
+                self._row("publish", op, transport=label, messages=published,
+                          latency_ms=round((max(op.published) - op.t0) * 1e3, 3))
+            )  # fmt: skip
         for r in op.replies:
             statuses = r.message.operation_statuses
             config = max((s.network_configuration_time for s in statuses), default=0) / 1e3
@@ -566,6 +673,7 @@ class Run:
                     agent_ms=round(agent, 3), config_ms=round(config, 3), dataplane_ms=round(dataplane, 3),
                     queue_ms=round(max(agent - config - dataplane, 0.0), 3),
                     wire_ms=round(max(latency - agent, 0.0), 3), status="+".join(names) or "EMPTY",
+                    **({"transport": label} if label is not None else {}),
                 )
             )  # fmt: skip
 
@@ -628,6 +736,40 @@ class Run:
         if a.ports % a.sample_every:
             self.sample_resources(len(self.ncm.ports))
 
+    def grow_shared(self) -> None:
+        """Shared-topic mode: two VPCs grow side by side, a port of each in turn, so both meet the
+        same broker and agents: VPC 0 one message per host on per-host topics (``perhost`` rows),
+        VPC 1 one message per change on its topic, which every host was subscribed to by
+        PushNodeSubscribeInfo (``shared`` rows). Each change waits for every host it names."""
+        a = self.args
+        assert isinstance(self.transport, KafkaTransport)
+        shared = Ncm(self.hosts, SHARED_VPC)
+        for h in self.hosts:
+            push_subscribe(self.box, h.name, shared.topic)
+        self.sample_resources(0)
+        for i in range(a.ports):
+            p = self.ncm.new_port()
+            op = Op("grow", i, p, len(self.ncm.ports), 0)
+            messages = self.ncm.create(p)
+            op.expected = len(messages)
+            self._send(op, messages)
+            self.transport.flush()
+            op.wait(a.timeout)
+            self.record(op, "perhost", len(messages))
+
+            q = shared.new_port()
+            msg, named = shared.create_shared(q)
+            op = Op("grow", i, q, len(shared.ports), len(named))
+            op.t0, op.t0_wall = time.perf_counter(), time.time()
+            op.sent_to = [h.name for h, _role in named]
+            self.transport.publish(shared.topic, msg, [Sent(op, h.name, role) for h, role in named])
+            self.transport.flush()
+            op.wait(a.timeout)
+            self.record(op, "shared", 1)
+            if (i + 1) % a.sample_every == 0:
+                self.sample_resources(len(self.ncm.ports))
+            self.progress.bar("[shared] grow", i + 1, a.ports)
+
     def burst(self) -> None:
         """(c) ``--burst`` ports created at once: every message is sent before any reply is awaited."""
         a = self.args
@@ -674,14 +816,18 @@ def run_transport(
 ) -> None:
     """Run every workload over ``transport`` on fresh hosts; measurements go to ``rows`` as they are
     made (so a failed run still leaves them), the agents' logs to <out>/logs/."""
-    with scale_sandbox(transport, args.hosts, progress) as (box, broker):
+    options = {} if args.kafka_client == "agent-defaults" else None
+    with scale_sandbox(transport, args.hosts, progress, options) as (box, broker):
         run = Run(args, transport, box, broker, progress)
         run.rows = rows
         try:
             progress.line(f"[{transport}] waiting for {args.hosts} agents to answer")
             run.warm_up()
-            run.grow()
-            run.burst()
+            if transport == "shared":
+                run.grow_shared()
+            else:
+                run.grow()
+                run.burst()
         finally:
             run.close()
             logs = pathlib.Path(args.out) / "logs"
@@ -704,10 +850,22 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--hosts", type=int, default=8, help="simulated hosts (default 8; tried up to 24)")
+    p.add_argument("--hosts", type=int, help="simulated hosts (default 8, 24 for shared; tried up to 24)")
     p.add_argument("--ports", type=int, default=2000, help="ports the VPC grows to, one at a time")
     p.add_argument("--burst", type=int, default=500, help="ports created at once after the growth (0: none)")
-    p.add_argument("--transport", choices=["grpc", "kafka", "both"], help="default grpc; both with --quick")
+    p.add_argument(
+        "--transport",
+        choices=["grpc", "kafka", "both", "shared"],
+        help="default grpc; both with --quick; shared: Kafka, one publish per change to the VPC's topic "
+        "against one per host on per-host topics",
+    )
+    p.add_argument(
+        "--kafka-client",
+        choices=["bench", "agent-defaults"],
+        default="bench",
+        help="the agents' librdkafka settings: the bench's for tansu (quick joins, 10 ms fetch wait) "
+        "or none (the agent's shipped defaults; tansu then holds every fetch 500 ms)",
+    )
     p.add_argument("--ping-every", type=int, default=100, help="plug a VM and ping it for every Nth port")
     p.add_argument(
         "--update-every", type=int, default=20, help="update port 0 after every N new ports (0: never)"
@@ -732,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         args.hosts, args.ports, args.burst, args.transport = 3, 150, 50, args.transport or "both"
         args.ping_every, args.update_every = 50, 10
     args.transport = args.transport or "grpc"
+    args.hosts = args.hosts or (24 if args.transport == "shared" else 8)
     args.sample_every = args.sample_every or max(args.ports // 20, 1)
     if os.geteuid() != 0:
         p.error("needs root (network namespaces, Open vSwitch)")
@@ -745,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
 
+    print(f"# {environment()} tansu={tansu_version()}" if args.transport != "grpc" else f"# {environment()}")
     progress = Progress(not args.no_progress)
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
@@ -761,7 +921,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     print(f"hosts={args.hosts} ports={args.ports} burst={args.burst} transports={','.join(transports)} "
           f"run took {elapsed:.0f} s; every measurement in {csv_path}")  # fmt: skip
-    print(scale_report.report(rows, out, args.buckets, hosts=args.hosts, elapsed_s=elapsed))
+    summary = scale_report.report(rows, out, args.buckets, hosts=args.hosts, elapsed_s=elapsed)
+    if any(t != "grpc" for t in transports):
+        summary += f" kafka_client_settings={args.kafka_client}"
+    print(summary)
     return 1 if failed else 0
 
 

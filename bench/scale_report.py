@@ -28,6 +28,7 @@ NUMERIC = (
     "rss_mb",
     "held_neighbours",
     "flows",
+    "messages",
 )
 # The agent-side split of one reply, in the order a message goes through.
 STAGES = (
@@ -38,6 +39,7 @@ STAGES = (
 )
 PLOT_BINS = 20
 GROWTH_OK_RATIO = 1.5  # programming time may grow this much over the run and still "follow the change"
+GROWTH_WINDOW = 100  # reply p99 growth: the last this many ports against the first
 
 
 def read_csv(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -205,7 +207,17 @@ def report(
         "the first goal state)",
     )
     for t in d.transports:
-        replies = d.replies_of(t, "grow")
+        # Headline figures: replies whose every resource programmed (SUCCESS); a PENDING port
+        # (no interface on br-int yet) is held but not programmed: counted apart.
+        every = d.replies_of(t, "grow")
+        replies = [r for r in every if r["status"] == "SUCCESS"]
+        pending = [r["latency_ms"] for r in every if "PENDING" in r["status"]]
+        result[f"{t}_pending_replies"] = str(len(pending))
+        if pending:
+            result[f"{t}_pending_reply_p50_ms"] = f"{pct(pending, 50):.2f}"
+        growth = _p99_growth(replies)
+        if not math.isnan(growth):
+            result[f"{t}_reply_p99_growth_first_last_{GROWTH_WINDOW}"] = f"{growth:.2f}"
         ops = d.ops(replies)
         op_buckets = d.by_bucket(ops, lambda o: o[0])
         for i, bucket in enumerate(d.by_bucket(replies, lambda r: r["neighbours"])):
@@ -301,6 +313,7 @@ def report(
             result[f"{t}_agent_cpu_s"] = f"{statistics.fmean(cpu):.2f}"
             result[f"{t}_agent_rss_mb"] = f"{max(rss):.1f}"
 
+    _shared_comparison(d, result)
     tables = [t for t in (grow, split, update, burst, ping, agents) if t.rows]
     text = [t.text() + "\n" for t in tables]
     text.append("reply statuses (PENDING: the port has no interface on br-int; only sampled ports get a VM)")
@@ -322,6 +335,39 @@ def report(
     (out / "summary.txt").write_text(summary + "\n")
     _write_summary_csv(out / "summary.csv", tables)
     return summary + "\nRESULT " + " ".join(f"{k}={v}" for k, v in result.items())
+
+
+def _p99_growth(replies: list[dict[str, Any]]) -> float:
+    """Reply p99 over the last ``GROWTH_WINDOW`` ports against the first (half each when fewer)."""
+    ports = sorted({r["op"] for r in replies})
+    window = min(GROWTH_WINDOW, len(ports) // 2)
+    if not window:
+        return math.nan
+    first, last = set(ports[:window]), set(ports[-window:])
+    p99_first = pct([r["latency_ms"] for r in replies if r["op"] in first], 99)
+    p99_last = pct([r["latency_ms"] for r in replies if r["op"] in last], 99)
+    return p99_last / p99_first if p99_first else math.nan
+
+
+def _shared_comparison(d: Data, result: dict[str, str]) -> None:
+    """The shared-topic mode's keys: per change, the controller's publishes and publish time (first
+    send → the broker's last ack) and the time until every host it names has answered (PENDING
+    included: the port is applied, its VM is just not plugged), per-host topics against the VPC's."""
+    modes = ("perhost", "shared")
+    if not all(m in d.transports for m in modes):
+        return
+    publish_p50, all_p99 = {}, {}
+    for m in modes:
+        rows = [r for r in d.rows if r["kind"] == "publish" and r["transport"] == m]
+        done = [o[1] for o in d.ops(d.replies_of(m, "grow"))]
+        publish_p50[m], all_p99[m] = pct([r["latency_ms"] for r in rows], 50), pct(done, 99)
+        result[f"{m}_publishes_per_change"] = f"{statistics.fmean(r['messages'] for r in rows):.2f}"
+        result[f"{m}_publish_p50_ms"] = f"{publish_p50[m]:.3f}"
+        result[f"{m}_publish_p99_ms"] = f"{pct([r['latency_ms'] for r in rows], 99):.3f}"
+        result[f"{m}_all_hosts_applied_p50_ms"] = f"{pct(done, 50):.2f}"
+        result[f"{m}_all_hosts_applied_p99_ms"] = f"{all_p99[m]:.2f}"
+    result["shared_vs_per_host_ratio_all_hosts_p99"] = f"{all_p99['shared'] / all_p99['perhost']:.2f}"
+    result["shared_vs_per_host_ratio_publish_p50"] = f"{publish_p50['shared'] / publish_p50['perhost']:.2f}"
 
 
 def _findings(d: Data, result: dict[str, str]) -> list[str]:

@@ -26,6 +26,7 @@ from grpc_health.v1.health import HealthServicer
 from agent._pb import goalstate_pb2 as pb
 from agent.core import AgentCore, CoreBusy
 from agent.intake.replies import to_reply
+from agent.intake.subscribe_service import SubscribeService
 from agent.model.decode import Wire, decode_v1, decode_v2
 from agent.tls import ConfigError, check_ca, check_key_pair, is_local
 
@@ -40,6 +41,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 @dataclass(frozen=True)
 class GrpcSettings:
     listen: str = "0.0.0.0:50001"  # empty: no gRPC intake
+    subscribe_listen: str = "0.0.0.0:50002"  # SubscribeInfoProvisioner, same credentials; "": off
     max_message_bytes: int = MAX_MESSAGE_BYTES
     workers: int = 16
     # RPCs served at once (an open v2 stream counts for its whole life); grpc answers more with
@@ -178,7 +180,7 @@ def _credentials(settings: GrpcSettings) -> grpc.ServerCredentials | None:
 
 
 def start_server(
-    service: GoalStateService, settings: GrpcSettings, health: HealthServicer | None = None
+    service: GoalStateService | SubscribeService, settings: GrpcSettings, health: HealthServicer | None = None
 ) -> grpc.Server:
     """``health``, if given, answers grpc.health.v1 on the same server (its status is set by
     whoever knows the agent's health: the daemon)."""

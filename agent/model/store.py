@@ -3,7 +3,9 @@
 A restarted agent reloads it and reprograms from it without waiting for the controller.
 ``resource`` holds one JSON row per held resource (readable with the sqlite3 shell);
 ``journal`` holds goal states exactly as they arrived, appended before the reply; ``tombstone``
-holds the revisions deleted resources were deleted at, folded like the rows.
+holds the revisions deleted resources were deleted at, folded like the rows; ``subscription``
+holds the shared Kafka topics the controller subscribed this host to (``PushNodeSubscribeInfo``),
+so a restarted agent consumes them again from its group's committed offsets.
 Appending one blob costs milliseconds where JSON rows for a 10,000-neighbour message cost
 ~75 ms, so the hot path only journals; the agent folds journaled messages into ``resource``
 rows when it is idle (``materialize``), and a restart replays what was not folded yet through
@@ -42,7 +44,7 @@ from agent.model.state import MAX_TOMBSTONES, DesiredState
 
 log = logging.getLogger("aca.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "desired-state.sqlite"
 # Primary result codes (an error's low byte) that say the file itself cannot be used:
 # SQLITE_CORRUPT, SQLITE_FORMAT, SQLITE_NOTADB. Others (busy, permissions, I/O, a full disk)
@@ -122,6 +124,13 @@ _TOMBSTONE_TABLE = (
 )
 
 
+# What each schema version adds to the one before, run in order on a file written by an older
+# agent (and on a new file, after the version 1 tables): the upgrade path is the only path.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("CREATE TABLE IF NOT EXISTS subscription (topic TEXT PRIMARY KEY, key TEXT NOT NULL)",),
+}
+
+
 @dataclasses.dataclass
 class Recovery:
     """What start-up could not use from the state directory."""
@@ -171,7 +180,7 @@ class Store:
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             db.execute(_TOMBSTONE_TABLE)
             if stored != SCHEMA_VERSION:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                _migrate(db, stored)
         except BaseException:
             db.close()
             raise
@@ -313,8 +322,37 @@ class Store:
             raise
         self._unfolded_at_start.clear()
 
+    def subscriptions(self) -> dict[str, str]:
+        """Shared topic → the record key that addresses this host on it."""
+        return dict(self._db.execute("SELECT topic, key FROM subscription ORDER BY topic").fetchall())
+
+    def set_subscription(self, topic: str, key: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO subscription VALUES (?, ?)", (topic, key))
+
+    def drop_subscription(self, topic: str) -> None:
+        self._db.execute("DELETE FROM subscription WHERE topic = ?", (topic,))
+
     def close(self) -> None:
         self._db.close()
+
+
+def _migrate(db: sqlite3.Connection, stored: int | None) -> None:
+    """From schema ``stored`` (None: a new file, which has version 1's tables by now) up to
+    ``SCHEMA_VERSION``, recorded in the same transaction: a crash midway leaves the file at its
+    old version, upgraded again at the next start."""
+    db.execute("BEGIN")
+    try:
+        for version in range((stored or 1) + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[version]:
+                db.execute(statement)
+            if stored is not None:
+                log.info("event=state_schema_upgraded from=%d to=%d", stored, version)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _schema_version(db: sqlite3.Connection) -> int | None:

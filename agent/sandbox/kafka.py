@@ -185,7 +185,9 @@ class KafkaBroker:
 
         self.call(create)
 
-    def produce(self, topic: str, value: bytes | None, headers: dict[str, str] | None = None) -> int:
+    def produce(
+        self, topic: str, value: bytes | None, headers: dict[str, str] | None = None, key: bytes | None = None
+    ) -> int:
         """Produce one record synchronously and return its offset."""
         record_headers = list((headers or {}).items())
         delivered: list[Message] = []
@@ -200,7 +202,7 @@ class KafkaBroker:
         def send() -> int:
             if self._producer is None:
                 self._producer = Producer(self.client_config())
-            self._producer.produce(topic, value=value, headers=record_headers, on_delivery=report)
+            self._producer.produce(topic, value=value, key=key, headers=record_headers, on_delivery=report)
             return self._producer.flush(10)
 
         if self.call(send) or failed:

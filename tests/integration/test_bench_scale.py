@@ -65,3 +65,27 @@ def test_quick_run(tmp_path: pathlib.Path) -> None:
         assert {r["status"] for r in replies if r["role"] == "neighbour"} == {"SUCCESS"}
     assert "slowest stage is" in proc.stdout
     assert _bench_netns() <= before
+
+
+def test_shared_topic_mode_prints_both_ways_in_one_run(tmp_path: pathlib.Path) -> None:
+    """`--transport shared`: per-host topics and the VPC's topic side by side, 3 hosts, 12 ports."""
+    before = _bench_netns()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "--transport", "shared", "--hosts", "3", "--ports", "12",
+         "--no-progress", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,  # a hang guard, not a speed check
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = dict(field.split("=", 1) for field in proc.stdout.strip().splitlines()[-1].split()[1:])
+    assert result["shared_publishes_per_change"] == "1.00"
+    assert float(result["perhost_publishes_per_change"]) > 1  # one per host holding the VPC
+    for key in ("shared_vs_per_host_ratio_all_hosts_p99", "shared_vs_per_host_ratio_publish_p50",
+                "shared_all_hosts_applied_p99_ms", "perhost_all_hosts_applied_p99_ms"):  # fmt: skip
+        assert float(result[key]) > 0, key
+    with (tmp_path / "scale.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["kind"] == "reply" and r["workload"] == "grow"]
+    for mode in ("perhost", "shared"):  # the same replies both ways: one per host the change names
+        assert len([r for r in rows if r["transport"] == mode]) == 12 * 3 - 3
+    assert _bench_netns() <= before

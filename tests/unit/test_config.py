@@ -114,3 +114,15 @@ def test_bounds_parse_and_a_zero_is_refused(tmp_path: pathlib.Path) -> None:
         path.write_text(text)
         with pytest.raises(ValueError, match="must be a positive integer"):
             load_file(str(path))
+
+
+def test_subscribe_endpoint_from_file_and_flag(tmp_path: pathlib.Path) -> None:
+    """SubscribeInfoProvisioner: port 50002 by default, [grpc] subscribe_listen, --subscribe-listen
+    on top ("" turns it off); the rest of [grpc] (TLS included) is shared with the goal-state endpoint."""
+    assert load_file(str(EXAMPLE)).grpc.subscribe_listen == "0.0.0.0:50002"
+    assert from_args([]).grpc.subscribe_listen == "0.0.0.0:50002"
+    path = tmp_path / "a.toml"
+    path.write_text('[grpc]\nsubscribe_listen = "127.0.0.1:6002"\ntls_cert = "c"\n')
+    assert from_args(["--config", str(path)]).grpc.subscribe_listen == "127.0.0.1:6002"
+    cfg = from_args(["--config", str(path), "--subscribe-listen", "", "--grpc-listen", "unix:/g"])
+    assert (cfg.grpc.subscribe_listen, cfg.grpc.listen, cfg.grpc.tls_cert) == ("", "unix:/g", "c")

@@ -274,3 +274,30 @@ def test_a_row_field_this_agent_does_not_know_is_left_out_and_a_bad_enum_fails_t
     nb["fixed_ips"][0]["kind"] = 9
     with pytest.raises(ValueError):
         from_json(ResourceType.NEIGHBOR, json.dumps(nb))
+
+
+def test_a_version_1_file_upgrades_keeping_its_state_and_then_holds_subscriptions(
+    tmp_path: pathlib.Path,
+) -> None:
+    _filled_store(tmp_path, ports=3)
+    with sqlite3.connect(tmp_path / DB_NAME) as db:  # what an agent before subscriptions wrote
+        db.execute("DROP TABLE subscription")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    store = Store(tmp_path)
+    assert not store.recovery.quarantined
+    assert sorted(recover(store).ports) == ["p1", "p2", "p3"]
+    assert store.subscriptions() == {}
+    store.set_subscription("vpc-b", "172.31.0.11")
+    store.set_subscription("vpc-a", "")
+    store.set_subscription("vpc-b", "host-b")  # a new key replaces the old one
+    store.close()
+    store = Store(tmp_path)
+    assert store.subscriptions() == {"vpc-a": "", "vpc-b": "host-b"}
+    store.drop_subscription("vpc-a")
+    store.drop_subscription("never-subscribed")
+    assert store.subscriptions() == {"vpc-b": "host-b"}
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        assert db.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
+    db.close()
+    store.close()
