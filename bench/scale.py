@@ -511,11 +511,10 @@ def subscribe_socket(box: Sandbox, host: str) -> pathlib.Path:
 
 def push_subscribe(box: Sandbox, host: str, topic: str) -> None:
     """``PushNodeSubscribeInfo(Subscribe, topic)`` to the host's agent, as the controller does."""
-    import grpc
 
     from agent._pb import goalstate_pb2_grpc
 
-    with grpc.insecure_channel(f"unix:{subscribe_socket(box, host)}") as channel:
+    with box.channel(host, target=f"unix:{subscribe_socket(box, host)}") as channel:
         stub = goalstate_pb2_grpc.SubscribeInfoProvisionerStub(channel)
         request = pb.NodeSubscribeInfo(subscribe_operation=pb.Subscribe, topic=topic)
         status = stub.PushNodeSubscribeInfo(request, timeout=60).operation_status

@@ -352,15 +352,22 @@ class Sandbox:
         ]  # fmt: skip
 
     def channel(
-        self, host: str, options: Sequence[tuple[str, Any]] = (), identity: str = CONTROLLER
+        self,
+        host: str,
+        options: Sequence[tuple[str, Any]] = (),
+        identity: str = CONTROLLER,
+        target: str | None = None,
     ) -> grpc.Channel:
-        """A gRPC channel to the host's agent, authenticated with the certificate the sandbox CA
-        issued to ``identity`` (CONTROLLER: what controllers, tests and benchmarks push with)."""
+        """A gRPC channel to the host's agent (its goal-state endpoint, or ``target``, e.g. its
+        subscribe endpoint), authenticated with the certificate the sandbox CA issued to
+        ``identity`` (CONTROLLER: what controllers, tests and benchmarks push with)."""
         import grpc
 
         creds = self.pki.channel_credentials(identity)
         return grpc.secure_channel(
-            self.host(host).grpc, creds, options=[("grpc.ssl_target_name_override", AGENT), *options]
+            target or self.host(host).grpc,
+            creds,
+            options=[("grpc.ssl_target_name_override", AGENT), *options],
         )
 
     def stop_agent(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:

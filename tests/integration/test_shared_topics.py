@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import grpc
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -64,7 +63,7 @@ class Shared:
     def push_subscribe(self, host: str, topic: str, key: str = "", op: int = pb.Subscribe) -> str:
         """PushNodeSubscribeInfo over gRPC, as the controller calls it; the status's name."""
         sock = pathlib.Path(self.box.host(host).dir) / "subscribe.sock"
-        with grpc.insecure_channel(f"unix:{sock}") as channel:
+        with self.box.channel(host, target=f"unix:{sock}") as channel:
             stub = pb_grpc.SubscribeInfoProvisionerStub(channel)
             request = pb.NodeSubscribeInfo(subscribe_operation=op, topic=topic, key=key)
             reply = stub.PushNodeSubscribeInfo(request, timeout=60)

@@ -11,18 +11,21 @@ from confluent_kafka import Consumer, TopicPartition
 from agent.intake.kafka_consumer import KafkaSettings
 from agent.sandbox.hosts import HostInfo
 from agent.sandbox.kafka import FAST_GROUP_OPTIONS, KafkaBroker
+from agent.tls import is_local
 
 
 def agent_config(
     host: HostInfo, broker: KafkaBroker, reply_topic: str, options: Mapping[str, str] | None = None
 ) -> pathlib.Path:
-    """The agent's TOML: the broker (on the host namespace's loopback), replies on, fast group
-    timings plus ``options`` (librdkafka keys)."""
+    """The agent's TOML: the broker, replies on, fast group timings plus ``options`` (librdkafka
+    keys). The test broker speaks plaintext only: one on another host than the host namespace's
+    loopback (the sandbox's underlay) needs ``allow_insecure``, as the agent refuses it otherwise."""
     merged = {**FAST_GROUP_OPTIONS, **(options or {})}
     lines = "\n".join(f'"{key}" = "{value}"' for key, value in merged.items())
+    insecure = "" if is_local(broker.bootstrap) else "allow_insecure = true\n"
     path = pathlib.Path(host.dir) / "agent.toml"
     path.write_text(
-        f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\nreply_topic = "{reply_topic}"\n\n'
+        f'[kafka]\nbootstrap_servers = "{broker.bootstrap}"\nreply_topic = "{reply_topic}"\n{insecure}\n'
         f"[kafka.options]\n{lines}\n"
     )
     return path
