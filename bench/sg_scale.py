@@ -309,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sg_scale", description=__doc__)
     p.add_argument("--ports", type=int, default=50)
     p.add_argument("--members", type=int, default=1000)
-    p.add_argument("--samples", type=int, default=30)
+    p.add_argument(
+        "--samples", type=int, default=200, help="samples per operation (p99 of 200 is not the maximum)"
+    )
     p.add_argument("--no-ovn", action="store_true", help="the agent only")
     p.add_argument(
         "--scale-point",
