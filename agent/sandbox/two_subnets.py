@@ -3,11 +3,11 @@ per host, and VMs described as vm → (host, subnet, ip, mac, gateway ip)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from agent._pb import goalstate_pb2 as pb
 from agent.sandbox import goalstates as gs
-from agent.sandbox.hosts import Sandbox
+from agent.sandbox.hosts import Sandbox, SandboxError
 
 DVR = {"host1": "fe:16:11:00:00:01", "host2": "fe:16:11:00:00:02"}
 GW1, GW2 = ("10.1.1.1", "fa:16:3e:aa:00:01"), ("10.1.2.1", "fa:16:3e:aa:00:02")
@@ -39,3 +39,16 @@ def goal_state(
     if neighbours:
         states = [*states, *(neighbour(box, vms, vm) for vm, spec in vms.items() if spec[0] != host)]
     return gs.goal_state_v2(*states, host_ip=box.host(host).underlay_ip)
+
+
+def deploy(box: Sandbox, vms: Vms, goal_state_of: Callable[[str], pb.GoalStateV2]) -> None:
+    """Both hosts up with their agents, ``vms`` plugged (port id ``port-<vm>``), and each host's
+    goal state (``goal_state_of(host)``) pushed and answered SUCCESS."""
+    for host in DVR:
+        box.host_up(host)
+    for vm, (host, _sn, ip, mac, gw) in vms.items():
+        box.vm_add(host, vm, mac, f"{ip}/24", gw=gw, iface_id=f"port-{vm}")
+    for host in DVR:
+        (reply,) = box.push_message(host, goal_state_of(host))
+        if {s.operation_status for s in reply.operation_statuses} != {pb.SUCCESS}:
+            raise SandboxError(f"{host} did not take its goal state: {reply}")

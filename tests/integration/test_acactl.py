@@ -24,7 +24,7 @@ from agent.planner.pipeline import Table
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
 from agent.sandbox.poll import wait_for
-from agent.sandbox.two_subnets import DVR, GW1, goal_state
+from agent.sandbox.two_subnets import DVR, GW1, deploy, goal_state
 from tests.support.agent_host import scratch_sandbox
 from tests.support.parts import require_ovs
 
@@ -45,14 +45,8 @@ ACACTL = pathlib.Path(sys.executable).parent / "acactl"
 @pytest.fixture(scope="module")
 def box() -> Iterator[Sandbox]:
     with scratch_sandbox() as sb:
-        for host in DVR:
-            sb.host_up(host)
-        for vm, (host, _sn, ip, mac, gw) in VMS.items():
-            sb.vm_add(host, vm, mac, f"{ip}/24", gw=gw, iface_id=f"port-{vm}")
-        for host in DVR:
-            vms = {**VMS, **GHOST} if host == "host1" else VMS  # f: a neighbour of host1's only
-            (reply,) = sb.push_message(host, goal_state(sb, host, vms))
-            assert {s.operation_status for s in reply.operation_statuses} == {pb.SUCCESS}, reply
+        # f: a neighbour of host1's only
+        deploy(sb, VMS, lambda host: goal_state(sb, host, {**VMS, **GHOST} if host == "host1" else VMS))
         yield sb
 
 

@@ -17,7 +17,7 @@ from agent._pb import goalstate_pb2 as pb
 from agent.planner.cookies import Kind, cookie
 from agent.sandbox import goalstates as gs
 from agent.sandbox.hosts import Sandbox
-from agent.sandbox.two_subnets import DVR, GW1, GW2, goal_state
+from agent.sandbox.two_subnets import DVR, GW1, GW2, deploy, goal_state
 from tests.support.agent_host import scratch_sandbox
 from tests.support.parts import missing, require_ovs
 from tests.support.traffic import (
@@ -49,13 +49,7 @@ def _goal_state(box: Sandbox, host: str) -> pb.GoalStateV2:
 @pytest.fixture(scope="module")
 def box() -> Iterator[Sandbox]:
     with scratch_sandbox() as sb:
-        for host in DVR:
-            sb.host_up(host)
-        for vm, (host, _sn, ip, mac, gw) in VMS.items():
-            sb.vm_add(host, vm, mac, f"{ip}/24", gw=gw, iface_id=f"port-{vm}")
-        for host in DVR:
-            (reply,) = sb.push_message(host, _goal_state(sb, host))
-            assert {s.operation_status for s in reply.operation_statuses} == {pb.SUCCESS}, reply
+        deploy(sb, VMS, lambda host: _goal_state(sb, host))
         yield sb
 
 
