@@ -284,6 +284,8 @@ def report(
             if pings and workload == "grow":
                 result[f"{t}_ping_p50_ms"] = f"{pct(ok, 50):.2f}"
                 result[f"{t}_pings_unanswered"] = str(len(pings) - len(ok))
+            elif pings:  # with the kernel's ARP timers a VM gives up after 3 s without an answer
+                result[f"{t}_burst_pings_unanswered"] = str(len(pings) - len(ok))
 
         samples = [r for r in d.rows if r["kind"] == "resources" and r["transport"] == t]
         if samples:

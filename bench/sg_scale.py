@@ -178,11 +178,13 @@ def run_agent(ports: int, members: int, n: int, own_remotes: bool = False) -> Si
         ports_states = [port(box, i) for i in range(ports)]
         side.policy_ms = timed(send, *groups, *remote_groups, *members_states, *ports_states)
         side.flows = security_flows(box)
-        side.new_port = [timed(send, port(box, ports + i)) for i in range(n)]
+        # Members and rules on P as it is; new ports last, since each one joins the 10 groups
+        # (a rule change then has more ports to reach).
         side.member_add = [timed(send, member(members + i)) for i in range(n)]
         for i in range(n):
             side.rule_add.append(timed(send, group(0, extra=1, revision=2 + 2 * i)))
             side.rule_remove.append(timed(send, group(0, extra=0, revision=3 + 2 * i)))
+        side.new_port = [timed(send, port(box, ports + i)) for i in range(n)]
         side.rss_mb = agent_rss_mb(box, "host1")
     return side
 
@@ -278,9 +280,7 @@ def run_ovn(ports: int, members: int, n: int, own_remotes: bool = False) -> Side
             side.policy_ms = (time.perf_counter() - t0) * 1e3
             side.flows = _ovn_flows(ovs) - before
             side.rss_mb = rss_mb(stack.controller)
-            for i in range(n):
-                side.new_port.append(_timed_nbctl(nbctl, *_lsp(ports + i)))
-            for i in range(n):
+            for i in range(n):  # the same order as the agent's
                 address = f'"{_ip(100_000 + len(remotes) * members + i)}"'
                 side.member_add.append(
                     _timed_nbctl(nbctl, "add", "Address_Set", address_set(REMOTE), "addresses", address)
@@ -289,6 +289,8 @@ def run_ovn(ports: int, members: int, n: int, own_remotes: bool = False) -> Side
             for _ in range(n):
                 side.rule_add.append(_timed_nbctl(nbctl, "acl-add", *extra))
                 side.rule_remove.append(_timed_nbctl(nbctl, "acl-del", *extra[:4]))
+            for i in range(n):
+                side.new_port.append(_timed_nbctl(nbctl, *_lsp(ports + i)))
         finally:
             lab.close()
     return side
