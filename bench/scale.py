@@ -594,6 +594,15 @@ class Run:
             op.sent_to.append(host.name)
             self.transport.send(Sent(op, host.name, role), msg)
 
+    def _exchange(self, op: Op, messages: list[tuple[HostInfo, str, Any]], label: str | None = None) -> None:
+        """One operation: its messages sent, every reply awaited, the op recorded (``label``:
+        the mode it is recorded under, with one publish per message)."""
+        op.expected = len(messages)
+        self._send(op, messages)
+        self.transport.flush()
+        op.wait(self.args.timeout)
+        self.record(op, label, len(messages) if label else 0)
+
     def warm_up(self) -> None:
         """An empty goal state to every host; Kafka agents answer once they have joined their group."""
         op = Op("warmup", 0, None, 0, len(self.hosts))
@@ -714,21 +723,12 @@ class Run:
                 ping = self.start_ping(p, pingers)
                 time.sleep(PING_LEAD_S)
             op = Op("grow", i, p, len(self.ncm.ports), 0)
-            messages = self.ncm.create(p)
-            op.expected = len(messages)
-            self._send(op, messages)
-            self.transport.flush()
-            op.wait(a.timeout)
-            self.record(op)
+            self._exchange(op, self.ncm.create(p))
             if sampled:
                 self.finish_ping(ping, op)
             if a.update_every and i % a.update_every == a.update_every - 1:
                 first = self.ncm.ports[0]
-                update = Op("update", i, first, len(self.ncm.ports), 1)
-                self._send(update, self.ncm.update(first))
-                self.transport.flush()
-                update.wait(a.timeout)
-                self.record(update)
+                self._exchange(Op("update", i, first, len(self.ncm.ports), 1), self.ncm.update(first))
             if (i + 1) % a.sample_every == 0:
                 self.sample_resources(len(self.ncm.ports))
             last = self.rows[-1]["latency_ms"] if self.rows else ""
@@ -749,13 +749,7 @@ class Run:
         self.sample_resources(0)
         for i in range(a.ports):
             p = self.ncm.new_port()
-            op = Op("grow", i, p, len(self.ncm.ports), 0)
-            messages = self.ncm.create(p)
-            op.expected = len(messages)
-            self._send(op, messages)
-            self.transport.flush()
-            op.wait(a.timeout)
-            self.record(op, "perhost", len(messages))
+            self._exchange(Op("grow", i, p, len(self.ncm.ports), 0), self.ncm.create(p), "perhost")
 
             q = shared.new_port()
             msg, named = shared.create_shared(q)
